@@ -1,0 +1,32 @@
+"""Tiny preset: CI and the CPU demo; every stage runs in seconds to a few minutes on 2 cores."""
+
+from emodifftalk.config import Config
+
+
+def tiny() -> Config:
+    cfg = Config(name="tiny")
+    cfg.synth.n_identities = 6
+    cfg.synth.clips_per_identity = 4
+    cfg.synth.clip_seconds = 4.0
+    cfg.synth.n_cameras = 4
+    cfg.synth.image_size = 128
+    cfg.synth.mesh_resolution = 40
+    cfg.synth.n_free_points = 1500
+    cfg.synth.image_stride = 5
+    cfg.rig.steps = 300
+    cfg.rig.n_free_points = 1000
+    cfg.s2au.d_model = 128
+    cfg.s2au.local_layers = 2
+    cfg.s2au.global_layers = 1
+    cfg.diffusion.num_train_steps = 200
+    cfg.diffusion.d_model = 128
+    cfg.diffusion.n_layers = 3
+    cfg.diffusion.ddim_steps = 10
+    cfg.text2au.epochs = 60
+    cfg.train.max_steps = 300
+    cfg.train.log_every = 10
+    cfg.train.val_every = 100
+    cfg.train.ckpt_every = 100
+    cfg.infer.image_size = 128
+    cfg.infer.ddim_steps = 10
+    return cfg

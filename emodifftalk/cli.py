@@ -1,0 +1,73 @@
+"""``emodifftalk <verb>``: thin entry points that parse arguments and call library functions.
+
+Each verb lives in ``emodifftalk/commands/<verb>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``. Shared spellings across verbs: ``--out``, ``--config``,
+``--data``, ``--model``; trailing ``section.key=value`` items override the config preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from emodifftalk.config import PRESETS, ConfigError, build_config
+
+# verb module names, in the order `--help` lists them
+VERBS = (
+    "synth", "pack", "inspect", "preview", "ingest", "featurize", "rig", "train", "eval",
+    "text2au", "animate", "view", "demo",
+)
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
+    """``--config PRESET`` plus trailing ``section.key=value`` overrides."""
+    p.add_argument("--config", default=default, choices=PRESETS,
+                   help=f"config preset (default: {default})")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                   help="config overrides, e.g. train.lr=1e-4 synth.n_identities=8")
+
+
+def config_from_args(args: argparse.Namespace):
+    return build_config(args.config, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emodifftalk",
+        description="Editable, emotion-aware 3D Gaussian talking heads (EmoDiffTalk).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f"emodifftalk.commands.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name != f"emodifftalk.commands.{verb}":
+                raise
+            continue  # verb not built yet in this checkout
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from emodifftalk.utils import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose)
+    try:
+        rc = args.func(args)
+    except ConfigError as e:
+        print(f"emodifftalk {args.verb}: config error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"emodifftalk {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

