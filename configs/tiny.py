@@ -13,7 +13,7 @@ def tiny() -> Config:
     cfg.synth.mesh_resolution = 40
     cfg.synth.n_free_points = 1500
     cfg.synth.image_stride = 5
-    cfg.data.frames_stride = 5  # pack every rendered frame: preview + feature-line training use them
+    cfg.data.frames_stride = 1  # pack every rendered frame: preview + feature-line training use them
     cfg.rig.steps = 300
     cfg.rig.n_free_points = 1000
     cfg.s2au.d_model = 128
