@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from emodifftalk.config import PRESETS, ConfigError, build_config
@@ -26,6 +27,17 @@ def add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
                    help=f"config preset (default: {default})")
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                    help="config overrides, e.g. train.lr=1e-4 synth.n_identities=8")
+
+
+# ``section.key=value`` (also ``section.sub.key=value``); pulled out of argv before argparse runs so
+# overrides may stand anywhere, even after options (plain argparse stops taking positionals there).
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(other arguments, config overrides) of a command line."""
+    overrides = [a for a in argv if _OVERRIDE.match(a)]
+    return [a for a in argv if not _OVERRIDE.match(a)], overrides
 
 
 def config_from_args(args: argparse.Namespace):
@@ -53,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from emodifftalk.utils import setup_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(rest)
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.verb or 'this command'} takes no config overrides: {' '.join(overrides)}")
+        args.overrides = list(args.overrides) + overrides
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,136 @@
+"""Atomic, resumable training checkpoints: ``<out>/checkpoints/step_XXXXXXX``.
+
+Layout of one checkpoint (all ranks write into a shared temp dir, rank 0 renames it):
+
+    step_0000200/
+      model.safetensors | pytorch_model/ (DeepSpeed shards)   accelerate ``save_state``
+      optimizer.bin, random_states_<rank>.pkl, ...              accelerate ``save_state``
+      ema.safetensors                                           EMA weights (if the task keeps one)
+      trainer_state.json                                        step, counters, data position
+
+A crash while saving leaves only ``.tmp-step_*`` (removed on the next start); a directory named
+``step_*`` is therefore always complete. The output directory must be on a file system that all
+ranks share (as with any multi-node accelerate/DeepSpeed checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from emodifftalk.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CKPT_PREFIX = "step_"
+_CKPT_RE = re.compile(r"^step_(\d+)$")
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CKPT_PREFIX}{step:07d}"
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``ckpt_dir``, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(ckpt_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def resolve_resume(resume: str | os.PathLike | None, ckpt_dir: Path) -> Path | None:
+    """``None`` → fresh start; ``"latest"`` → newest checkpoint in ``ckpt_dir`` (or fresh start if
+    there is none, so a requeued job can always pass ``--resume latest``); else a checkpoint path."""
+    if resume is None or str(resume) == "":
+        return None
+    if str(resume) == "latest":
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            log.warning("--resume latest: no checkpoint in %s yet; starting from step 0", ckpt_dir)
+        return path
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: {STATE_FILE} missing (not a finished checkpoint)")
+    return path
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def clean_stale_temp(ckpt_dir: Path) -> None:
+    """Remove half-written ``.tmp-step_*`` dirs a killed run left behind (rank 0 only)."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.glob(f".tmp-{CKPT_PREFIX}*"):
+        log.warning("removing incomplete checkpoint %s (left by an interrupted save)", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints; return what was removed."""
+    ckpts = list_checkpoints(ckpt_dir)
+    removed = []
+    for _, p in ckpts[: max(0, len(ckpts) - keep_last)]:
+        shutil.rmtree(p)
+        removed.append(p)
+    return removed
+
+
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, trainer_state: dict[str, Any],
+                    ema=None, keep_last: int = 3) -> Path:
+    """Collective: every rank must call this. Returns the final checkpoint path."""
+    final = ckpt_dir / checkpoint_name(step)
+    tmp = ckpt_dir / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # model/optimizer (per-rank shards under DeepSpeed), RNG per rank
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.save(tmp / EMA_FILE)
+        # written last: its presence marks the checkpoint complete
+        atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=2, sort_keys=True))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # e.g. a resumed run saving the same step again
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for p in prune_checkpoints(ckpt_dir, keep_last):
+            log.info("removed old checkpoint %s (train.keep_last=%d)", p.name, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path, ema=None) -> dict[str, Any]:
+    """Collective: restore model, optimizer, per-rank RNG (accelerate) and EMA; return trainer state."""
+    state = read_trainer_state(path)
+    accelerator.load_state(str(path))
+    if ema is not None:
+        ema_path = path / EMA_FILE
+        if not ema_path.is_file():
+            raise FileNotFoundError(f"{ema_path} missing: the checkpoint was written without EMA "
+                                    "but this task keeps one (train.ema_decay > 0)")
+        ema.load(ema_path)
+    return state

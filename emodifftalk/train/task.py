@@ -1,0 +1,145 @@
+"""The Task protocol the shared training loop runs, and the task registry.
+
+A task says *what* to train (model, data, loss, validation); :func:`emodifftalk.train.loop.run_training`
+says *how* (devices, DDP/DeepSpeed, precision, accumulation, logging, checkpoints, export).
+
+Tasks register a factory under a name (``register_task("s2au", S2AUTask)``). ``get_task(name)``
+imports ``emodifftalk.train.tasks.<name>`` on first use, so a task module registers itself on import
+and nothing heavy is imported until a task is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from emodifftalk.config import Config
+
+
+class Task:
+    """Base class / protocol for a trainable task. Override the first three methods.
+
+    ``ema``: keep an exponential moving average of the weights (decay ``cfg.train.ema_decay``);
+    the EMA weights are exported as ``model.safetensors`` and the raw ones as ``model_raw.safetensors``.
+    """
+
+    name: str = "task"
+    ema: bool = False
+    ddp_find_unused_parameters: bool = False  # set if some batches leave parameters unused (DDP)
+
+    def build_model(self, cfg: Config) -> torch.nn.Module:
+        """Architecture only; called with the same RNG state on every rank (identical init)."""
+        raise NotImplementedError
+
+    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
+                      start_step: int) -> Iterator[dict]:
+        """Infinite iterator of collated CPU batches (dict of tensors + any python values) for this rank.
+
+        Deterministic in ``(seed, rank)``. ``start_step`` is the number of batches this rank has
+        already consumed (optimizer steps x ``train.grad_accum``); resume the data position there.
+        """
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
+        """Must contain ``"loss"`` (scalar, the optimised total); other entries are logged as ``loss/<name>``.
+
+        ``step`` is the 0-based index of the optimizer step this batch contributes to.
+        """
+        raise NotImplementedError
+
+    # ---- optional hooks ------------------------------------------------------------------------
+
+    def validate(self, model: torch.nn.Module, cfg: Config, step: int) -> dict[str, float]:
+        """Validation metrics. Called on *every* rank with the unwrapped model in eval mode (under
+        ZeRO-3 the forward pass gathers parameters collectively); rank 0's values are logged."""
+        return {}
+
+    def log_media(self, model: torch.nn.Module, writer: Any, step: int) -> None:
+        """TensorBoard images/figures via ``writer`` (a ``SummaryWriter``); rank 0 only, not under ZeRO-3."""
+
+    def skip_stats(self) -> dict[str, int]:
+        """Cumulative data-skip counts of this rank (e.g. the shard reader's SkipStats); summed over ranks."""
+        return {}
+
+    def export_extra(self, model: torch.nn.Module, out_dir: Path, cfg: Config) -> None:
+        """Extra files next to ``model.safetensors``; ``model`` is a CPU model with the exported weights."""
+
+    def batch_size(self, batch: dict) -> int:
+        """Samples in a batch (for samples/s); default: leading dim of the first tensor."""
+        for v in batch.values():
+            if isinstance(v, Tensor) and v.dim() > 0:
+                return int(v.shape[0])
+        return 1
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+TaskFactory = Callable[[], Task]
+TASKS: dict[str, TaskFactory] = {}
+
+# Modules that register a task, for names that do not live under emodifftalk.train.tasks.
+_BUILTIN_MODULES = {"toy": "emodifftalk.train.toy"}
+
+
+def register_task(name: str, factory: TaskFactory | None = None):
+    """Register ``factory`` (a zero-argument callable returning a Task) under ``name``.
+
+    Usable directly (``register_task("s2au", S2AUTask)``) or as a class/function decorator.
+    """
+
+    def _register(f: TaskFactory) -> TaskFactory:
+        if not callable(f):
+            raise TypeError(f"task factory for {name!r} must be callable, got {type(f).__name__}")
+        TASKS[name] = f
+        return f
+
+    return _register if factory is None else _register(factory)
+
+
+def task_module(name: str) -> str:
+    return _BUILTIN_MODULES.get(name, f"emodifftalk.train.tasks.{name}")
+
+
+def get_task(name: str) -> Task:
+    """Instantiate the task registered as ``name``, importing its module on first use."""
+    if name not in TASKS:
+        module = task_module(name)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+                raise  # the task module exists but one of *its* imports is missing: show that
+            known = sorted(set(TASKS) | set(_BUILTIN_MODULES))
+            raise ValueError(
+                f"unknown training task {name!r}: no module {module} (known tasks: {', '.join(known)}; "
+                "a task registers itself with emodifftalk.train.register_task)") from None
+        if name not in TASKS:
+            raise ValueError(f"module {module} was imported but did not call register_task({name!r}, ...)")
+    task = TASKS[name]()
+    check_task(task)
+    return task
+
+
+REQUIRED_METHODS = ("build_model", "train_batches", "loss")
+
+
+def check_task(task: Any) -> None:
+    """Tasks may subclass :class:`Task` or just follow the protocol; the three core methods are required."""
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(task, m, None))]
+    if missing:
+        raise TypeError(f"{type(task).__name__} is not a training Task: missing {', '.join(missing)}")
+
+
+def optional_hook(task: Any, name: str) -> Callable:
+    """The task's ``name`` hook, or :class:`Task`'s default for protocol-only tasks."""
+    fn = getattr(task, name, None)
+    if callable(fn):
+        return fn
+    return getattr(Task(), name)
