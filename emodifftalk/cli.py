@@ -61,16 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from emodifftalk.utils import setup_logging
-
-    parser = build_parser()
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse a command line; ``section.key=value`` overrides may stand anywhere in it."""
+    parser = parser or build_parser()
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(rest)
     if overrides:
         if not hasattr(args, "overrides"):
             parser.error(f"{args.verb or 'this command'} takes no config overrides: {' '.join(overrides)}")
         args.overrides = list(args.overrides) + overrides
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from emodifftalk.utils import setup_logging
+
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

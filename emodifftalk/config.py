@@ -68,6 +68,7 @@ class SynthConfig:
 class DataConfig:
     """Sharding, splits and streaming."""
 
+    root: str = ""  # packed shard folder the training tasks read (``--data SHARDS`` sets it)
     shard_max_bytes: int = 64 * 1024 * 1024
     shard_max_samples: int = 256
     val_identity_fraction: float = 0.17  # held-out identities (by identity)
@@ -209,9 +210,17 @@ class DiffusionConfig:
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
     lambda_lip: float = 0.8
+    dropout: float = 0.1  # transformer dropout  # choice
+    causal: bool = False  # bidirectional attention over the window (context frames are inpainted)
+    offset_scale: float = 0.0  # metres per unit of diffusion space; 0 = std of training offsets  # choice
+    regression: bool = False  # deterministic baseline: same backbone, no noise, one forward pass
 
     def validate(self) -> None:
         _check(self.schedule in ("linear", "cosine"), "diffusion.schedule must be linear or cosine")
+        _check(self.offset_scale >= 0, "diffusion.offset_scale must be >= 0 (0 = estimate from data)")
+        _check(0 <= self.dropout < 1, "diffusion.dropout must be in [0, 1)")
+        _check(self.vertex_embed_rank >= 1, "diffusion.vertex_embed_rank must be >= 1")
+        _check(self.audio_window >= 0, "diffusion.audio_window must be >= 0")
         _check(self.sampler in ("ddim", "ddpm"), "diffusion.sampler must be ddim or ddpm")
         _check(1 <= self.ddim_steps <= self.num_train_steps,
                "diffusion.ddim_steps must be in [1, diffusion.num_train_steps]")
@@ -254,9 +263,14 @@ class Text2AUConfig:
     lambda_bce: float = 1.0  # eq. (25)
     lambda_infonce: float = 0.005  # eq. (25)
     epochs: int = 300
+    # `emodifftalk text2au train` uses this instead of train.lr (0 = use train.lr): the focal loss
+    # (gamma=3) needs a larger step than the shared default; paper: 1e-4 at batch 128  # choice
+    lr: float = 3e-3
+    bce_on_positives: bool = True  # eq. (23) also on the 3 paraphrases (same labels)  # choice
     threshold: float = 0.5
     modulation_alpha: float = 1.0  # boost of requested AUs
     modulation_beta: float = 0.5  # attenuation of the others
+    modulation_target: float = 0.6  # level of a requested AU that speech leaves at 0  # choice
     lip_lock: bool = True
 
     def validate(self) -> None:
@@ -265,6 +279,10 @@ class Text2AUConfig:
         _check(self.encoder != "open_clip" or bool(self.open_clip_checkpoint),
                "text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
         _check(0 < self.threshold < 1, "text2au.threshold must be in (0, 1)")
+        _check(self.epochs >= 1, "text2au.epochs must be >= 1")
+        _check(self.lr >= 0, "text2au.lr must be >= 0 (0 = use train.lr)")
+        _check(self.max_text_chars >= 1, "text2au.max_text_chars must be >= 1")
+        _check(0 <= self.modulation_target <= 1, "text2au.modulation_target must be in [0, 1]")
 
 
 @dataclass

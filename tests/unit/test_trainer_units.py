@@ -232,9 +232,9 @@ def test_export_and_load_exported_roundtrip(tmp_path):
 
 
 def test_cli_train_parses_overrides_after_options():
-    from emodifftalk.cli import build_parser
+    from emodifftalk.cli import parse_args
 
-    args = build_parser().parse_args(["train", "toy", "--config", "tiny", "train.lr=1e-4", "--out", "x",
+    args = parse_args(["train", "toy", "--config", "tiny", "train.lr=1e-4", "--out", "x",
                                       "train.max_steps=3", "--resume", "latest"])
     assert (args.task, args.out, args.resume) == ("toy", "x", "latest")
     assert args.overrides == ["train.lr=1e-4", "train.max_steps=3"]
