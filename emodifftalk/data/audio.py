@@ -1,0 +1,102 @@
+"""WAV I/O and resampling: every audio path in the project goes through these four functions.
+
+Audio inside the project is always ``np.float32`` mono in [-1, 1] at a known sample rate
+(16 kHz for the models). Files are written as PCM16 WAV, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+from emodifftalk.utils import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+class AudioError(ValueError):
+    """An audio file or array cannot be used; the message names it."""
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as ``(audio (N,) float32 mono, sample_rate)``.
+
+    Multi-channel files are averaged to mono (with a warning); unreadable or empty files raise
+    ``AudioError`` naming the file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError types
+        raise AudioError(f"cannot read audio file {path}: {e}") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} is empty (0 samples)")
+    if data.shape[1] > 1:
+        log.warning("%s has %d channels; averaging to mono", path, data.shape[1])
+    audio = data.mean(axis=1).astype(np.float32)
+    return audio, int(sr)
+
+
+def _as_mono(audio: np.ndarray, what: str) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim == 2:  # (N, C) as soundfile returns it
+        log.warning("%s has %d channels; averaging to mono", what, audio.shape[1])
+        audio = audio.mean(axis=1)
+    if audio.ndim != 1:
+        raise AudioError(f"{what} must be (N,) or (N, C), got shape {audio.shape}")
+    if audio.shape[0] == 0:
+        raise AudioError(f"{what} is empty (0 samples)")
+    audio = audio.astype(np.float32)
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{what} contains NaN or Inf samples")
+    return audio
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sr: int) -> Path:
+    """Write ``audio`` (N,) float in [-1, 1] as a PCM16 mono WAV (atomically); values are clipped."""
+    import soundfile as sf
+
+    audio = _as_mono(audio, f"audio for {path}")
+    if int(sr) <= 0:
+        raise AudioError(f"sample rate must be positive, got {sr} for {path}")
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, int(sr), format="WAV", subtype="PCM_16")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling ``sr_in -> sr_out`` (exact rational ratio via gcd); float32 out."""
+    from scipy.signal import resample_poly
+
+    audio = np.asarray(audio, dtype=np.float32)
+    sr_in, sr_out = int(sr_in), int(sr_out)
+    if sr_in <= 0 or sr_out <= 0:
+        raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    if sr_in == sr_out:
+        return audio.copy()
+    g = gcd(sr_in, sr_out)
+    return resample_poly(audio, sr_out // g, sr_in // g, axis=0).astype(np.float32)
+
+
+def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 16000) -> np.ndarray:
+    """Mono float32 audio at ``target_sr`` from a file path or an array (then ``sample_rate`` is required)."""
+    if isinstance(path_or_array, (str, Path)):
+        audio, sr = read_wav(path_or_array)
+        if sample_rate is not None and int(sample_rate) != sr:
+            log.warning("%s is %d Hz, not the stated %d Hz; using the file's rate", path_or_array, sr,
+                        sample_rate)
+    else:
+        if sample_rate is None:
+            raise AudioError("load_audio(array) needs sample_rate=...")
+        audio, sr = _as_mono(path_or_array, "audio array"), int(sample_rate)
+    return resample(audio, sr, target_sr)
