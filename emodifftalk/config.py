@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,14 +97,14 @@ class DataConfig:
 @dataclass
 class RenderConfig:
     backend: str = "auto"  # "auto" (gsplat on CUDA, torch otherwise) | "torch" | "gsplat"
-    tile_size: int = 16
+    tile_size: int | None = None  # None: 16 for gsplat, 4 for the torch renderer (fastest on CPU)
     near_plane: float = 0.01
     eps2d: float = 0.3
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def validate(self) -> None:
         _check(self.backend in ("auto", "torch", "gsplat"), "render.backend must be auto, torch or gsplat")
-        _check(self.tile_size in (8, 16, 32, 64), "render.tile_size must be one of 8, 16, 32, 64")
+        _check(self.tile_size in (None, 4, 8, 16, 32, 64), "render.tile_size must be none or one of 4, 8, 16, 32, 64")
 
 
 @dataclass
@@ -379,6 +380,11 @@ def load_preset(name: str) -> Config:
 
 def _coerce(value: str, typ: Any, path: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: "none"/"null" or an X
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        return _coerce(value, args[0], path)
     if typ is bool:
         low = value.lower()
         if low in ("1", "true", "yes", "on"):
