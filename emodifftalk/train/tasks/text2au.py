@@ -1,0 +1,314 @@
+"""``text2au`` training task: Text-to-AU emotion controller (paper supp. §3, eq. 23–25).
+
+The text encoder is frozen, so every text (anchor description, 3 positives, 3 negatives of every
+entry) is encoded once before training; batches are rows of those feature tables:
+
+    {"anchor": (B, D), "positives": (B, 3, D), "negatives": (B, 3, D), "labels": (B, 17)}
+
+Epoch-based schedule: ``text2au.epochs`` epochs of ``ceil(n_train / data.batch_size)`` steps;
+:func:`train_text2au` (used by ``emodifftalk text2au train``) sets ``train.max_steps`` from it and
+``train.lr`` from ``text2au.lr`` (when > 0). ``emodifftalk train text2au`` runs the generic path
+and takes ``train.max_steps`` / ``train.lr`` as given.
+
+Loss: eq. (25) = focal BCE (eq. 23) on the anchors -- and, with ``text2au.bce_on_positives``, on
+the 3 paraphrases too, which carry the same labels -- plus the structured InfoNCE (eq. 24) of
+each anchor against its 3 positives and 3 negatives.
+
+The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
+encoder id the features came from, the decision threshold, the data file fingerprint, the split
+seed and the val/test metrics at the end of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from emodifftalk.au import AU_NAMES
+from emodifftalk.config import Config
+from emodifftalk.distributed.seed import torch_generator
+from emodifftalk.models.text_to_au import TextToAU
+from emodifftalk.text2au.dataset import DATA_VERSION, SPLITS, Entry, data_fingerprint, load_entries, split_entries
+from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, build_encoder
+from emodifftalk.text2au.evaluate import multilabel_metrics
+from emodifftalk.text2au.losses import text2au_loss
+from emodifftalk.train.task import Task, register_task
+from emodifftalk.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "text2au.json"
+_EPOCH_KEY = 7_919_003  # generator key for the per-epoch shuffle (cannot collide with a rank)
+HASHING_DIM = 1024
+
+
+def encoder_dim(t2a_cfg) -> int:
+    """Feature size of the configured encoder without loading any weights."""
+    if t2a_cfg.encoder == "minilm":
+        return 384
+    if t2a_cfg.encoder == "hashing":
+        return HASHING_DIM
+    if t2a_cfg.encoder == "open_clip":
+        import open_clip
+
+        mcfg = open_clip.get_model_config(t2a_cfg.open_clip_model)
+        if mcfg is None:
+            raise ValueError(f"unknown open_clip model {t2a_cfg.open_clip_model!r} (text2au.open_clip_model)")
+        return int(mcfg["embed_dim"])
+    raise ValueError(f"unknown text encoder {t2a_cfg.encoder!r}")
+
+
+def make_encoder(t2a_cfg) -> TextEncoder:
+    if t2a_cfg.encoder == "hashing":
+        from emodifftalk.text2au.encoders import HashingEncoder
+
+        return HashingEncoder(dim=HASHING_DIM, max_chars=t2a_cfg.max_text_chars)
+    return build_encoder(t2a_cfg)
+
+
+@dataclass
+class SplitTensors:
+    ids: list[str]
+    anchor: Tensor  # (N, D)
+    positives: Tensor  # (N, 3, D)
+    negatives: Tensor  # (N, 3, D)
+    labels: Tensor  # (N, 17) float 0/1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_train / batch_size))
+
+
+class Text2AUTask(Task):
+    name = "text2au"
+    ema = False
+
+    def __init__(self, data_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                 split_seed: int = 0, encoder: TextEncoder | None = None):
+        self.data_path = Path(data_path) if data_path else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.split_seed = split_seed
+        self.encoder = encoder
+        self.cfg: Config | None = None
+        self._splits: dict[str, SplitTensors] | None = None
+        self._entries: dict[str, list[Entry]] | None = None
+        self.data_sha256: str | None = None
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def entries(self) -> dict[str, list[Entry]]:
+        if self._entries is None:
+            self.data_sha256 = data_fingerprint(self.data_path)  # of the file as read now, not at export
+            self._entries = split_entries(load_entries(self.data_path), self.split_seed)
+            if not self._entries["train"]:
+                raise ValueError(f"the train split of {self.data_path or 'the shipped data set'} is empty")
+        return self._entries
+
+    def n_train(self) -> int:
+        return len(self.entries()["train"])
+
+    def _encoder(self, cfg: Config) -> TextEncoder:
+        if self.encoder is None:
+            self.encoder = make_encoder(cfg.text2au)
+        kind = self.encoder.encoder_id.split(":", 1)[0]
+        if kind != cfg.text2au.encoder:
+            raise EncoderMismatchError(f"text2au.encoder={cfg.text2au.encoder} but the task was given a "
+                                       f"{self.encoder.encoder_id!r} encoder")
+        return self.encoder
+
+    def prepare(self, cfg: Config) -> dict[str, SplitTensors]:
+        """Encode every text of every split once (feature cache in ``cache_dir`` when given)."""
+        self.cfg = cfg
+        if self._splits is not None:
+            return self._splits
+        enc = self._encoder(cfg)
+        t0 = time.perf_counter()
+        cache = FeatureCache(self.cache_dir, enc) if self.cache_dir else _MemoryCache(enc)
+        out = {}
+        for split, entries in self.entries().items():
+            if not entries:
+                out[split] = SplitTensors([], *(torch.zeros(0, *s) for s in
+                                                ((enc.dim,), (3, enc.dim), (3, enc.dim), (len(AU_NAMES),))))
+                continue
+            n = len(entries)
+            texts = [e.description for e in entries]
+            texts += [p for e in entries for p in e.positives]
+            texts += [t for e in entries for t in e.negatives]
+            feats = cache.encode(texts)
+            out[split] = SplitTensors(
+                ids=[e.id for e in entries], anchor=feats[:n],
+                positives=feats[n:4 * n].reshape(n, 3, enc.dim), negatives=feats[4 * n:].reshape(n, 3, enc.dim),
+                labels=torch.tensor([e.aus for e in entries], dtype=torch.float32))
+        cache.save()
+        log.info("text2au: encoded %s with %s in %.1fs", {k: len(v) for k, v in out.items()}, enc.encoder_id,
+                 time.perf_counter() - t0)
+        self._splits = out
+        return out
+
+    # ---- Task protocol -----------------------------------------------------------------------------
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        self.cfg = cfg
+        t = cfg.text2au
+        dim = self.encoder.dim if self.encoder is not None else encoder_dim(t)
+        return TextToAU(dim, hidden_dim=t.hidden_dim, proj_dim=t.proj_dim, dropout=t.dropout)
+
+    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
+                      start_step: int) -> Iterator[dict]:
+        """Epoch-wise shuffles (same permutation on every rank, from ``(seed, epoch)``); each rank
+        takes every ``world_size``-th row of the global batch. Batch ``i`` depends only on
+        ``(seed, rank, i)``, so resuming at ``start_step`` continues the exact sequence."""
+        data = self.prepare(cfg)["train"]
+        n = len(data)
+        gb = cfg.data.batch_size
+        spe = steps_per_epoch(n, gb)
+        expected = cfg.text2au.epochs * spe
+        if cfg.train.max_steps != expected:
+            log.info("text2au: train.max_steps=%d (text2au.epochs=%d would be %d steps of batch %d)",
+                     cfg.train.max_steps, cfg.text2au.epochs, expected, gb)
+        i = start_step
+        perm_epoch, perm = -1, None
+        while True:
+            epoch, j = divmod(i, spe)
+            if epoch != perm_epoch:
+                perm = torch.randperm(n, generator=torch_generator(seed, _EPOCH_KEY, epoch))
+                perm_epoch = epoch
+            chunk = perm[j * gb:(j + 1) * gb]
+            idx = chunk[rank::world_size]
+            if idx.numel() == 0:  # last partial batch smaller than the world: repeat a row
+                idx = chunk[rank % chunk.numel():][:1]
+            yield {"anchor": data.anchor[idx], "positives": data.positives[idx],
+                   "negatives": data.negatives[idx], "labels": data.labels[idx]}
+            i += 1
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
+        a, pos, neg, y = batch["anchor"], batch["positives"], batch["negatives"], batch["labels"]
+        B, P, D = pos.shape
+        M = neg.shape[1]
+        out = model(torch.cat([a, pos.reshape(B * P, D), neg.reshape(B * M, D)]))
+        z = out["z"]
+        z_a, z_p, z_n = z[:B], z[B:B + B * P].reshape(B, P, -1), z[B + B * P:].reshape(B, M, -1)
+        if self.cfg.text2au.bce_on_positives:  # paraphrases share the anchor's labels: 4x the labelled text
+            logits, labels = out["logits"][:B + B * P], torch.cat([y, y.repeat_interleave(P, dim=0)])
+        else:
+            logits, labels = out["logits"][:B], y
+        return text2au_loss(logits, labels, z_a, z_p, z_n, self.cfg.text2au)
+
+    @torch.no_grad()
+    def split_metrics(self, model: nn.Module, cfg: Config, split: str) -> dict | None:
+        data = self.prepare(cfg)[split]
+        if len(data) == 0:
+            return None
+        device = next(model.parameters()).device
+        probs = torch.sigmoid(model(data.anchor.to(device))["logits"].float()).cpu()
+        return multilabel_metrics(probs.numpy(), data.labels.numpy(), cfg.text2au.threshold)
+
+    def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
+        m = self.split_metrics(model, cfg, "val")
+        return _flat_metrics(m) if m else {}
+
+    def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
+        enc = self._encoder(cfg)
+        entries = self.entries()
+        metrics = {s: _flat_metrics(self.split_metrics(model, cfg, s)) for s in ("val", "test")
+                   if self._splits is not None and len(self._splits[s])}
+        path = self.data_path.resolve() if self.data_path else None
+        info = {
+            "encoder": cfg.text2au.encoder, "encoder_id": enc.encoder_id, "encoder_dim": enc.dim,
+            "threshold": cfg.text2au.threshold, "au_names": list(AU_NAMES),
+            "data_path": str(path) if path else None, "data_sha256": self.data_sha256,
+            "data_version": DATA_VERSION, "split_seed": self.split_seed,
+            "n_entries": {s: len(v) for s, v in entries.items()}, "metrics": metrics,
+        }
+        atomic_write_text(Path(out_dir) / INFO_FILE, json.dumps(info, indent=2, sort_keys=True))
+
+
+class _MemoryCache:
+    """FeatureCache stand-in when no cache directory is given."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder = encoder
+
+    def encode(self, texts: list[str]) -> Tensor:
+        uniq = sorted(set(texts))
+        feats = self.encoder.encode(uniq)
+        pos = {t: i for i, t in enumerate(uniq)}
+        return feats[torch.tensor([pos[t] for t in texts], dtype=torch.long)]
+
+    def save(self) -> None:
+        pass
+
+
+def _flat_metrics(m: dict) -> dict[str, float]:
+    out = {"accuracy": m["accuracy"], "exact_match": m["exact_match"]}
+    for avg in ("macro", "micro"):
+        for k, v in m[avg].items():
+            if v is not None:
+                out[f"{k}_{avg}"] = v
+    return out
+
+
+register_task("text2au", Text2AUTask)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """Temporarily set torch's intra-op thread count (restored afterwards).
+
+    The Text-to-AU head is a ~0.1M-parameter MLP on batches of a few dozen rows: extra intra-op
+    threads only add synchronisation, and on a busy CPU they are catastrophic. Measured with
+    benchmarks/bench_text2au.py on the shared 2-core dev box (load ~10): head step 9.5 ms with
+    1 thread vs 262 ms with 2; MiniLM encoding 82 vs 27 texts/s.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = None,
+                  resume: str | None = None, encoder: TextEncoder | None = None, threads: int = 1) -> dict:
+    """Train with the epoch-based schedule; returns a summary (export dir, steps, seconds, metrics).
+
+    ``threads``: torch intra-op threads while encoding the texts and optimising (see
+    :func:`intra_op_threads`); restored afterwards.
+    """
+    from emodifftalk.train.loop import run_training
+
+    out_dir = Path(out_dir)
+    task = Text2AUTask(data_path=data, cache_dir=out_dir / "features", encoder=encoder)
+    cfg.train.max_steps = cfg.text2au.epochs * steps_per_epoch(task.n_train(), cfg.data.batch_size)
+    if cfg.text2au.lr > 0:
+        if cfg.train.lr != cfg.text2au.lr:
+            log.info("text2au: using text2au.lr=%g instead of train.lr=%g (set text2au.lr=0 to use train.lr)",
+                     cfg.text2au.lr, cfg.train.lr)
+        cfg.train.lr = cfg.text2au.lr
+    cfg.validate()
+    t0 = time.perf_counter()
+    with intra_op_threads(threads):
+        task.prepare(cfg)
+        encode_seconds = time.perf_counter() - t0
+        export_dir = run_training(task, cfg, out_dir, resume=resume)
+    seconds = time.perf_counter() - t0
+    info = json.loads((export_dir / INFO_FILE).read_text()) if (export_dir / INFO_FILE).is_file() else {}
+    return {"export_dir": str(export_dir), "steps": cfg.train.max_steps, "epochs": cfg.text2au.epochs,
+            "batch_size": cfg.data.batch_size, "seconds": round(seconds, 2),
+            "encode_seconds": round(encode_seconds, 2),
+            "encoder_id": info.get("encoder_id"), "metrics": info.get("metrics", {})}
+
+
+__all__ = ["INFO_FILE", "SPLITS", "Text2AUTask", "encoder_dim", "steps_per_epoch", "train_text2au"]

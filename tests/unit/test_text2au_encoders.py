@@ -1,0 +1,118 @@
+import json
+import logging
+
+import pytest
+import torch
+
+from emodifftalk.text2au.encoders import (
+    EncoderMismatchError,
+    FeatureCache,
+    HashingEncoder,
+    MiniLMEncoder,
+    OpenCLIPEncoder,
+    prepare_texts,
+)
+
+NON_ENGLISH = ["ein wütender Mann", "一个愤怒的人", "une femme très heureuse", "сердитый человек"]
+
+
+def test_hashing_encoder_shape_norm_determinism_and_similarity():
+    enc = HashingEncoder(dim=256)
+    f = enc.encode(["a furious man", "a furious old man", "a happy child"])
+    assert f.shape == (3, 256) and f.dtype == torch.float32
+    assert torch.allclose(f.norm(dim=1), torch.ones(3))
+    assert torch.equal(f, HashingEncoder(dim=256).encode(["a furious man", "a furious old man", "a happy child"]))
+    assert (f[0] @ f[1]) > (f[0] @ f[2]) + 0.2
+    assert enc.encoder_id == "hashing:v1:d256" != HashingEncoder(dim=128).encoder_id
+
+
+@pytest.mark.parametrize("bad", [[""], ["   \n\t"], [], ["ok", ""], [None]])
+def test_empty_or_non_text_input_is_rejected(bad):
+    with pytest.raises((ValueError, TypeError)):
+        HashingEncoder(dim=64).encode(bad)
+
+
+def test_long_text_truncated_with_warning(caplog):
+    enc = HashingEncoder(dim=64, max_chars=20)
+    long = "a very angry man " * 20
+    with caplog.at_level(logging.WARNING):
+        f = enc.encode([long])
+    assert "truncated" in caplog.text and "max_text_chars=20" in caplog.text
+    assert torch.equal(f, enc.encode([long[:20]]))
+    assert prepare_texts(["  a   b \n c "], 100) == ["a b c"]
+
+
+def test_non_english_text_encodes():
+    f = HashingEncoder(dim=128).encode(NON_ENGLISH)
+    assert torch.isfinite(f).all() and torch.allclose(f.norm(dim=1), torch.ones(len(NON_ENGLISH)))
+
+
+def test_feature_cache_roundtrip_and_encoder_mismatch(tmp_path):
+    enc = HashingEncoder(dim=64)
+    cache = FeatureCache(tmp_path, enc)
+    texts = ["a sad woman", "a furious man", "a sad woman"]
+    f = cache.encode(texts)
+    assert torch.equal(f, enc.encode(texts)) and len(cache.index) == 2
+    path = cache.save()
+    assert path.suffix == ".safetensors" and "hashing" in path.name
+    again = FeatureCache(tmp_path, enc)
+    assert len(again.index) == 2 and torch.equal(again.encode(texts), f)
+    # a cache file made by one encoder cannot be read as another encoder's
+    other = HashingEncoder(dim=32)
+    other_path = FeatureCache(tmp_path, other).path
+    other_path.write_bytes(path.read_bytes())
+    with pytest.raises(EncoderMismatchError, match="hashing:v1:d64"):
+        FeatureCache(tmp_path, other)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return MiniLMEncoder(max_chars=300)
+
+
+def test_minilm_loads_offline_from_package_and_is_semantic(minilm):
+    import os
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    f = minilm.encode(["a furious man", "an angry man", "a joyful little girl"] + NON_ENGLISH)
+    assert f.shape == (7, 384) and torch.isfinite(f).all()
+    assert torch.allclose(f.norm(dim=1), torch.ones(7), atol=1e-5)
+    assert f[0] @ f[1] > f[0] @ f[2] + 0.2
+    assert not any(p.requires_grad for p in minilm.model.parameters())
+
+
+def test_open_clip_text_tower_from_local_checkpoint(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    from emodifftalk.config import build_config
+    from emodifftalk.train.tasks.text2au import encoder_dim, make_encoder
+
+    cfg_dir = tmp_path / "cfgs"
+    cfg_dir.mkdir()
+    name = "t2a-tiny-clip"
+    (cfg_dir / f"{name}.json").write_text(json.dumps({
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(cfg_dir)
+    torch.manual_seed(0)
+    ref, _, _ = open_clip.create_model_and_transforms(name)
+    ckpt = tmp_path / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(ckpt))
+
+    enc = OpenCLIPEncoder(name, ckpt, max_chars=100)
+    assert enc.dim == 24 and enc.encoder_id.startswith(f"open_clip:{name}:")
+    texts = ["a furious man"] + NON_ENGLISH
+    f = enc.encode(texts)
+    tok = open_clip.get_tokenizer(name)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(ref.eval().encode_text(tok(texts)), dim=-1)
+    assert torch.allclose(f, expected, atol=1e-5)
+    with pytest.raises(FileNotFoundError):
+        OpenCLIPEncoder(name, tmp_path / "missing.pt")
+    # the config-driven path used by training and Text2AU.load
+    cfg = build_config("tiny", ["text2au.encoder=open_clip", f"text2au.open_clip_model={name}",
+                                f"text2au.open_clip_checkpoint={ckpt}"])
+    from_cfg = make_encoder(cfg.text2au)
+    assert from_cfg.encoder_id == enc.encoder_id and encoder_dim(cfg.text2au) == enc.dim == 24

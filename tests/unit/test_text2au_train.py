@@ -1,0 +1,178 @@
+import json
+
+import pytest
+import torch
+
+from emodifftalk.au import AU_NAMES, NUM_AUS
+from emodifftalk.cli import main
+from emodifftalk.config import build_config
+from emodifftalk.models.text_to_au import TextToAU
+from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
+from emodifftalk.text2au.evaluate import evaluate_model, multilabel_metrics
+from emodifftalk.text2au.predict import Text2AU
+from emodifftalk.train.task import get_task
+from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, intra_op_threads, steps_per_epoch
+
+
+def test_model_shapes_and_unit_norm_embedding():
+    m = TextToAU(32, hidden_dim=16, proj_dim=8)
+    out = m(torch.randn(5, 32))
+    assert out["logits"].shape == (5, NUM_AUS) and out["z"].shape == (5, 8)
+    assert torch.allclose(out["z"].norm(dim=1), torch.ones(5), atol=1e-5)
+    with pytest.raises(AssertionError):
+        m(torch.randn(5, 31))
+
+
+def test_metrics_by_hand():
+    labels = torch.zeros(4, NUM_AUS)
+    probs = torch.zeros(4, NUM_AUS)
+    labels[:2, 0] = 1  # AU01: 2 positives
+    probs[0, 0] = 0.9  # TP
+    probs[2, 0] = 0.8  # FP  -> AU01 P = 1/2, R = 1/2, F1 = 1/2
+    probs[3, 1] = 0.7  # AU02: FP only -> precision 0, recall undefined, F1 0
+    m = multilabel_metrics(probs.numpy(), labels.numpy())
+    a1, a2, a4 = m["per_au"]["AU01"], m["per_au"]["AU02"], m["per_au"]["AU04"]
+    assert (a1["precision"], a1["recall"], a1["f1"], a1["accuracy"]) == (0.5, 0.5, 0.5, 0.5)
+    assert a2["precision"] == 0.0 and a2["recall"] is None and a2["f1"] == 0.0
+    assert a4["precision"] is None and a4["f1"] is None and a4["accuracy"] == 1.0
+    assert m["accuracy"] == pytest.approx(1 - 3 / (4 * NUM_AUS))
+    assert m["macro"]["f1"] == pytest.approx(0.25) and m["n_aus"]["f1"] == 2
+    assert m["micro"]["precision"] == pytest.approx(1 / 3) and m["micro"]["recall"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def hashing_cfg():
+    return build_config("tiny", ["text2au.encoder=hashing", "data.batch_size=16"])
+
+
+@pytest.fixture(scope="module")
+def hashing_task():
+    return Text2AUTask()
+
+
+def test_train_batches_deterministic_rank_disjoint_and_resumable(hashing_cfg, hashing_task):
+    cfg = hashing_cfg
+    data = hashing_task.prepare(cfg)["train"]
+    it = hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=0)
+    first = [next(it) for _ in range(5)]
+    again = hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=0)
+    assert all(torch.equal(a["anchor"], next(again)["anchor"]) for a in first)
+    resumed = next(hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=4))
+    assert torch.equal(resumed["labels"], first[4]["labels"]) and torch.equal(resumed["anchor"], first[4]["anchor"])
+    b = first[0]
+    assert b["anchor"].shape == (16, data.anchor.shape[1]) and b["positives"].shape[1:] == (3, data.anchor.shape[1])
+    assert b["labels"].shape == (16, NUM_AUS)
+    # one epoch covers every training row exactly once
+    spe = steps_per_epoch(len(data), 16)
+    rows = torch.cat([bt["anchor"] for bt in [next(hashing_task.train_batches(cfg, 0, 1, 3, k)) for k in range(spe)]])
+    assert rows.shape[0] == len(data) and torch.unique(rows, dim=0).shape[0] == torch.unique(data.anchor, dim=0).shape[0]
+    # two ranks split the global batch into disjoint halves
+    r0 = next(hashing_task.train_batches(cfg, 0, 2, 3, 0))["anchor"]
+    r1 = next(hashing_task.train_batches(cfg, 1, 2, 3, 0))["anchor"]
+    assert r0.shape[0] == r1.shape[0] == 8
+    assert torch.equal(torch.cat([r0, r1]).sort(dim=0).values, first[0]["anchor"].sort(dim=0).values)
+
+
+def test_loss_is_finite_and_decreases_with_a_few_steps(hashing_cfg, hashing_task):
+    torch.manual_seed(0)
+    model = hashing_task.build_model(hashing_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    it = hashing_task.train_batches(hashing_cfg, 0, 1, 0, 0)
+    batch = next(it)
+    losses = []
+    with intra_op_threads(1):
+        for step in range(30):
+            terms = hashing_task.loss(model, batch, step)
+            assert set(terms) >= {"loss", "focal_bce", "infonce"} and torch.isfinite(terms["loss"])
+            opt.zero_grad()
+            terms["loss"].backward()
+            opt.step()
+            losses.append(terms["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_task_is_registered():
+    assert isinstance(get_task("text2au"), Text2AUTask)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t2a") / "run"
+    rc = main(["text2au", "train", "--out", str(out), "text2au.encoder=hashing", "text2au.epochs=3",
+               "data.batch_size=32", "train.log_every=2"])
+    assert rc == 0
+    return out
+
+
+def test_cli_train_exports_model_and_encoder_info(trained):
+    export = trained / "export"
+    for name in ("model.safetensors", "config.json", INFO_FILE):
+        assert (export / name).is_file(), name
+    info = json.loads((export / INFO_FILE).read_text())
+    assert info["encoder_id"] == "hashing:v1:d1024" and info["threshold"] == 0.5
+    assert info["au_names"] == list(AU_NAMES) and len(info["data_sha256"]) == 64
+    assert set(info["metrics"]) == {"val", "test"}
+    # epoch schedule: 3 epochs of ceil(n_train / 32) steps
+    n_train = info["n_entries"]["train"]
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    done = [r for r in records if r.get("event") == "done"]
+    assert done and done[-1]["step"] == 3 * steps_per_epoch(n_train, 32)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert list((trained / "features").glob("text_features_hashing_*.safetensors"))
+
+
+def test_predict_api_and_cli_json(trained, capsys):
+    t2a = Text2AU.load(trained)  # run dir resolves to run/export
+    res = t2a.predict(["a furious man", "一个快乐的孩子"])
+    assert [r["text"] for r in res] == ["a furious man", "一个快乐的孩子"]
+    for r in res:
+        assert list(r["probs"]) == list(AU_NAMES) and all(0 <= p <= 1 for p in r["probs"].values())
+        assert r["aus"] == [a for a, p in r["probs"].items() if p >= 0.5]
+    capsys.readouterr()
+    assert main(["text2au", "predict", "--model", str(trained / "export"), "--text", "a furious man",
+                 "--text", "a sad old woman", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["text"] for x in lines] == ["a furious man", "a sad old woman"]
+    assert lines[0]["probs"] == pytest.approx(res[0]["probs"], abs=1e-4)
+
+
+def test_predict_bad_inputs(trained, tmp_path, caplog):
+    t2a = Text2AU.load(trained)
+    with pytest.raises(ValueError, match="empty"):
+        t2a.predict([""])
+    assert main(["text2au", "predict", "--model", str(trained), "--text", "  "]) == 1
+    long = "a very angry man who shouts " * 40
+    out = t2a.predict([long])
+    assert "truncated" in caplog.text and len(out) == 1
+    assert out[0]["probs"] == t2a.predict([long[:300]])[0]["probs"]
+    with pytest.raises(EncoderMismatchError, match="hashing:v1:d1024"):
+        Text2AU.load(trained, encoder=HashingEncoder(dim=512))
+    with pytest.raises(FileNotFoundError):
+        Text2AU.load(tmp_path)
+
+
+def test_model_dir_recorded_with_another_encoder_is_refused(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(trained / "export", copy)
+    info = json.loads((copy / INFO_FILE).read_text())
+    info["encoder_id"] = "minilm:sentence-transformers/all-MiniLM-L6-v2"
+    info["encoder"] = "minilm"
+    (copy / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(EncoderMismatchError):
+        Text2AU.load(copy)
+
+
+def test_eval_cli_reports_paper_metrics(trained, capsys, tmp_path):
+    capsys.readouterr()
+    out_file = tmp_path / "eval.json"
+    assert main(["text2au", "eval", "--model", str(trained), "--out", str(out_file)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res == json.loads(out_file.read_text())
+    assert res["split"] == "test" and res["encoder_id"] == "hashing:v1:d1024"
+    assert 0 <= res["accuracy"] <= 1 and set(res["macro"]) == {"precision", "recall", "f1"}
+    assert set(res["per_au"]) == set(AU_NAMES)
+    direct = evaluate_model(trained, split="test")
+    assert direct["accuracy"] == res["accuracy"]
