@@ -1,0 +1,326 @@
+"""``emodifftalk animate``: audio (+ text prompt, + per-AU edits) → animated Gaussian head → video.
+
+Pipeline, one stage a function so the viewer and benchmarks reuse them:
+
+1. ``speech_aus``   audio → Speech-to-AU → AU codes E (T, 17) at ``fps``
+2. ``edit_aus``     Text-to-AU probabilities modulate E (lip lock), then per-AU edit curves
+3. ``motion``       AU codes + audio features → DDIM/DDPM sampler (windowed) → offsets ΔP (T, V, 3)
+4. ``render_frames`` deformed Gaussians (μ follow the mesh, free points follow structurally,
+                     α0 + Δα from the identity's feature line) → frames, streamed to the encoder
+
+Outputs land in a temp directory that is renamed to ``out`` only when everything succeeded, so a
+bad input never leaves partial outputs behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from emodifftalk import au
+from emodifftalk.config import Config
+from emodifftalk.utils import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SILENCE_RMS = 1e-4  # below this the input is treated as silent (nothing to lip-sync)
+
+
+class AnimateError(ValueError):
+    """A bad input to ``animate``; the message names the input."""
+
+
+@dataclass
+class Models:
+    """Loaded models for animation (load once, animate many clips)."""
+
+    s2au: object  # models.speech_inference.S2AUBundle
+    motion: torch.nn.Module  # models.denoiser.Denoiser
+    motion_cfg: Config
+    schedule: object | None
+    motion_frontend: object  # audio front end matching the motion model's features
+    text2au: object | None = None  # text2au.predict.Text2AU
+
+
+@dataclass
+class AnimationResult:
+    out_dir: Path
+    n_frames: int
+    fps: float
+    seconds_audio: float
+    timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+
+
+def load_models(s2au_dir: str | Path, motion_dir: str | Path, text2au_dir: str | Path | None = None,
+                device: str = "cpu") -> Models:
+    from emodifftalk.diffusion.schedule import NoiseSchedule
+    from emodifftalk.models.audio_frontend import build_frontend
+    from emodifftalk.models.speech_inference import load_s2au
+    from emodifftalk.train.export import load_exported
+
+    for name, d in (("--s2au", s2au_dir), ("--motion", motion_dir)):
+        if not Path(d).is_dir():
+            raise AnimateError(f"{name} {d}: model directory does not exist")
+    s2au = load_s2au(s2au_dir, device=device)
+    try:
+        motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
+    except (FileNotFoundError, KeyError, RuntimeError) as e:
+        raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
+    motion.eval()
+    frontend = build_frontend(mcfg.audio).to(device).eval()
+    if frontend.dim != motion.audio_dim:
+        raise AnimateError(f"--motion {motion_dir}: model expects {motion.audio_dim}-d audio features but "
+                           f"its audio front end ({mcfg.audio.frontend}) gives {frontend.dim}")
+    d = mcfg.diffusion
+    schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
+    t2a = None
+    if text2au_dir:
+        from emodifftalk.text2au.predict import Text2AU
+
+        t2a = Text2AU.load(text2au_dir)
+    return Models(s2au=s2au, motion=motion, motion_cfg=mcfg, schedule=schedule, motion_frontend=frontend,
+                  text2au=t2a)
+
+
+def load_audio_16k(wav) -> np.ndarray:
+    from emodifftalk.data.audio import load_audio
+
+    try:
+        audio = load_audio(wav, target_sr=16000)
+    except Exception as e:  # noqa: BLE001 - unreadable audio of any kind → one clear message
+        raise AnimateError(f"audio {wav}: cannot read ({e})") from None
+    if audio.size == 0:
+        raise AnimateError(f"audio {wav}: empty")
+    if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < SILENCE_RMS:
+        raise AnimateError(f"audio {wav}: silent (RMS < {SILENCE_RMS}); nothing to lip-sync")
+    return audio
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+
+def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
+    from emodifftalk.models.speech_inference import predict_aus
+
+    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au)
+
+
+def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edits, cfg: Config) -> tuple[np.ndarray, dict]:
+    """Text modulation then explicit edit curves; returns final AUs and what the text asked for."""
+    from emodifftalk.edits import apply_edits
+
+    info: dict = {}
+    out = aus
+    if text:
+        if models.text2au is None:
+            raise AnimateError("--text needs a Text-to-AU model (--text2au DIR)")
+        from emodifftalk.text2au.modulation import modulate_aus
+
+        probs = models.text2au.predict_probs([text])[0].cpu().numpy()
+        t = cfg.text2au
+        out = modulate_aus(out, probs, alpha=t.modulation_alpha, beta=t.modulation_beta, lip_lock=t.lip_lock)
+        info = {"text": text, "probs": {n: round(float(p), 4) for n, p in zip(au.AU_NAMES, probs)},
+                "aus": au.au_names_from_vector(probs, models.text2au.threshold)}
+    if edits:
+        out = apply_edits(out, edits, fps, lip_lock=cfg.text2au.lip_lock)
+    return np.asarray(out, np.float32), info
+
+
+def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audio: np.ndarray, cfg: Config,
+                   seed: int = 0, progress: bool = False) -> torch.Tensor:
+    from emodifftalk.models.speech_inference import extract_features
+    from emodifftalk.motion_inference import sample_motion
+
+    mcfg = models.motion_cfg
+    device = next(models.motion.parameters()).device
+    feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds,
+                             device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
+                         steps=cfg.infer.ddim_steps, generator=gen, device=device,
+                         window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
+
+
+def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """Per-frame (viewmat (1,4,4), K (1,3,3), width, height) for a camera spec.
+
+    ``spec``: an index into the rig's capture cameras ("0"), "orbit" (one turn over the clip), or a
+    JSON file ``{"cameras": [{"K", "viewmat", "width", "height"}, ...]}`` (one per frame, or one for all).
+    """
+    from emodifftalk.render.cameras import intrinsics, look_at
+
+    center = rig.canonical_verts.mean(0)
+    extent = float((rig.canonical_verts.max(0).values - rig.canonical_verts.min(0).values).max())
+    if spec == "orbit":
+        k = intrinsics(30.0, size, size)
+        radius = extent * 2.2 / np.tan(np.radians(15.0)) / 2
+        for t in range(n_frames):
+            a = 2 * np.pi * t / max(n_frames, 1)
+            eye = center + torch.tensor([radius * np.sin(a), 0.0, radius * np.cos(a)])
+            yield look_at(eye, center)[None], k[None], size, size
+        return
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise AnimateError(f"--camera {spec}: file does not exist")
+        cams = json.loads(path.read_text()).get("cameras", [])
+        if not cams or len(cams) not in (1, n_frames):
+            raise AnimateError(f"--camera {spec}: needs 1 camera or one per frame ({n_frames}), has {len(cams)}")
+        for t in range(n_frames):
+            c = cams[t if len(cams) > 1 else 0]
+            yield (torch.tensor(c["viewmat"], dtype=torch.float32)[None], torch.tensor(c["K"], dtype=torch.float32)[None],
+                   int(c["width"]), int(c["height"]))
+        return
+    cams = rig.info.get("cameras", {})
+    try:
+        idx = int(spec)
+        vm = torch.tensor(cams["viewmats"][idx], dtype=torch.float32)
+        k = torch.tensor(cams["Ks"][idx], dtype=torch.float32)
+    except (ValueError, KeyError, IndexError):
+        n = len(cams.get("viewmats", []))
+        raise AnimateError(f"--camera {spec!r}: expected 'orbit', a cameras JSON file, or a capture camera index "
+                           f"0..{n - 1} of this rig") from None
+    w, h = int(cams["width"]), int(cams["height"])
+    for _ in range(n_frames):
+        yield vm[None], k[None], w, h
+
+
+def render_frames(rig, feature_line, offsets: torch.Tensor, aus: np.ndarray, cameras, cfg: Config,
+                  progress: bool = True) -> Iterator[np.ndarray]:
+    """Yield uint8 frames (H, W, 3), one at a time (memory stays one frame)."""
+    from emodifftalk.render import rasterize
+    from emodifftalk.rig.deform import deform
+
+    template = rig.canonical_verts
+    bg = torch.tensor(cfg.render.background, dtype=torch.float32)
+    frames = range(offsets.shape[0])
+    if progress:
+        from tqdm import tqdm
+
+        frames = tqdm(frames, desc="render", unit="frame")
+    cams = iter(cameras)
+    with torch.no_grad():
+        for t in frames:
+            delta = feature_line(torch.from_numpy(aus[t:t + 1]))[0] if feature_line is not None else None
+            g = deform(rig, template + offsets[t], delta)
+            vm, k, w, h = next(cams)
+            out = rasterize(**g.render_args(), viewmats=vm, Ks=k, width=w, height=h, background=bg,
+                            backend=cfg.render.backend, tile_size=cfg.render.tile_size)
+            yield (out.rgb[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+# ------------------------------------------------------------------------------------------------
+
+
+def write_au_csv(path: Path, aus: np.ndarray, fps: float) -> None:
+    lines = ["frame,time," + ",".join(au.AU_NAMES)]
+    for t, row in enumerate(aus):
+        lines.append(f"{t},{t / fps:.4f}," + ",".join(f"{v:.4f}" for v in row))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_aus(path: Path, speech: np.ndarray, final: np.ndarray, fps: float, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(speech.shape[0]) / fps
+    fig, axes = plt.subplots(6, 3, figsize=(12, 11), sharex=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= au.NUM_AUS:
+            ax.axis("off")
+            continue
+        ax.plot(t, speech[:, k], color="0.6", lw=1, label="speech")
+        ax.plot(t, final[:, k], color="C3", lw=1.2, label="edited")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{au.AU_NAMES[k]} {au.ACTION_UNITS[au.AU_NAMES[k]].facs_name}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title or "AU codes", fontsize=10)
+    fig.supxlabel("time (s)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray, feature_line) -> None:
+    from emodifftalk.rig.deform import deform
+    from emodifftalk.rig.ply import write_gaussians_ply
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        for t in range(offsets.shape[0]):
+            delta = feature_line(torch.from_numpy(aus[t:t + 1]))[0] if feature_line is not None else None
+            write_gaussians_ply(folder / f"frame_{t:05d}.ply", deform(rig, rig.canonical_verts + offsets[t], delta))
+
+
+def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Config, *, text: str | None = None,
+            edits_path: str | Path | None = None, camera: str = "0", ply: bool = False, seed: int = 0,
+            overwrite: bool = False, progress: bool = True) -> AnimationResult:
+    from emodifftalk.edits import load_edits
+    from emodifftalk.render.video import write_video
+    from emodifftalk.rig.feature_line_fit import load_feature_line
+    from emodifftalk.rig.gaussians import GaussianRig
+
+    rig_dir = Path(rig_dir)
+    try:
+        rig = GaussianRig.load(rig_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise AnimateError(f"--rig {rig_dir}: {e}") from None
+    feature_line = load_feature_line(rig_dir, rig)
+    edits = load_edits(edits_path) if edits_path else []
+    fps = cfg.infer.fps
+    audio = load_audio_16k(wav)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    speech = speech_aus(models, audio, fps)
+    timings["aus"] = time.perf_counter() - t0
+    final, text_info = edit_aus(models, speech, fps, text, edits, cfg)
+    n = final.shape[0]
+
+    t0 = time.perf_counter()
+    offsets = motion_offsets(models, rig.canonical_verts, final, audio, cfg, seed=seed)
+    timings["diffusion"] = time.perf_counter() - t0
+    if offsets.shape != (n, rig.n_bound, 3):
+        raise AnimateError(f"motion model produced offsets {tuple(offsets.shape)} for a rig with {rig.n_bound} "
+                           "template vertices: identity template size mismatch")
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_au_csv(tmp / "aus.csv", final, fps)
+        write_au_csv(tmp / "aus_speech.csv", speech, fps)
+        plot_aus(tmp / "aus.png", speech, final, fps, title=f"{rig.identity}: {text or 'speech only'}")
+        np.save(tmp / "offsets.npy", offsets.numpy().astype(np.float32))
+        t0 = time.perf_counter()
+        frames = render_frames(rig, feature_line, offsets, final, camera_path(rig, camera, n, cfg.infer.image_size),
+                               cfg, progress=progress)
+        # render and encode are interleaved (streaming); the encode share is measured by the benchmark
+        write_video(tmp / "video.mp4", frames, fps, audio=audio, sample_rate=16000)
+        timings["render+encode"] = time.perf_counter() - t0
+        if ply:
+            write_ply_sequence(tmp / "ply", rig, offsets, final, feature_line)
+        info = {"rig": str(rig_dir), "identity": rig.identity, "fps": fps, "n_frames": n,
+                "seconds_audio": audio.shape[0] / 16000, "text": text_info, "edits": str(edits_path or ""),
+                "camera": camera, "feature_line": feature_line is not None, "timings": timings, "seed": seed}
+        (tmp / "animation.json").write_text(json.dumps(info, indent=2))
+    out = Path(out)
+    files = {p.name: str(p) for p in sorted(out.iterdir())}
+    return AnimationResult(out, n, fps, audio.shape[0] / 16000, timings, files)
