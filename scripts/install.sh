@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${EMODIFFTALK_EXTRAS:-test}
+EXTRAS=${EMODIFFTALK_EXTRAS:-test,viewer}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
