@@ -16,8 +16,8 @@ from emodifftalk.config import PRESETS, ConfigError, build_config
 
 # verb module names, in the order `--help` lists them
 VERBS = (
-    "synth", "pack", "inspect", "preview", "ingest", "featurize", "rig", "train", "eval",
-    "text2au", "animate", "view", "demo",
+    "synth", "pack", "inspect", "preview", "ingest", "export_frontal", "check_cameras", "featurize", "rig",
+    "train", "eval", "text2au", "animate", "view", "demo",
 )
 
 
