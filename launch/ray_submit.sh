@@ -21,5 +21,5 @@ cd "$(dirname "$0")/.."
 exec ray job submit \
   --address "$ADDRESS" \
   --working-dir . \
-  --runtime-env-json '{"excludes": [".venv", ".git", "**/__pycache__", "*.tar"]}' \
+  --runtime-env-json '{"excludes": [".venv", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", "*.tar"]}' \
   -- emodifftalk rig "$@"

@@ -1,0 +1,99 @@
+"""Losses and image metrics of the rig reconstruction (pure functions; weights come from cfg.rig).
+
+Images are (B, 3, H, W) or channels-last (..., H, W, 3), values in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _to_bchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) stays; channels-last (..., H, W, 3) -> (B, 3, H, W)."""
+    if x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
+        return x
+    if x.shape[-1] != 3 or x.dim() < 3:
+        raise ValueError(f"expected (B, 3, H, W) or (..., H, W, 3) images, got {tuple(x.shape)}")
+    return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian (size,)."""
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5,
+         data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03.
+
+    Statistics over the *valid* region (no padding), as in the reference MATLAB code and
+    pytorch-msssim; channels are averaged. Returns (B,). Differentiable.
+    """
+    x, y = _to_bchw(a), _to_bchw(b)
+    if x.shape != y.shape:
+        raise ValueError(f"ssim: shapes differ {tuple(x.shape)} vs {tuple(y.shape)}")
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"ssim: images {tuple(x.shape[-2:])} smaller than the {window}px window")
+    c = x.shape[1]
+    g = gaussian_window(window, sigma, x.dtype, x.device)
+    kx = g.reshape(1, 1, 1, window).repeat(c, 1, 1, 1)
+    ky = g.reshape(1, 1, window, 1).repeat(c, 1, 1, 1)
+
+    def blur(t):
+        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x ** 2
+    syy = blur(y * y) - mu_y ** 2
+    sxy = blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB over (..., H, W, 3) or (B, 3, H, W); returns (B,)."""
+    x, y = _to_bchw(a).float(), _to_bchw(b).float()
+    mse = ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10.0 * torch.log10(data_range ** 2 / mse)
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, lambda_ssim: float) -> torch.Tensor:
+    """Eq. (20): (1 − λ_ssim)·L1 + λ_ssim·(1 − SSIM), averaged over the batch."""
+    l1 = (pred - target).abs().mean()
+    if lambda_ssim == 0:
+        return l1
+    return (1 - lambda_ssim) * l1 + lambda_ssim * (1 - ssim(pred, target).mean())
+
+
+def scale_regularizer(log_scales: torch.Tensor, ref_scale: float) -> torch.Tensor:
+    """Mean excess of each Gaussian's largest axis over ``ref_scale``, in units of ``ref_scale``.
+
+    Penalises big blobs, which fit the training views but blur the held-out one; Gaussians
+    smaller than ``ref_scale`` are not pushed to shrink further (that opens holes in the
+    mesh-bound surface).
+    """
+    return torch.relu(log_scales.max(dim=-1).values.exp() - ref_scale).mean() / ref_scale
+
+
+def opacity_regularizer(opacities: torch.Tensor) -> torch.Tensor:
+    """Mean opacity (L1 on α ≥ 0): drives unused Gaussians transparent so pruning can recycle them."""
+    return opacities.mean()
+
+
+def inverse_sigmoid(p: torch.Tensor | float) -> torch.Tensor:
+    p = torch.as_tensor(p).clamp(1e-6, 1 - 1e-6)
+    return torch.log(p / (1 - p))
+
+
+def mean_edge_length(verts: torch.Tensor, faces: torch.Tensor) -> float:
+    """Mean length of the template's (directed, duplicated) triangle edges, metres."""
+    if faces.numel() == 0:
+        return float("nan")
+    f = faces.long()
+    e = torch.cat([verts[f[:, 1]] - verts[f[:, 0]], verts[f[:, 2]] - verts[f[:, 1]], verts[f[:, 0]] - verts[f[:, 2]]])
+    return float(e.norm(dim=-1).mean())
+
