@@ -24,6 +24,7 @@ def tiny() -> Config:
     cfg.rig.densify_every = 20
     cfg.rig.log_images_every = 40
     cfg.rig.holdout_camera = 2  # an interior camera of the synthetic arc: novel-view interpolation
+    cfg.feature_line.steps = 100
     cfg.s2au.d_model = 128
     cfg.s2au.local_layers = 2
     cfg.s2au.global_layers = 1

@@ -78,16 +78,23 @@ def _samples_with_prefix(urls: list[str], prefix: str, stats) -> Iterator[dict]:
             stats.skip(e.key, e.url, e.reason)
 
 
+def _identity_samples(shards_root: str | Path, identity: str, kind: str, stats) -> list[dict]:
+    from emodifftalk.data.shards import load_manifest, shard_urls
+
+    manifest = load_manifest(shards_root)
+    out = []
+    for split in _identity_splits(manifest, identity):
+        out += list(_samples_with_prefix(shard_urls(shards_root, kind, split), f"{identity}__", stats))
+    return out
+
+
 def load_identity(shards_root: str | Path, identity: str, stats=None) -> tuple[list[dict], dict | None]:
     """(frames samples, template sample or None) of ``identity``, read straight from the shards."""
     from emodifftalk.data.schema import template_key
-    from emodifftalk.data.shards import SkipStats, load_manifest, shard_urls
+    from emodifftalk.data.shards import SkipStats, shard_urls
 
     stats = stats if stats is not None else SkipStats()
-    manifest = load_manifest(shards_root)
-    frames = []
-    for split in _identity_splits(manifest, identity):
-        frames += list(_samples_with_prefix(shard_urls(shards_root, "frames", split), f"{identity}__", stats))
+    frames = _identity_samples(shards_root, identity, "frames", stats)
     templates = [s for s in _samples_with_prefix(shard_urls(shards_root, "template"), template_key(identity), stats)
                  if s["key"] == template_key(identity)]
     return frames, (templates[0] if templates else None)
@@ -105,6 +112,30 @@ def _record(identity: str, status: str, **kw: Any) -> dict[str, Any]:
     return rec
 
 
+def fit_identity_feature_line(shards_root: str | Path, identity: str, rig_dir: Path, cfg, frames: list[dict],
+                              stats) -> dict[str, Any] | None:
+    """Fit the identity's feature line (AU codes → opacity) against its captured moving frames.
+
+    Returns its metrics, or None when the data has no moving frames with AU codes (only the
+    neutral frame was packed: repack with ``data.frames_stride`` > 0) or ``feature_line.steps`` is 0.
+    """
+    from emodifftalk.rig.feature_line_fit import fit_feature_line, moving_frames, save_feature_line
+    from emodifftalk.rig.gaussians import GaussianRig
+
+    if cfg.feature_line.steps <= 0:
+        return None
+    seqs = {s["meta"]["clip"]: s for s in _identity_samples(shards_root, identity, "seq", stats)}
+    moving = moving_frames(frames, seqs)
+    if len(moving) < 2:
+        log.warning("%s: no moving frames with AU codes; the rig keeps static opacity (repack with "
+                    "data.frames_stride > 0 to fit its feature line)", identity)
+        return None
+    rig = GaussianRig.load(rig_dir)
+    model, metrics = fit_feature_line(rig, moving, cfg, seed=cfg.train.seed)
+    save_feature_line(model, rig_dir, metrics, cfg)
+    return metrics
+
+
 def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg_dict: dict,
                              overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
     """Reconstruct ``identity``'s rig from the shards into ``out_root/<identity>``.
@@ -114,6 +145,7 @@ def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg
     """
     from emodifftalk.config import config_from_dict
     from emodifftalk.data.shards import SkipStats
+    from emodifftalk.rig.feature_line_fit import FEATURE_LINE_TENSORS
     from emodifftalk.rig.gaussians import GaussianRig, is_complete
     from emodifftalk.rig.reconstruct import reconstruct_identity
 
@@ -121,6 +153,11 @@ def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg
     rig_dir = Path(out_root) / identity
     try:
         if is_complete(rig_dir) and not overwrite:
+            if not (rig_dir / FEATURE_LINE_TENSORS).is_file():  # killed between rig and feature line
+                cfg = config_from_dict(cfg_dict).validate()
+                stats = SkipStats()
+                fit_identity_feature_line(shards_root, identity, rig_dir, cfg,
+                                          load_identity(shards_root, identity, stats)[0], stats)
             metrics = GaussianRig.load(rig_dir).info.get("metrics", {})
             return _record(identity, "skipped", rig_dir=str(rig_dir), seconds=0.0,
                            psnr_holdout=metrics.get("psnr_holdout"), ssim_holdout=metrics.get("ssim_holdout"),
@@ -142,7 +179,9 @@ def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg
                                           overwrite=overwrite, progress=progress)
         except ValueError as e:  # bad data: say which samples the reader had to skip, they may be why
             raise type(e)(f"{e}{skipped}") from e
+        fl = fit_identity_feature_line(shards_root, identity, rig_dir, cfg, frames, stats)
         return _record(identity, "ok", rig_dir=str(rig_dir), seconds=time.perf_counter() - t0,
+                       feature_line_psnr=(fl or {}).get("holdout_psnr_with_feature_line"),
                        psnr_holdout=result.metrics["psnr_holdout"], ssim_holdout=result.metrics["ssim_holdout"],
                        psnr_train=result.metrics["psnr_train"], steps_per_second=result.steps_per_second,
                        cpu_seconds=time.process_time() - cpu0, skipped_samples=stats.n_skipped)

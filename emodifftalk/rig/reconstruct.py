@@ -614,7 +614,7 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
     info = {
         "neutral": {"clip": views.clip, "frame": views.frame},
         "cameras": {"names": views.names, "holdout": views.names[h], "width": views.width,
-                    "height": views.height},
+                    "height": views.height, "viewmats": views.viewmats.tolist(), "Ks": views.Ks.tolist()},
         "facial_set": "vertex_sets.face" if face_set.size else "all_bound",
         "mean_edge_length": edge,
         "metrics": metrics,
