@@ -49,4 +49,5 @@ def paper() -> Config:
     cfg.train.max_steps = 200000
     cfg.train.mixed_precision = "bf16"
     cfg.infer.image_size = 512
+    cfg.train.ema_decay = 0.999  # EMA of the diffusion model's weights
     return cfg

@@ -20,4 +20,5 @@ def small() -> Config:
     cfg.data.batch_size = 32
     cfg.data.num_workers = 4
     cfg.infer.image_size = 512
+    cfg.train.ema_decay = 0.999  # EMA of the diffusion model's weights
     return cfg

@@ -32,6 +32,8 @@ def tiny() -> Config:
     cfg.diffusion.d_model = 128
     cfg.diffusion.n_layers = 3
     cfg.diffusion.ddim_steps = 10
+    cfg.diffusion.window_frames = 50  # = data.window_frames: generate in windows as long as the training crops
+    cfg.train.ema_decay = 0.99  # EMA for tasks that ask for it (motion); short runs -> short horizon
     cfg.text2au.epochs = 60
     cfg.train.max_steps = 300
     cfg.train.log_every = 10
@@ -39,4 +41,5 @@ def tiny() -> Config:
     cfg.train.ckpt_every = 100
     cfg.infer.image_size = 128
     cfg.infer.ddim_steps = 10
+    cfg.infer.window_frames = 50
     return cfg

@@ -1,0 +1,93 @@
+"""Feature-line losses (paper supp. eq. 19–22). Pure functions; weights come from
+``FeatureLineConfig``.
+
+Normalisation choices (the paper writes plain sums): every term is a *mean* over Gaussians and
+frames (and feature entries for the L1), so the λ values do not have to change with the number of
+Gaussians Q or the clip length. Δμ (T, Q, 3) are per-Gaussian position changes in metres, Δα
+(T, Q) per-Gaussian opacity changes.
+
+Eq. (19) smoothness index: the paper writes Σ_{k=1}^{K-1} ‖f_k − f_{k+1}‖² with f the "feature
+combination weighted by AU intensities". We read k as the **frame index**: f_t = Σ_j E_{t,j} F_j
+(T, Q, 16) should change smoothly between consecutive frames. (Consecutive AU slices F_k, F_{k+1}
+would tie unrelated AUs, e.g. AU26 jaw drop and AU45 blink, together.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emodifftalk.eval.metrics import ssim
+
+
+def _check_motion(delta_mu: torch.Tensor, delta_alpha: torch.Tensor | None = None) -> None:
+    assert delta_mu.ndim == 3 and delta_mu.shape[-1] == 3, f"delta_mu must be (T, Q, 3), got {tuple(delta_mu.shape)}"
+    if delta_alpha is not None:
+        assert delta_alpha.shape == delta_mu.shape[:2], (
+            f"delta_alpha must be (T, Q) = {tuple(delta_mu.shape[:2])}, got {tuple(delta_alpha.shape)}")
+
+
+def feature_line_regularizer(F: torch.Tensor, f: torch.Tensor | None, lambda_sparse: float,
+                             lambda_smooth: float) -> dict[str, torch.Tensor]:
+    """Eq. (19): λ_sparse ‖F‖₁ + λ_smooth Σ_t ‖f_t − f_{t+1}‖².
+
+    ``sparse`` = mean |F| over its 17·Q·16 entries; ``smooth`` = mean over consecutive frame pairs
+    and Gaussians of ‖f_t^i − f_{t+1}^i‖² (0 for fewer than two frames or ``f=None``).
+    F (17, Q, D); f (T, Q, D). Returns ``sparse``, ``smooth``, ``reg`` (weighted sum).
+    """
+    assert F.ndim == 3, f"F must be (17, Q, D), got {tuple(F.shape)}"
+    sparse = F.abs().mean()
+    if f is None or f.shape[0] < 2:
+        smooth = F.sum() * 0.0
+    else:
+        assert f.ndim == 3 and f.shape[1:] == F.shape[1:], f"f must be (T, Q, D) = (T, {F.shape[1]}, {F.shape[2]}), got {tuple(f.shape)}"
+        smooth = (f[1:] - f[:-1]).square().sum(-1).mean()
+    return {"sparse": sparse, "smooth": smooth, "reg": lambda_sparse * sparse + lambda_smooth * smooth}
+
+
+def reconstruction_loss(rendered: torch.Tensor, target: torch.Tensor, lambda_ssim: float,
+                        channel_last: bool = True) -> dict[str, torch.Tensor]:
+    """Eq. (20): (1 − λ_ssim) L1 + λ_ssim (1 − SSIM). Images (N, H, W, C) (or (N, C, H, W) with
+    ``channel_last=False``) in [0, 1]. Returns ``l1``, ``ssim``, ``recon``."""
+    assert rendered.shape == target.shape, f"rendered {tuple(rendered.shape)} and target {tuple(target.shape)} differ"
+    l1 = (rendered - target).abs().mean()
+    s = ssim(rendered, target, channel_last=channel_last)
+    return {"l1": l1, "ssim": s, "recon": (1 - lambda_ssim) * l1 + lambda_ssim * (1 - s)}
+
+
+def opacity_motion_loss(delta_mu: torch.Tensor, delta_alpha: torch.Tensor, gamma: float,
+                        weight: float) -> torch.Tensor:
+    """Eq. (21): λ_opcmotion · mean_{t,i} (‖Δμ_t^i‖₂ − γ |Δα_t^i|)².
+
+    Larger motion ↔ proportionally larger opacity change (γ metres per unit of opacity).
+    """
+    _check_motion(delta_mu, delta_alpha)
+    return weight * (delta_mu.norm(dim=-1) - gamma * delta_alpha.abs()).square().mean()
+
+
+def distance_loss(delta_mu: torch.Tensor, tau: float, weight: float) -> torch.Tensor:
+    """Eq. (22): λ_move · mean_{t,i} min(‖Δμ_t^i‖₂, τ) — capped penalty on Gaussian motion."""
+    _check_motion(delta_mu)
+    return weight * delta_mu.norm(dim=-1).clamp(max=tau).mean()
+
+
+def feature_line_step_losses(delta_mu: torch.Tensor, delta_alpha: torch.Tensor,
+                             rendered: torch.Tensor, target: torch.Tensor, fcfg, *,
+                             F: torch.Tensor | None = None, f: torch.Tensor | None = None,
+                             channel_last: bool = True) -> dict[str, torch.Tensor]:
+    """All feature-line training terms for one step (eq. 19–22); plugs into a rig/render loop.
+
+    delta_mu (T, Q, 3), delta_alpha (T, Q) from ``FeatureLine``; rendered/target images of the
+    same T frames ((N, H, W, 3) by default); ``fcfg`` a ``FeatureLineConfig``. Pass ``F`` (and
+    ``f`` from ``FeatureLine.forward(..., return_features=True)``) to include eq. (19).
+    Returns every term and ``loss`` (recon + opcmotion + dist + reg).
+    """
+    out = reconstruction_loss(rendered, target, fcfg.lambda_ssim, channel_last=channel_last)
+    out["opcmotion"] = opacity_motion_loss(delta_mu, delta_alpha, fcfg.gamma, fcfg.lambda_opcmotion)
+    out["dist"] = distance_loss(delta_mu, fcfg.tau, fcfg.lambda_move)
+    loss = out["recon"] + out["opcmotion"] + out["dist"]
+    if F is not None:
+        reg = feature_line_regularizer(F, f, fcfg.lambda_sparse, fcfg.lambda_smooth)
+        out.update({"reg_sparse": reg["sparse"], "reg_smooth": reg["smooth"], "reg": reg["reg"]})
+        loss = loss + reg["reg"]
+    out["loss"] = loss
+    return out

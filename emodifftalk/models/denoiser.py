@@ -1,0 +1,250 @@
+"""AU-prompt denoiser Dθ(x_n, P, E, A, n) → x̂0 (paper supp. eq. 18). Architecture only.
+
+Shapes: x_n (B, T, V, 3) noisy per-vertex offsets (in diffusion units, see ``offset_scale``),
+P (B, V, 3) template in metres, E (B, T, 17) AU codes, A (B, Ta, D) audio features at
+``feature_rate`` (50 Hz), n (B,) diffusion timesteps → x̂0 (B, T, V, 3) clean offsets.
+
+Works for any vertex count V and any number of frames T; nothing has V in a weight shape:
+
+* **Template code** (once per template): P is centred and scaled to unit RMS radius, Fourier
+  encoded and passed through a small point MLP → per-vertex *analysis* vectors W(v) ∈ R^{3×r},
+  *synthesis* vectors B(v) ∈ R^{r×3} and a pooled template token.
+* **Frame encoder**: z_t = mean_v W(v)ᵀ x_n(t, v) ∈ R^r → Linear → d_model (one matmul). This is a per-vertex
+  linear map with template-generated weights followed by mean pooling over vertices; we keep it
+  linear on purpose because a per-vertex nonlinear MLP over all T×V entries costs O(T·V·d²) per
+  denoising step, while this is O(T·V·r) (a few matmuls), see /work/shared/PERFORMANCE.md.
+* **Conditions per frame**: AU codes (Linear 17 → d) plus audio features windowed around the
+  frame centre (``audio_window`` feature frames each side, zero outside the clip, flattened,
+  Linear → d), fused by an MLP. Classifier-free guidance: ``drop_cond`` replaces this per-frame
+  condition by a learned null embedding (the template is identity, not a guided condition).
+* **Transformer over time** (pre-LN), tokens = [timestep token, template token, frames...]; each
+  frame token also gets the timestep embedding and a sinusoidal frame position. Bidirectional by
+  default, causal if asked (prefix tokens always visible).
+* **Per-vertex low-rank decoder**: c_t = Linear(d → r); x̂0(t, v) = c_tᵀ B(v). No Linear(d, V·3).
+
+Audio alignment: feature frame i covers [i/rate, (i+1)/rate) s (see audio_frontend.py) and video
+frame t covers [t/fps, (t+1)/fps); the centre feature of frame t is ⌊(t + start_frame + ½)·rate/fps⌋.
+``start_frame`` lets a window of a long sequence use the clip's full feature array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from emodifftalk.au import NUM_AUS
+
+
+@dataclass
+class TemplateCode:
+    """Per-template quantities, reusable across frames and denoising steps.
+
+    Stored flattened over (vertex, xyz) so the frame encoder and decoder are single batched
+    matmuls: x (B, T, V·3) @ analysis (B, V·3, r) and coef (B, T, r) @ synthesis (B, r, V·3).
+    """
+
+    analysis: torch.Tensor  # (B, V·3, r)
+    synthesis: torch.Tensor  # (B, r, V·3), contiguous
+    token: torch.Tensor  # (B, d_model)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.analysis.shape[1] // 3
+
+
+def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(N,) positions/timesteps → (N, dim) [cos | sin] features (dim even)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return emb if dim % 2 == 0 else torch.nn.functional.pad(emb, (0, 1))
+
+
+def normalize_template(template: torch.Tensor) -> torch.Tensor:
+    """(B, V, 3) → centred, unit-RMS-radius copy (makes the point MLP unit- and size-free)."""
+    centred = template - template.mean(dim=1, keepdim=True)
+    rms = centred.square().sum(-1).mean(dim=1).sqrt().clamp(min=1e-8)
+    return centred / rms[:, None, None]
+
+
+def fourier_features(p: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """(..., 3) → (..., 3 + 6·n_freqs): [p, sin(2^k π p), cos(2^k π p)]."""
+    freqs = (2.0 ** torch.arange(n_freqs, device=p.device, dtype=p.dtype)) * math.pi
+    args = p[..., None] * freqs  # (..., 3, F)
+    return torch.cat([p, torch.sin(args).flatten(-2), torch.cos(args).flatten(-2)], dim=-1)
+
+
+def window_audio(audio: torch.Tensor, n_frames: int, fps: float, feature_rate: float,
+                 half_window: int, start_frame: int = 0) -> torch.Tensor:
+    """(B, Ta, D) features → (B, T, 2w+1, D): the features around each video frame's centre.
+
+    Out-of-range feature indices (clip edges) give zeros.
+    """
+    b, ta, d = audio.shape
+    t = torch.arange(n_frames, device=audio.device, dtype=torch.float64) + start_frame
+    centre = torch.floor((t + 0.5) * (feature_rate / fps)).long()
+    idx = centre[:, None] + torch.arange(-half_window, half_window + 1, device=audio.device)[None]
+    valid = (idx >= 0) & (idx < ta)
+    gathered = audio[:, idx.clamp(0, max(ta - 1, 0)).reshape(-1)].reshape(b, n_frames, idx.shape[1], d)
+    return gathered * valid[None, :, :, None].to(audio.dtype)
+
+
+class Denoiser(nn.Module):
+    """x0-predicting transformer over frames with a vertex-count-free encoder/decoder."""
+
+    def __init__(self, audio_dim: int, d_model: int = 256, n_heads: int = 4, n_layers: int = 4,
+                 rank: int = 64, audio_window: int = 4, fps: float = 25.0,
+                 feature_rate: float = 50.0, dropout: float = 0.1, causal: bool = False,
+                 n_aus: int = NUM_AUS, point_hidden: int = 128, n_freqs: int = 6,
+                 offset_scale: float = 1.0):
+        super().__init__()
+        assert d_model % n_heads == 0, f"d_model {d_model} must be divisible by n_heads {n_heads}"
+        self.audio_dim, self.d_model, self.rank = int(audio_dim), int(d_model), int(rank)
+        self.audio_window, self.fps, self.feature_rate = int(audio_window), float(fps), float(feature_rate)
+        self.causal, self.n_aus, self.n_freqs = bool(causal), int(n_aus), int(n_freqs)
+        # metres per diffusion unit; a buffer so it is saved with the weights
+        self.register_buffer("offset_scale", torch.tensor(float(offset_scale)))
+
+        # template → per-vertex analysis/synthesis vectors + template token
+        in_dim = 3 + 6 * n_freqs
+        self.point_mlp = nn.Sequential(nn.Linear(in_dim, point_hidden), nn.SiLU(),
+                                       nn.Linear(point_hidden, point_hidden), nn.SiLU())
+        self.analysis_head = nn.Linear(point_hidden, 3 * rank)
+        self.synthesis_head = nn.Linear(point_hidden, rank * 3)
+        self.template_token = nn.Sequential(nn.Linear(point_hidden, d_model), nn.SiLU(),
+                                            nn.Linear(d_model, d_model))
+
+        self.frame_in = nn.Linear(rank, d_model)
+        self.au_in = nn.Linear(n_aus, d_model)
+        self.audio_in = nn.Linear((2 * audio_window + 1) * audio_dim, d_model)
+        self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(d_model, d_model))
+        self.null_cond = nn.Parameter(torch.zeros(d_model))
+        self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model,
+                                           dropout=dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(d_model)
+        self.coef_out = nn.Linear(d_model, rank)
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, cfg, offset_scale: float = 1.0) -> Denoiser:
+        """Build from the full ``Config`` (diffusion + audio sections; fps from ``cfg.infer``)."""
+        d = cfg.diffusion
+        return cls(audio_dim=cfg.audio.feature_dim, d_model=d.d_model, n_heads=d.n_heads,
+                   n_layers=d.n_layers, rank=d.vertex_embed_rank, audio_window=d.audio_window,
+                   fps=cfg.infer.fps, feature_rate=cfg.audio.feature_rate, dropout=d.dropout,
+                   causal=d.causal, offset_scale=offset_scale)
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.null_cond, std=0.02)
+        # start with small outputs so early training is not dominated by a random basis
+        nn.init.normal_(self.coef_out.weight, std=0.02 / math.sqrt(self.rank))
+        nn.init.zeros_(self.coef_out.bias)
+
+    # ------------------------------------------------------------------ pieces
+
+    def encode_template(self, template: torch.Tensor) -> TemplateCode:
+        """(B, V, 3) metres → ``TemplateCode`` (cache it across denoising steps)."""
+        assert template.ndim == 3 and template.shape[-1] == 3, f"template must be (B, V, 3), got {tuple(template.shape)}"
+        h = self.point_mlp(fourier_features(normalize_template(template.float()), self.n_freqs))
+        b, v, _ = h.shape
+        analysis = self.analysis_head(h).view(b, v * 3, self.rank)  # rows ordered (v, xyz)
+        synthesis = self.synthesis_head(h).view(b, v, self.rank, 3).permute(0, 2, 1, 3).reshape(b, self.rank, v * 3)
+        return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)))
+
+    def encode_condition(self, aus: torch.Tensor, audio: torch.Tensor | None,
+                         start_frame: int = 0) -> torch.Tensor:
+        """AU codes (B, T, 17) + audio features (B, Ta, D) or None → per-frame condition (B, T, d).
+
+        Independent of x_n and n: a sampler computes it once per window and passes it to every
+        denoising step as ``cond_embedding``.
+        """
+        n_frames = aus.shape[1]
+        c = self.au_in(aus.float())
+        if audio is not None:
+            win = window_audio(audio.float(), n_frames, self.fps, self.feature_rate,
+                               self.audio_window, start_frame)
+            c = c + self.audio_in(win.flatten(2))
+        return self.cond_mlp(c)
+
+    def condition(self, aus: torch.Tensor, audio: torch.Tensor | None, n_frames: int,
+                  drop_cond: torch.Tensor | None, start_frame: int = 0,
+                  cond_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-frame condition embedding (B, T, d); dropped rows get the learned null vector."""
+        b = aus.shape[0]
+        c = self.encode_condition(aus, audio, start_frame) if cond_embedding is None else cond_embedding
+        assert c.shape == (b, n_frames, self.d_model), (
+            f"condition must be (B, T, d) = {(b, n_frames, self.d_model)}, got {tuple(c.shape)}")
+        if drop_cond is not None:
+            drop = torch.as_tensor(drop_cond, device=c.device).bool().expand(b)
+            c = torch.where(drop[:, None, None], self.null_cond.to(c.dtype).expand_as(c), c)
+        return c
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x_n: torch.Tensor, template: torch.Tensor | None, aus: torch.Tensor,
+                audio: torch.Tensor | None, n: torch.Tensor, *, drop_cond=None,
+                frame_mask: torch.Tensor | None = None, start_frame: int = 0,
+                template_code: TemplateCode | None = None,
+                template_index: torch.Tensor | None = None,
+                cond_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """x_n (B,T,V,3), template (B,V,3) [or ``template_code``], aus (B,T,17),
+        audio (B,Ta,D) or None (= no audio), n (B,) → x̂0 (B,T,V,3).
+
+        ``drop_cond``: bool or (B,) bool — use the null condition (CFG / condition dropout).
+        ``frame_mask``: (B, T) bool, True = real frame (padded frames are not attended to).
+        ``template_index``: (B,) long — then ``template`` is (U, V, 3) *distinct* templates and row
+        b uses ``template[template_index[b]]`` (batches repeat identities: encode each once).
+        ``cond_embedding``: ``encode_condition(aus, audio, start_frame)`` computed beforehand
+        (samplers reuse it across steps; ``aus``/``audio`` are then only used for shape checks).
+        """
+        assert x_n.ndim == 4 and x_n.shape[-1] == 3, f"x_n must be (B, T, V, 3), got {tuple(x_n.shape)}"
+        b, t, v, _ = x_n.shape
+        assert aus.shape == (b, t, self.n_aus), f"aus must be (B, T, {self.n_aus}) = {(b, t, self.n_aus)}, got {tuple(aus.shape)}"
+        if audio is not None:
+            assert audio.ndim == 3 and audio.shape[0] == b and audio.shape[2] == self.audio_dim, (
+                f"audio must be (B, Ta, {self.audio_dim}), got {tuple(audio.shape)}")
+        n = torch.as_tensor(n, device=x_n.device).reshape(-1).expand(b)
+        if template_code is None:
+            assert template is not None, "pass template (B, V, 3) or template_code"
+            if template_index is None:
+                assert template.shape == (b, v, 3), f"template must be (B, V, 3) = {(b, v, 3)}, got {tuple(template.shape)}"
+                template_code = self.encode_template(template)
+            else:
+                assert template.ndim == 3 and template.shape[1:] == (v, 3), (
+                    f"template must be (U, {v}, 3) with template_index, got {tuple(template.shape)}")
+                assert template_index.shape == (b,), f"template_index must be (B,) = ({b},), got {tuple(template_index.shape)}"
+                code = self.encode_template(template)
+                idx = template_index.to(device=code.token.device, dtype=torch.long)
+                template_code = TemplateCode(code.analysis[idx], code.synthesis[idx], code.token[idx])
+        assert template_code.num_vertices == v, (
+            f"template has {template_code.num_vertices} vertices but x_n has {v}")
+
+        z = torch.matmul(x_n.float().reshape(b, t, v * 3), template_code.analysis) / v  # (B, T, r)
+        temb = self.time_mlp(sinusoidal_embedding(n, self.d_model))  # (B, d)
+        pos = sinusoidal_embedding(torch.arange(t, device=x_n.device), self.d_model)  # (T, d)
+        frames = (self.frame_in(z) + self.condition(aus, audio, t, drop_cond, start_frame, cond_embedding)
+                  + temb[:, None] + pos[None])
+        tokens = torch.cat([temb[:, None], template_code.token[:, None], frames], dim=1)
+
+        n_prefix = 2
+        pad = None
+        if frame_mask is not None:
+            assert frame_mask.shape == (b, t), f"frame_mask must be (B, T) = {(b, t)}, got {tuple(frame_mask.shape)}"
+            pad = torch.cat([torch.zeros(b, n_prefix, dtype=torch.bool, device=x_n.device),
+                             ~frame_mask.bool()], dim=1)
+        attn_mask = None
+        if self.causal:
+            L = t + n_prefix
+            attn_mask = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x_n.device), diagonal=1)
+            attn_mask[:, :n_prefix] = False  # prefix tokens are visible to every frame
+        h = self.transformer(tokens, mask=attn_mask, src_key_padding_mask=pad)[:, n_prefix:]
+        coef = self.coef_out(self.out_norm(h))  # (B, T, r)
+        return torch.matmul(coef, template_code.synthesis).view(b, t, v, 3)
