@@ -20,6 +20,7 @@ def register(subparsers) -> None:
         "train", help="train a model with the shared accelerate/DeepSpeed loop",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="task name: s2au | motion | text2au | toy")
+    p.add_argument("--data", default=None, help="packed shard folder (sets data.root)")
     p.add_argument("--out", default=None, help="run directory (default: runs/train-TASK)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
                    help="continue from the newest checkpoint in --out (latest) or a checkpoint dir")
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from emodifftalk.train.task import get_task
 
     task = get_task(args.task)
+    if args.data:
+        args.overrides = [*args.overrides, f"data.root={args.data}"]
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"train-{args.task}"
     try:

@@ -1,0 +1,206 @@
+"""``emodifftalk demo``: the whole system end to end on synthetic data, on one CPU machine.
+
+Stages (each reusable with ``--skip-<stage>``, which takes the stage's earlier output from
+``OUT/work``):
+
+    synth → pack (+ validate) → rig (local Ray, one task per identity; + feature line)
+    → train s2au, motion, text2au (the shared trainer; TensorBoard logs) → evaluate
+    → animate a held-out clip twice (speech only; text prompt + AU edit) → results/
+
+``OUT/results`` ends up with ``video.mp4`` (edited), ``video_speech.mp4``, ``aus.png``,
+``frame_grid.png`` (rows: captured ground truth, speech-only, edited), ``metrics.json`` and a
+``tensorboard`` folder holding every run's event files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emodifftalk.config import Config, save_config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "pack", "rig", "s2au", "motion", "text2au")
+DEFAULT_TEXT = "a happy person with a broad smile"
+DEFAULT_EDITS = {"AU01": {"keyframes": [[0.8, 0.0], [1.2, 0.7], [2.6, 0.7], [3.0, 0.0]]},
+                 "AU02": {"keyframes": [[0.8, 0.0], [1.2, 0.6], [2.6, 0.6], [3.0, 0.0]]}}
+
+
+def _stage(name: str, skip: set[str], done_marker: Path, fn):
+    if name in skip:
+        if not done_marker.exists():
+            raise FileNotFoundError(f"--skip-{name}: no earlier output at {done_marker}; run without --skip-{name}")
+        log.info("demo: %s skipped (reusing %s)", name, done_marker)
+        return None
+    t0 = time.perf_counter()
+    print(f"[demo] {name} ...", flush=True)
+    result = fn()
+    print(f"[demo] {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return result
+
+
+def _held_out_clip(shards: Path) -> dict:
+    from emodifftalk.data.shards import iter_dataset
+
+    for split in ("test", "val"):
+        for sample in iter_dataset(shards, "seq", split):
+            if sample["verts"] is not None:
+                return sample
+    raise ValueError(f"{shards}: no held-out clip with meshes")
+
+
+def _train(task_name: str, cfg: Config, out: Path) -> Path:
+    from emodifftalk.train.loop import run_training
+    from emodifftalk.train.task import get_task
+
+    if out.exists():
+        shutil.rmtree(out)
+    return run_training(get_task(task_name), cfg, out)
+
+
+def _frame_grid(results: Path, gt_frames: list[dict], camera: str, fps: float) -> Path:
+    """Rows: captured frames, speech-only animation, edited animation, at the packed moments."""
+    import imageio.v3 as iio
+
+    from emodifftalk.render.video import frame_grid, save_png
+
+    speech = iio.imread(results / "video_speech.mp4", index=None)
+    edited = iio.imread(results / "video.mp4", index=None)
+    picks = [f for f in gt_frames if int(f["meta"]["frame"]) < min(len(speech), len(edited))]
+    picks = picks[:: max(1, len(picks) // 6)][:6]
+    tiles = []
+    h, w = speech.shape[1:3]
+    for row in ("gt", "speech", "edited"):
+        for f in picks:
+            t = int(f["meta"]["frame"])
+            img = f["images"][camera] if row == "gt" else (speech if row == "speech" else edited)[t]
+            tiles.append(np.asarray(img[:h, :w], np.uint8))
+    return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
+
+
+def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
+             edits: dict | None = None) -> dict:
+    from emodifftalk.data.audio import write_wav
+    from emodifftalk.data.shards import format_report, inspect_report, pack_dataset, validate_shards
+    from emodifftalk.data.synthetic import generate_dataset
+    from emodifftalk.distributed.ray_jobs import format_summary, run_rig_jobs
+    from emodifftalk.eval.metrics import motion_metrics
+    from emodifftalk.eval.s2au import run_eval as eval_s2au
+    from emodifftalk.pipeline.animate import animate, load_models
+    from emodifftalk.pipeline.preview import clip_frames
+    from emodifftalk.text2au.evaluate import evaluate_model
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    work, results = out / "work", out / "results"
+    raw, shards, rigs, runs = work / "raw", work / "shards", work / "rigs", work / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    cfg.data.root = str(shards)
+    timings: dict[str, float] = {}
+
+    def timed(name, marker, fn):
+        t0 = time.perf_counter()
+        r = _stage(name, skip, marker, fn)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        return r
+
+    timed("synth", raw / "dataset.json", lambda: generate_dataset(cfg.synth, raw, overwrite=True))
+    timed("pack", shards / "manifest.json", lambda: pack_dataset(raw, shards, cfg, overwrite=True))
+    problems = validate_shards(shards)
+    if problems:
+        raise RuntimeError(f"packed shards failed validation: {problems[:5]}")
+    print(format_report(inspect_report(shards)))
+
+    def rig_stage():
+        records = run_rig_jobs(shards, rigs, cfg, overwrite=True)
+        print(format_summary(records))
+        failed = [r for r in records if r.get("status") not in ("ok", "skipped")]
+        if failed:
+            raise RuntimeError(f"rig failed for {[r['identity'] for r in failed]}")
+        return records
+
+    timed("rig", rigs / "rig_summary.json", rig_stage)
+    s2au_dir = runs / "s2au" / "export"
+    motion_dir = runs / "motion" / "export"
+    t2a_dir = runs / "text2au" / "export"
+    timed("s2au", s2au_dir / "model.safetensors", lambda: _train("s2au", _copy(cfg), runs / "s2au"))
+    timed("motion", motion_dir / "model.safetensors", lambda: _train("motion", _copy(cfg), runs / "motion"))
+
+    def t2a_stage():
+        if (runs / "text2au").exists():
+            shutil.rmtree(runs / "text2au")
+        return train_text2au(_copy(cfg), runs / "text2au")
+
+    timed("text2au", t2a_dir / "model.safetensors", t2a_stage)
+
+    # ---- evaluation + animation of a held-out clip ---------------------------------------------
+    if results.exists():
+        shutil.rmtree(results)
+    results.mkdir(parents=True)
+    clip = _held_out_clip(shards)
+    meta = clip["meta"]
+    identity = meta["identity"]
+    wav = results / "input.wav"
+    write_wav(wav, clip["audio"], int(clip["sample_rate"]))
+    edits_path = results / "edits.json"
+    edits_path.write_text(json.dumps(edits if edits is not None else DEFAULT_EDITS, indent=2))
+    cfg.infer.fps = float(meta["fps"])
+    models = load_models(s2au_dir, motion_dir, t2a_dir)
+    t0 = time.perf_counter()
+    plain = animate(rigs / identity, wav, models, work / "anim_speech", cfg, camera="1", overwrite=True)
+    edited = animate(rigs / identity, wav, models, work / "anim_edited", cfg, text=text, edits_path=edits_path,
+                     camera="1", overwrite=True)
+    timings["animate"] = round(time.perf_counter() - t0, 1)
+    shutil.copy(plain.out_dir / "video.mp4", results / "video_speech.mp4")
+    for name in ("video.mp4", "aus.png", "aus.csv", "animation.json"):
+        shutil.copy(edited.out_dir / name, results / name)
+
+    camera_names = json.loads((rigs / identity / "rig.json").read_text())["cameras"]["names"]
+    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), camera_names[1],
+                       cfg.infer.fps)
+
+    from emodifftalk.train.tasks.motion import load_template_infos
+
+    tmpl = load_template_infos(shards)[identity]
+    pred = tmpl.verts[None] + np.load(plain.out_dir / "offsets.npy")
+    gt = clip["verts"][: pred.shape[0]]
+    motion = motion_metrics([pred[: gt.shape[0]]], [gt], [tmpl.verts], [tmpl.lip_idx], [tmpl.upper_idx])
+    s2au_report = eval_s2au(s2au_dir, shards)
+    t2a_report = evaluate_model(t2a_dir)
+    rig_summary = json.loads((rigs / "rig_summary.json").read_text()) if (rigs / "rig_summary.json").exists() else []
+
+    tb = results / "tensorboard"
+    for name in ("s2au", "motion", "text2au"):
+        src = runs / name
+        for ev in src.rglob("events.out.tfevents*"):
+            dst = tb / name / ev.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ev, dst)
+    metrics = {
+        "held_out_clip": clip["key"],
+        "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
+        "s2au": s2au_report.get("summary", s2au_report),
+        "text2au_test": t2a_report.get("summary", t2a_report),
+        "rigs": rig_summary,
+        "timings_seconds": {**timings, "total": round(time.perf_counter() - t_start, 1)},
+    }
+    (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    print(f"\n[demo] results in {results}:")
+    for p in ("video.mp4", "video_speech.mp4", "aus.png", "frame_grid.png", "metrics.json", "tensorboard"):
+        print(f"  {results / p}")
+    print(f"[demo] finished in {metrics['timings_seconds']['total']:.0f} s")
+    return {"results": str(results), "grid": str(grid), **metrics}
+
+
+def _copy(cfg: Config) -> Config:
+    from emodifftalk.config import config_from_dict
+
+    return config_from_dict(cfg.to_dict())
