@@ -41,11 +41,11 @@ class AnimateError(ValueError):
 class Models:
     """Loaded models for animation (load once, animate many clips)."""
 
-    s2au: object  # models.speech_inference.S2AUBundle
-    motion: torch.nn.Module  # models.denoiser.Denoiser
-    motion_cfg: Config
+    s2au: object | None  # models.speech_inference.S2AUBundle
+    motion: torch.nn.Module | None  # models.denoiser.Denoiser
+    motion_cfg: Config | None
     schedule: object | None
-    motion_frontend: object  # audio front end matching the motion model's features
+    motion_frontend: object | None  # audio front end matching the motion model's features
     text2au: object | None = None  # text2au.predict.Text2AU
 
 
@@ -64,29 +64,35 @@ class AnimationResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def load_models(s2au_dir: str | Path, motion_dir: str | Path, text2au_dir: str | Path | None = None,
+def load_models(s2au_dir: str | Path | None, motion_dir: str | Path | None, text2au_dir: str | Path | None = None,
                 device: str = "cpu") -> Models:
-    from emodifftalk.diffusion.schedule import NoiseSchedule
-    from emodifftalk.models.audio_frontend import build_frontend
-    from emodifftalk.models.speech_inference import load_s2au
-    from emodifftalk.train.export import load_exported
+    """Load the exported models; each is optional here (``animate`` itself needs Speech-to-AU and
+    motion; the viewer can show an ``animate`` folder with none, or edit opacity without motion)."""
+    s2au = motion = mcfg = schedule = frontend = t2a = None
+    if s2au_dir:
+        from emodifftalk.models.speech_inference import load_s2au
 
-    for name, d in (("--s2au", s2au_dir), ("--motion", motion_dir)):
-        if not Path(d).is_dir():
-            raise AnimateError(f"{name} {d}: model directory does not exist")
-    s2au = load_s2au(s2au_dir, device=device)
-    try:
-        motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
-    except (FileNotFoundError, KeyError, RuntimeError) as e:
-        raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
-    motion.eval()
-    frontend = build_frontend(mcfg.audio).to(device).eval()
-    if frontend.dim != motion.audio_dim:
-        raise AnimateError(f"--motion {motion_dir}: model expects {motion.audio_dim}-d audio features but "
-                           f"its audio front end ({mcfg.audio.frontend}) gives {frontend.dim}")
-    d = mcfg.diffusion
-    schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
-    t2a = None
+        if not Path(s2au_dir).is_dir():
+            raise AnimateError(f"--s2au {s2au_dir}: model directory does not exist")
+        s2au = load_s2au(s2au_dir, device=device)
+    if motion_dir:
+        from emodifftalk.diffusion.schedule import NoiseSchedule
+        from emodifftalk.models.audio_frontend import build_frontend
+        from emodifftalk.train.export import load_exported
+
+        if not Path(motion_dir).is_dir():
+            raise AnimateError(f"--motion {motion_dir}: model directory does not exist")
+        try:
+            motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
+        except (FileNotFoundError, KeyError, RuntimeError) as e:
+            raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
+        motion.eval()
+        frontend = build_frontend(mcfg.audio).to(device).eval()
+        if frontend.dim != motion.audio_dim:
+            raise AnimateError(f"--motion {motion_dir}: model expects {motion.audio_dim}-d audio features but "
+                               f"its audio front end ({mcfg.audio.frontend}) gives {frontend.dim}")
+        d = mcfg.diffusion
+        schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
     if text2au_dir:
         from emodifftalk.text2au.predict import Text2AU
 
@@ -280,6 +286,8 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     from emodifftalk.rig.feature_line_fit import load_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
 
+    if models.s2au is None or models.motion is None:
+        raise AnimateError("animate needs a Speech-to-AU and a motion model (--s2au, --motion or --model)")
     rig_dir = Path(rig_dir)
     try:
         rig = GaussianRig.load(rig_dir)

@@ -87,7 +87,12 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, fps: float) -
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
              edits: dict | None = None) -> dict:
     from emodifftalk.data.audio import write_wav
-    from emodifftalk.data.shards import format_report, inspect_report, pack_dataset, validate_shards
+    from emodifftalk.data.shards import (
+        format_report,
+        inspect_report,
+        pack_dataset,
+        validate_shards,
+    )
     from emodifftalk.data.synthetic import generate_dataset
     from emodifftalk.distributed.ray_jobs import format_summary, run_rig_jobs
     from emodifftalk.eval.metrics import motion_metrics

@@ -50,37 +50,14 @@ MAX_DOWNLOAD_BYTES = 64 * 2 ** 20  # larger exports are only written to --out
 
 
 def load_viewer_models(s2au_dir=None, motion_dir=None, text2au_dir=None, device: str = "cpu"):
-    """``pipeline.animate.Models`` for the viewer; unlike ``load_models`` each part is optional
-    (an ``animate`` folder needs no Speech-to-AU model; without a motion model edits change only
-    the feature-line opacity). None when no model is given."""
-    from emodifftalk.pipeline.animate import AnimateError, Models, load_models
+    """``pipeline.animate.Models`` for the viewer (each part optional; an ``animate`` folder needs no
+    Speech-to-AU model, and without a motion model edits change only the feature-line opacity).
+    None when no model is given."""
+    from emodifftalk.pipeline.animate import load_models
 
-    if s2au_dir and motion_dir:
-        return load_models(s2au_dir, motion_dir, text2au_dir, device=device)
-    if not (motion_dir or text2au_dir):
+    if not (s2au_dir or motion_dir or text2au_dir):
         return None
-    motion = mcfg = schedule = frontend = None
-    if motion_dir:
-        from emodifftalk.diffusion.schedule import NoiseSchedule
-        from emodifftalk.models.audio_frontend import build_frontend
-        from emodifftalk.train.export import load_exported
-
-        if not Path(motion_dir).is_dir():
-            raise AnimateError(f"--motion {motion_dir}: model directory does not exist")
-        try:
-            motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
-        except (FileNotFoundError, KeyError, RuntimeError) as e:
-            raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
-        frontend = build_frontend(mcfg.audio).to(device).eval()
-        d = mcfg.diffusion
-        schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
-    t2a = None
-    if text2au_dir:
-        from emodifftalk.text2au.predict import Text2AU
-
-        t2a = Text2AU.load(text2au_dir)
-    return Models(s2au=None, motion=motion, motion_cfg=mcfg, schedule=schedule, motion_frontend=frontend,
-                  text2au=t2a)
+    return load_models(s2au_dir, motion_dir, text2au_dir, device=device)
 
 
 def _next_free(path: Path) -> Path:

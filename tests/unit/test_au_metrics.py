@@ -47,6 +47,9 @@ def test_excluded_and_constant_aus():
     assert r["mean"]["mae"] == pytest.approx(r["per_au"]["AU12"]["mae"] / 16)
     assert r["mean"]["pearson"] == pytest.approx(r["per_au"]["AU12"]["pearson"])
     assert r["n_entries"] == 4 * 16
+    # AU12 is a speech AU: 7 speech AUs remain without AU24
+    assert r["mean_speech"]["mae"] == pytest.approx(r["per_au"]["AU12"]["mae"] / 8)
+    assert r["mean_expression"]["mae"] == 0.0 and r["mean_expression"]["f1"] is None
 
 
 def test_streaming_equals_one_shot_and_mask_excludes_entries():

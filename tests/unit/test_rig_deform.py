@@ -15,16 +15,6 @@ from emodifftalk.rig.binding import (
 from emodifftalk.rig.deform import deform
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: threads only add overhead (badly so on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _rot(axis, angle):
     axis = torch.nn.functional.normalize(torch.tensor(axis, dtype=torch.float32), dim=0)
     q = torch.cat([torch.tensor([math.cos(angle / 2)]), axis * math.sin(angle / 2)])

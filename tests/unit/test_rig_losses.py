@@ -3,17 +3,14 @@ import pytest
 import torch
 from scipy.ndimage import correlate1d
 
-from emodifftalk.rig.losses import gaussian_window, mean_edge_length, psnr, reconstruction_loss, scale_regularizer, ssim
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: threads only add overhead (badly so on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from emodifftalk.rig.losses import (
+    gaussian_window,
+    mean_edge_length,
+    psnr,
+    reconstruction_loss,
+    scale_regularizer,
+    ssim,
+)
 
 
 def _ssim_numpy(a, b, size=11, sigma=1.5):

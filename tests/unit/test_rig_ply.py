@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from emodifftalk.rig.ply import PROPERTIES, SH_C0, encode_ply, ply_to_params, read_ply, write_ply
+from emodifftalk.rig.ply import (
+    PROPERTIES,
+    SH_C0,
+    encode_ply,
+    ply_to_params,
+    read_ply,
+    write_ply,
+)
 
 
 def _params(n=7, seed=0):

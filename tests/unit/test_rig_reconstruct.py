@@ -18,15 +18,6 @@ from emodifftalk.rig.toy import make_toy_identity
 from emodifftalk.rig.triplane import TriplaneColorField
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small renders: threads only add overhead (badly so on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def toy():
     with torch.no_grad():

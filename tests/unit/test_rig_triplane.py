@@ -1,17 +1,6 @@
-import pytest
 import torch
 
 from emodifftalk.rig.triplane import Triplane, TriplaneColorField, bbox_from_points
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: threads only add overhead (badly so on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 def test_triplane_samples_each_plane_at_its_two_coordinates():

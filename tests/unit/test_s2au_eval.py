@@ -49,5 +49,5 @@ def test_table_lists_every_method_and_split():
     r = au_metrics(gt, gt, threshold=0.2)
     table = format_table({"test": {"s2au": r, "ridge": r}, "overall": {"s2au": r}})
     lines = table.splitlines()
-    assert len(lines) == 5 and "MAE" in lines[0]
+    assert len(lines) == 5 and "MAE" in lines[0] and "speech AUs" in lines[0]
     assert lines[2].split()[:3] == ["test", "s2au", "0.000"]

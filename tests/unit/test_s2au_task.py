@@ -75,6 +75,7 @@ def test_train_export_predict_eval(shards, tmp_path, capsys):
     assert set(report["results"]) == {"val", "test", "overall"}
     assert set(report["results"]["overall"]) == {"s2au", "train_mean", "train_median", "ridge"}
     assert set(report["beats_baselines"]) == {"train_mean", "train_median", "ridge"}
+    assert set(report["beats_baselines"]["ridge"]) == {"mean", "mean_speech"}
     # labels of the tiny data: AU25/26 are on/off envelopes, AU12 a per-identity constant 0.1..0.3
     assert report["train_median"][13] == 0.0  # AU24: no labels
     assert 0.05 < report["train_mean"][8] < 0.35

@@ -17,12 +17,6 @@ FPS = 25.0
 K12, K04, K26 = au.AU_INDEX["AU12"], au.AU_INDEX["AU04"], au.AU_INDEX["AU26"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_clip(t=40, v=12, seed=0) -> Clip:
