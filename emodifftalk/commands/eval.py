@@ -43,9 +43,9 @@ def _run_s2au(args: argparse.Namespace) -> int:
     print(report["table"])
     if report["excluded_aus"]:
         print(f"excluded (no valid labels): {', '.join(report['excluded_aus'])}")
-    beats = report["beats_baselines"]
-    print("encoder better than baseline (lower mean MAE, higher mean Pearson where defined): "
-          + ", ".join(f"{b}: {'yes' if ok else 'NO'}" for b, ok in beats.items()))
+    print("encoder better than baseline (lower mean MAE and higher mean Pearson where defined):")
+    for b, groups in report["beats_baselines"].items():
+        print(f"  {b:<13} " + "  ".join(f"{g}: {'yes' if ok else 'NO'}" for g, ok in groups.items()))
     if args.out:
         print(f"wrote {args.out}")
     else:

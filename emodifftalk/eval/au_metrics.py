@@ -14,7 +14,9 @@ Definitions (all over the *valid* (frame, AU) entries: ``au_mask`` true and the 
 * An AU with no valid entry at all (AU24 under OpenFace) is listed in ``excluded_aus`` with all
   metrics ``None`` and left out of the means.
 * ``mean`` holds the macro average over the included AUs, each metric over the AUs where it is
-  defined (``None`` if it is defined for none).
+  defined (``None`` if it is defined for none); ``mean_speech`` / ``mean_expression`` the same over
+  the articulation AUs (``au.SPEECH_AUS``, mouth and jaw: what speech can predict) and the others
+  (brows, eyes, cheeks, nose, blink: emotion, which the Text-to-AU controller supplies).
 
 Statistics are accumulated as sums (float64) so evaluation streams over any number of clips.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emodifftalk.au import AU_NAMES, NUM_AUS
+from emodifftalk.au import AU_NAMES, EXPRESSION_AUS, NUM_AUS, SPEECH_AUS
 
 METRIC_NAMES = ("mae", "pearson", "accuracy", "precision", "recall", "f1")
 
@@ -95,11 +97,15 @@ class AUMetricAccumulator:
                 "f1": _ratio(2 * tp, 2 * tp + fp + fn),
                 "n": int(n),
             }
-        mean = {}
-        for m in METRIC_NAMES:
-            vals = [per_au[a][m] for a in AU_NAMES if a not in excluded and per_au[a][m] is not None]
-            mean[m] = float(np.mean(vals)) if vals else None
-        return {"per_au": per_au, "mean": mean, "excluded_aus": excluded,
+        def macro(names) -> dict:
+            out = {}
+            for m in METRIC_NAMES:
+                vals = [per_au[a][m] for a in names if a not in excluded and per_au[a][m] is not None]
+                out[m] = float(np.mean(vals)) if vals else None
+            return out
+
+        return {"per_au": per_au, "mean": macro(AU_NAMES), "mean_speech": macro(SPEECH_AUS),
+                "mean_expression": macro(EXPRESSION_AUS), "excluded_aus": excluded,
                 "n_entries": int(self.n.sum()), "threshold": self.threshold}
 
 
