@@ -64,7 +64,7 @@ def _train(task_name: str, cfg: Config, out: Path) -> Path:
     return run_training(get_task(task_name), cfg, out)
 
 
-def _frame_grid(results: Path, gt_frames: list[dict], camera: str, fps: float) -> Path:
+def _frame_grid(results: Path, gt_frames: list[dict], camera: str) -> Path:
     """Rows: captured frames, speech-only animation, edited animation, at the packed moments."""
     import imageio.v3 as iio
 
@@ -169,8 +169,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
         shutil.copy(edited.out_dir / name, results / name)
 
     camera_names = json.loads((rigs / identity / "rig.json").read_text())["cameras"]["names"]
-    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), camera_names[1],
-                       cfg.infer.fps)
+    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), camera_names[1])
 
     from emodifftalk.train.tasks.motion import load_template_infos
 
