@@ -115,6 +115,16 @@ def _prepare(shape, schedule, init_noise, generator, device, dtype):
     return shape, _randn(shape, generator, device, dtype), device
 
 
+def _step_x0(model_fn: ModelFn, x, t, cond, guidance_scale, clip_x0, callback, i: int, tt: int) -> torch.Tensor:
+    """One sampler step's x̂0: guided prediction, optional clipping, progress callback."""
+    x0 = guided_x0(model_fn, x, t, cond, guidance_scale)
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+    if callback is not None:
+        callback(i, tt, x0)
+    return x0
+
+
 @torch.no_grad()
 def ddpm_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, cond: Any = None,
                 generator: torch.Generator | None = None, *, guidance_scale: float = 1.0,
@@ -130,11 +140,7 @@ def ddpm_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, cond: Any = N
     x = inpaint(x, n - 1)
     for i, tt in enumerate(range(n - 1, -1, -1)):
         t = torch.full((shape[0],), tt, dtype=torch.long, device=device)
-        x0 = guided_x0(model_fn, x, t, cond, guidance_scale)
-        if clip_x0 is not None:
-            x0 = x0.clamp(-clip_x0, clip_x0)
-        if callback is not None:
-            callback(i, tt, x0)
+        x0 = _step_x0(model_fn, x, t, cond, guidance_scale, clip_x0, callback, i, tt)
         if tt == 0:
             x = x0
         else:
@@ -166,11 +172,7 @@ def ddim_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, steps: int, e
     for i, tt in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         t = torch.full((shape[0],), tt, dtype=torch.long, device=device)
-        x0 = guided_x0(model_fn, x, t, cond, guidance_scale)
-        if clip_x0 is not None:
-            x0 = x0.clamp(-clip_x0, clip_x0)
-        if callback is not None:
-            callback(i, tt, x0)
+        x0 = _step_x0(model_fn, x, t, cond, guidance_scale, clip_x0, callback, i, tt)
         if t_prev < 0:
             x = x0
         else:

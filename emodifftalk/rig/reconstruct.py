@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from emodifftalk.rig.binding import bind_free_points, knn, matrix_to_quat, quat_to_matrix, vertex_one_ring
+from emodifftalk.rig.binding import (
+    bind_free_points,
+    knn,
+    matrix_to_quat,
+    quat_to_matrix,
+    vertex_one_ring,
+)
 from emodifftalk.rig.gaussians import GaussianRig
 from emodifftalk.rig.losses import (
     inverse_sigmoid,
@@ -46,6 +52,7 @@ from emodifftalk.rig.losses import (
     ssim,
 )
 from emodifftalk.rig.triplane import TriplaneColorField, bbox_from_points
+from emodifftalk.utils import git_sha
 
 log = logging.getLogger(__name__)
 
@@ -627,7 +634,7 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
         "rig_config": _asdict(rc),
         "render_config": _asdict(cfg.render),
         "seed": seed,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
     }
     rig = GaussianRig(
         identity=views.identity, means=means, log_scales=log_scales.cpu(), quats=quats.cpu(),
@@ -658,7 +665,3 @@ def _asdict(section) -> dict:
     return dataclasses.asdict(section)
 
 
-def _git_sha() -> str:
-    from emodifftalk.utils import git_sha
-
-    return git_sha()
