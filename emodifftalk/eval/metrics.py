@@ -190,19 +190,21 @@ def psnr(img1: torch.Tensor, img2: torch.Tensor, data_range: float = 1.0) -> tor
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(size, size) normalised 2-D Gaussian."""
+    """(size,) normalised 1-D Gaussian; the SSIM window is its outer product, applied separably."""
     x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-x.square() / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(img1: torch.Tensor, img2: torch.Tensor, *, window_size: int = 11, sigma: float = 1.5,
          data_range: float = 1.0, channel_last: bool = False, reduction: str = "mean") -> torch.Tensor:
-    """Structural similarity (differentiable). Images (N, C, H, W) or (C, H, W)
-    (``channel_last=True``: (N, H, W, C) or (H, W, C), gsplat's layout).
+    """Structural similarity (Wang et al. 2004; K1 0.01, K2 0.03), differentiable. Images
+    (N, C, H, W) or (C, H, W) (``channel_last=True``: (N, H, W, C) or (H, W, C), gsplat's layout).
 
-    ``reduction="mean"`` → scalar; ``"none"`` → (N,) per image. H and W must be >= window_size.
+    Statistics over the *valid* region (no padding), as in the reference MATLAB code and
+    pytorch-msssim; channels are averaged. The Gaussian window is applied as two 1-D passes
+    (2·11 taps per pixel instead of 121). ``reduction="mean"`` → scalar; ``"none"`` → (N,) per
+    image. H and W must be >= window_size. The one SSIM of the project: the rig loss uses it too.
     """
     assert img1.shape == img2.shape, f"images differ in shape: {tuple(img1.shape)} vs {tuple(img2.shape)}"
     assert img1.ndim in (3, 4), f"images must be (N, C, H, W) or (C, H, W), got {tuple(img1.shape)}"
@@ -214,10 +216,12 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, *, window_size: int = 11, sigma
     _, c, h, w = x.shape
     if h < window_size or w < window_size:
         raise ValueError(f"ssim needs images of at least {window_size}x{window_size}, got {h}x{w}")
-    win = gaussian_window(window_size, sigma, x.device, x.dtype).expand(c, 1, window_size, window_size)
+    g = gaussian_window(window_size, sigma, x.device, x.dtype)
+    kx = g.view(1, 1, 1, window_size).expand(c, 1, 1, window_size)
+    ky = g.view(1, 1, window_size, 1).expand(c, 1, window_size, 1)
 
     def filt(z):
-        return F.conv2d(z, win, groups=c)
+        return F.conv2d(F.conv2d(z, kx, groups=c), ky, groups=c)
 
     mu1, mu2 = filt(x), filt(y)
     s11 = filt(x * x) - mu1.square()

@@ -6,7 +6,8 @@ Images are (B, 3, H, W) or channels-last (..., H, W, 3), values in [0, 1].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from emodifftalk.eval import metrics
 
 
 def _to_bchw(x: torch.Tensor) -> torch.Tensor:
@@ -18,40 +19,14 @@ def _to_bchw(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian (size,)."""
-    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    return g / g.sum()
-
-
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5,
          data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03.
-
-    Statistics over the *valid* region (no padding), as in the reference MATLAB code and
-    pytorch-msssim; channels are averaged. Returns (B,). Differentiable.
-    """
+    """Per-image SSIM (B,) of (B, 3, H, W) or channels-last (..., H, W, 3) images:
+    :func:`emodifftalk.eval.metrics.ssim` (Gaussian window 11, σ 1.5) in this module's layouts."""
     x, y = _to_bchw(a), _to_bchw(b)
     if x.shape != y.shape:
         raise ValueError(f"ssim: shapes differ {tuple(x.shape)} vs {tuple(y.shape)}")
-    if min(x.shape[-2:]) < window:
-        raise ValueError(f"ssim: images {tuple(x.shape[-2:])} smaller than the {window}px window")
-    c = x.shape[1]
-    g = gaussian_window(window, sigma, x.dtype, x.device)
-    kx = g.reshape(1, 1, 1, window).repeat(c, 1, 1, 1)
-    ky = g.reshape(1, 1, window, 1).repeat(c, 1, 1, 1)
-
-    def blur(t):
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x ** 2
-    syy = blur(y * y) - mu_y ** 2
-    sxy = blur(x * y) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
+    return metrics.ssim(x, y, window_size=window, sigma=sigma, data_range=data_range, reduction="none")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

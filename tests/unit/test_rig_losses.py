@@ -4,7 +4,6 @@ import torch
 from scipy.ndimage import correlate1d
 
 from emodifftalk.rig.losses import (
-    gaussian_window,
     mean_edge_length,
     psnr,
     reconstruction_loss,
@@ -46,14 +45,6 @@ def test_ssim_matches_independent_numpy_implementation():
     assert got_cf.item() == pytest.approx(got.item(), abs=1e-6)
 
 
-def test_ssim_agrees_with_eval_metrics_when_present():
-    metrics = pytest.importorskip("emodifftalk.eval.metrics")
-    a, b = torch.rand(2, 20, 20, 3, generator=torch.Generator().manual_seed(1)).unbind(0)
-    ours = ssim(a[None], b[None]).item()
-    theirs = metrics.ssim(a[None], b[None], channel_last=True).item()
-    assert ours == pytest.approx(theirs, abs=1e-5)
-
-
 def test_ssim_identity_and_psnr_golden():
     a = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-6)
@@ -78,8 +69,6 @@ def test_reconstruction_loss_mixes_l1_and_ssim():
 
 
 def test_window_and_regularisers():
-    g = gaussian_window(11, 1.5)
-    assert g.sum().item() == pytest.approx(1.0) and g.argmax().item() == 5
     log_scales = torch.log(torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.1, 0.1]]))
     assert scale_regularizer(log_scales, 0.1).item() == pytest.approx((0.2 + 0.4) / 2 / 0.1)
     assert scale_regularizer(log_scales, 1.0).item() == 0.0  # small Gaussians are not pushed to shrink
