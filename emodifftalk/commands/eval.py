@@ -43,7 +43,7 @@ def _run_s2au(args: argparse.Namespace) -> int:
     print(report["table"])
     if report["excluded_aus"]:
         print(f"excluded (no valid labels): {', '.join(report['excluded_aus'])}")
-    print("encoder better than baseline (lower mean MAE and higher mean Pearson where defined):")
+    print("encoder better than baseline (lower mean MAE, higher mean Pearson r and F1 where defined):")
     for b, groups in report["beats_baselines"].items():
         print(f"  {b:<13} " + "  ".join(f"{g}: {'yes' if ok else 'NO'}" for g, ok in groups.items()))
     if args.out:

@@ -18,8 +18,8 @@ Splits are by identity (``val`` / ``test`` hold identities never seen in trainin
 pools the evaluated splits. The JSON report holds every metric per AU and method and split,
 the excluded AUs (no valid label, e.g. AU24 under OpenFace), and ``beats_baselines``: per
 baseline and AU group (``mean`` = all AUs, ``mean_speech`` = mouth/jaw AUs), whether the
-encoder's mean MAE is lower and, where the baseline has one, its mean Pearson r higher, on the
-pooled evaluated splits.
+encoder's mean MAE is lower and its mean Pearson r and F1 higher (where the baseline has them),
+on the pooled evaluated splits.
 """
 
 from __future__ import annotations
@@ -186,11 +186,13 @@ def _beats_all(ours: dict, baseline: dict) -> dict:
 
 
 def _beats(ours: dict, baseline: dict) -> bool:
-    """Lower mean MAE and, where the baseline has a Pearson r (constants have none), a higher one."""
+    """Lower mean MAE, and a higher mean Pearson r and binarised F1 wherever the baseline has one
+    (a constant has no r; its F1 counts)."""
     if ours["mae"] is None or baseline["mae"] is None or ours["mae"] >= baseline["mae"]:
         return False
-    if baseline["pearson"] is not None:
-        return ours["pearson"] is not None and ours["pearson"] > baseline["pearson"]
+    for metric in ("pearson", "f1"):
+        if baseline[metric] is not None and (ours[metric] is None or ours[metric] <= baseline[metric]):
+            return False
     return True
 
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.eval.au_metrics import au_metrics
-from emodifftalk.eval.s2au import RidgeBaseline, format_table
+from emodifftalk.eval.s2au import RidgeBaseline, _beats, format_table
 
 
 def test_ridge_recovers_a_linear_map_and_respects_masks():
@@ -51,3 +51,13 @@ def test_table_lists_every_method_and_split():
     lines = table.splitlines()
     assert len(lines) == 5 and "MAE" in lines[0] and "speech AUs" in lines[0]
     assert lines[2].split()[:3] == ["test", "s2au", "0.000"]
+
+
+def test_beating_a_baseline_needs_lower_mae_and_higher_r_and_f1():
+    ours = {"mae": 0.10, "pearson": 0.40, "f1": 0.40}
+    assert _beats(ours, {"mae": 0.12, "pearson": 0.30, "f1": 0.35})
+    assert not _beats(ours, {"mae": 0.09, "pearson": 0.30, "f1": 0.35})  # MAE worse
+    assert not _beats(ours, {"mae": 0.12, "pearson": 0.45, "f1": 0.35})  # r worse
+    assert not _beats(ours, {"mae": 0.12, "pearson": 0.30, "f1": 0.41})  # F1 worse
+    assert _beats(ours, {"mae": 0.12, "pearson": None, "f1": 0.10})  # a constant has no r
+    assert not _beats({"mae": 0.10, "pearson": 0.4, "f1": None}, {"mae": 0.12, "pearson": 0.3, "f1": 0.2})
