@@ -49,6 +49,7 @@ class SynthConfig:
     n_free_points: int = 1500  # hair / shoulder Gaussians of the ground-truth head
     image_stride: int = 5  # render every k-th frame (frame 0 always); meshes/AUs are per frame
     openface_failure_rate: float = 0.02  # fraction of CSV rows written with success=0
+    gestures: bool = True  # brow flashes on pitch accents + random single-AU events (speech.py)
     seed: int = 0
 
     def validate(self) -> None:
@@ -202,6 +203,7 @@ class DiffusionConfig:
     vertex_embed_rank: int = 64  # low-rank per-vertex decoder  # choice
     audio_window: int = 4  # audio feature frames each side of a video frame  # choice
     cond_dropout: float = 0.1  # for classifier-free guidance
+    audio_dropout: float = 0.6  # audio alone dropped: motion must also be read off the AU codes  # choice
     guidance_scale: float = 1.0
     context_frames: int = 10  # previous frames used as context for long sequences  # choice
     window_frames: int = 100  # generation window  # choice
@@ -229,6 +231,7 @@ class DiffusionConfig:
         _check(0 <= self.context_frames < self.window_frames,
                "diffusion.context_frames must be smaller than diffusion.window_frames")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
+        _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
 
 
 @dataclass
@@ -328,9 +331,13 @@ class InferConfig:
     fps: float = 25.0
     image_size: int = 256
     camera: str = "0"  # camera index from the data, "orbit", or a JSON path
+    # classifier-free guidance when animating (diffusion.guidance_scale is the one validation and
+    # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely  # choice
+    guidance_scale: float = 2.0
 
     def validate(self) -> None:
         _check(0 <= self.overlap_frames < self.window_frames, "infer.overlap_frames must be < window_frames")
+        _check(self.guidance_scale >= 0, "infer.guidance_scale must be >= 0 (1 = no guidance)")
 
 
 @dataclass

@@ -178,7 +178,8 @@ def test_speech_lengths_and_leading_silence():
 
 
 def test_mouth_aus_vary_with_speech_loudness():
-    audio, aus = synthesize_speech(4.0, SR, FPS, np.random.default_rng(5), emotion="neutral")
+    audio, aus = synthesize_speech(4.0, SR, FPS, np.random.default_rng(5), emotion="neutral",
+                                   gestures=False)
     mouth = [AU_INDEX[a] for a in SPEECH_AUS]
     assert aus[:, mouth].std(axis=0).max() > 0.1
     opening = aus[:, AU_INDEX["AU25"]] + aus[:, AU_INDEX["AU26"]]
@@ -192,7 +193,7 @@ def test_mouth_aus_vary_with_speech_loudness():
 
 @pytest.mark.parametrize("emotion", [e for e in EMOTIONS if e != "neutral"])
 def test_emotion_aus_follow_the_label(emotion):
-    clip = synthesize_clip(2.5, SR, FPS, np.random.default_rng(11), emotion=emotion)
+    clip = synthesize_clip(2.5, SR, FPS, np.random.default_rng(11), emotion=emotion, gestures=False)
     late = clip.aus[int(1.2 * FPS):]  # after the ramp-in
     assert clip.intensity > 0.5
     for name, weight in EMOTION_AUS[emotion].items():
@@ -283,3 +284,21 @@ def test_gaussian_head_counts_and_free_points_are_rigid():
     assert not np.allclose(g0.means[:v], g1.means[:v])
     assert np.allclose(np.linalg.norm(g0.quats, axis=1), 1, atol=1e-5)
     assert g0.colors.min() >= 0 and g0.colors.max() <= 1 and (g0.scales > 0).all()
+
+
+def test_gestures_flash_brows_on_pitch_accents_and_leave_the_rest_unchanged():
+    with_g = synthesize_clip(6.0, SR, FPS, np.random.default_rng(21), "neutral")
+    without = synthesize_clip(6.0, SR, FPS, np.random.default_rng(21), "neutral", gestures=False)
+    assert with_g.phones == without.phones and with_g.blinks == without.blinks
+    brows = with_g.aus[:, [AU_INDEX["AU01"], AU_INDEX["AU02"]]]
+    assert brows.max() > 0.3 and np.abs(without.aus[:, AU_INDEX["AU01"]]).max() < 1e-6
+    # single-AU events outside the emotion label on a neutral clip
+    others = [AU_INDEX[a] for a in ("AU04", "AU05", "AU06", "AU07", "AU09")]
+    assert with_g.aus[:, others].max() > 0.2 or with_g.aus[:, AU_INDEX["AU12"]].max() > 0.2
+    # accented vowels are louder: frames with raised brows carry more energy than the rest of speech
+    rms = _frame_rms(with_g.audio)
+    n = min(len(rms), len(brows))
+    speech = rms[:n] > 0.02
+    flash = speech & (brows[:n, 0] > 0.2)
+    assert flash.sum() > 3 and rms[:n][flash].mean() > 1.1 * rms[:n][speech & ~flash].mean()
+    assert np.all(with_g.aus[0] == 0)  # still a neutral first frame

@@ -28,6 +28,7 @@ from .writer import (
                      make_identity,
                      render_frames,
                      rendered_frame_indices,
+                     synthetic_au_fields,
 )
 
 __all__ = [
@@ -35,5 +36,5 @@ __all__ = [
     "Voice", "apply_rig", "face_gaussians", "gaussian_head", "generate_dataset", "make_au_rig",
     "make_cameras", "make_clip", "make_free_gaussians", "make_identity", "make_template",
     "render_frames", "rendered_frame_indices", "sample_identity", "synthesize_clip",
-    "synthesize_speech",
+    "synthesize_speech", "synthetic_au_fields",
 ]

@@ -11,6 +11,13 @@ AUs, per video frame:
 * emotion AUs follow the clip's emotion label (FACS prototypes) with slow variation, ramping in
   after the leading silence; they mix with the mouth AUs as ``1 - (1 - a)(1 - b)``.
 * AU45 blinks at random times.
+* conversational gestures (``gestures=True``, the default): some vowels carry a pitch accent
+  (higher f0, louder) and most accents come with an eyebrow flash (AU01 + AU02 rising just
+  before the vowel), as brows and pitch accents go together in real speech; plus short
+  expression events of single AUs at random times (frowns, squints, smiles, lip pulls) that
+  nothing in the audio predicts. Without them each upper-face AU only ever moves with its
+  emotion label, and a data set of a few dozen clips never shows most AUs on their own — a motion
+  model trained on it cannot learn what editing one AU should do.
 Every clip starts with ``lead`` seconds of silence and all AUs 0: frame 0 is a neutral face.
 """
 
@@ -102,6 +109,11 @@ _ONSETS = [PHONE_INDEX[n] for n in ("m", "p", "f", "s", "sh", "t")]
 _CODAS = [PHONE_INDEX[n] for n in ("m", "s", "t")]
 
 CONTROL_RATE = 200.0  # Hz, AU trajectories are built at this rate, then sampled at fps
+ACCENT_PROB = 0.3  # share of vowels (after the lead silence) with a pitch accent
+ACCENT_F0, ACCENT_GAIN = 0.18, 0.35  # peak relative f0 rise and loudness gain of an accent
+BROW_FLASH_PROB = 0.7  # accents that come with an eyebrow flash
+GESTURE_RATE = 0.35  # other expression events per second
+GESTURE_AUS = ("AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23")
 ANTICIPATION_S = 0.02  # lips move slightly before the sound
 COARTICULATION_SIGMA_S = 0.035
 _FORMANT_BW = (90.0, 110.0, 150.0)
@@ -168,8 +180,10 @@ def _per_sample(segs, times):
     return ph, pos
 
 
-def _synth_audio(segs, n: int, sr: int, rng: np.random.Generator, voice: Voice, ev: EmotionVoice):
+def _synth_audio(segs, n: int, sr: int, rng: np.random.Generator, voice: Voice, ev: EmotionVoice,
+                 accents: list[tuple[float, float]] = ()):
     t = np.arange(n) / sr
+    accent = _accent_curve(accents, t)
     ph, pos = _per_sample(segs, t)
     formants = np.array([p.formants for p in PHONES])[ph] * voice.formant_scale
     formants = uniform_filter1d(formants, size=max(1, int(0.03 * sr)), axis=0, mode="nearest")
@@ -179,7 +193,7 @@ def _synth_audio(segs, n: int, sr: int, rng: np.random.Generator, voice: Voice, 
     phase_a, phase_b = rng.uniform(0, 2 * np.pi, 2)
     f0 = voice.f0 * ev.pitch * (1.0 + ev.pitch_range * (0.06 * np.sin(2 * np.pi * 0.7 * t + phase_a)
                                                          + 0.03 * np.sin(2 * np.pi * 1.9 * t + phase_b))
-                                + ev.tremor * np.sin(2 * np.pi * 6.0 * t))
+                                + ev.tremor * np.sin(2 * np.pi * 6.0 * t)) * (1.0 + ACCENT_F0 * accent)
     phase = 2 * np.pi * np.cumsum(f0) / sr
     n_harm = int(min(60, 7600 / f0.min()))
     h = np.arange(1, n_harm + 1, dtype=np.float64)
@@ -213,9 +227,10 @@ def _synth_audio(segs, n: int, sr: int, rng: np.random.Generator, voice: Voice, 
         noise += w * filt
         noise_w_total += w
     aspiration = sosfilt(butter(2, 1000, btype="high", fs=sr, output="sos"), rng.standard_normal(n))
-    audio = ev.energy * (vamp * (voiced + voice.breathiness * aspiration) + noise) * 0.3
+    gain = ev.energy * (1.0 + ACCENT_GAIN * accent)
+    audio = gain * (vamp * (voiced + voice.breathiness * aspiration) + noise) * 0.3
     audio += 1e-4 * rng.standard_normal(n)  # recording noise floor
-    envelope = ev.energy * (vamp + noise_w_total)
+    envelope = gain * (vamp + noise_w_total)
     return np.clip(audio, -0.99, 0.99).astype(np.float32), envelope
 
 
@@ -249,6 +264,45 @@ def _emotion_aus(times, emotion, intensity, lead, rng) -> np.ndarray:
     return aus
 
 
+def _raised_cosine(times, start: float, dur: float) -> np.ndarray:
+    x = (times - start) / dur
+    return np.where((x > 0) & (x < 1), 0.5 * (1 - np.cos(2 * np.pi * x)), 0.0)
+
+
+def _accented_vowels(segs, lead: float, rng) -> list[tuple[float, float]]:
+    """(start, end) of the vowels that carry a pitch accent."""
+    return [(s, e) for i, s, e in segs if PHONES[i].kind == "vowel" and s > lead
+            and rng.uniform() < ACCENT_PROB]
+
+
+def _accent_curve(accents, times) -> np.ndarray:
+    """0..1 per time: a raised-cosine bump over each accented vowel (30 ms margins)."""
+    out = np.zeros(len(times))
+    for s, e in accents:
+        out = np.maximum(out, _raised_cosine(times, s - 0.03, e - s + 0.06))
+    return out
+
+
+def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
+    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events."""
+    aus = np.zeros((len(times), NUM_AUS))
+    for s, _ in accents:
+        if rng.uniform() >= BROW_FLASH_PROB:
+            continue
+        bump = _raised_cosine(times, s - 0.12, rng.uniform(0.4, 0.7))
+        a1 = rng.uniform(0.35, 0.85)
+        aus[:, AU_INDEX["AU01"]] = np.maximum(aus[:, AU_INDEX["AU01"]], a1 * bump)
+        aus[:, AU_INDEX["AU02"]] = np.maximum(aus[:, AU_INDEX["AU02"]], min(1.0, a1 * rng.uniform(0.5, 1.1)) * bump)
+    end = float(times[-1]) if len(times) else 0.0
+    t = lead + 0.2 + rng.exponential(1.0 / GESTURE_RATE)
+    while t < end - 0.3:
+        k = AU_INDEX[GESTURE_AUS[int(rng.integers(len(GESTURE_AUS)))]]
+        bump = rng.uniform(0.3, 0.75) * _raised_cosine(times, t, rng.uniform(0.6, 1.6))
+        aus[:, k] = np.maximum(aus[:, k], bump)
+        t += rng.exponential(1.0 / GESTURE_RATE)
+    return aus
+
+
 def _blinks(times, lead, emotion, rng):
     """AU45 track: raised-cosine blinks every 1.5-4.5 s (less often when surprised)."""
     track = np.zeros(len(times))
@@ -268,8 +322,13 @@ def _blinks(times, lead, emotion, rng):
 
 def synthesize_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator,
                     emotion: str = "neutral", voice: Voice | None = None,
-                    intensity: float | None = None, lead: float | None = None) -> SpeechClip:
-    """One talking clip: audio + per-frame AUs + the phone alignment (see module docstring)."""
+                    intensity: float | None = None, lead: float | None = None,
+                    gestures: bool = True) -> SpeechClip:
+    """One talking clip: audio + per-frame AUs + the phone alignment (see module docstring).
+
+    ``gestures`` draws from a child of ``rng`` (``rng.spawn``), so switching them off leaves the
+    phones, audio noise, emotion and blinks of a seed unchanged.
+    """
     if emotion not in EMOTION_AUS:
         raise ValueError(f"unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
     voice = voice or Voice(f0=120.0, formant_scale=1.0, rate=1.0, breathiness=0.04)
@@ -281,7 +340,9 @@ def synthesize_clip(seconds: float, sr: int, fps: float, rng: np.random.Generato
     if lead is None:
         lead = float(rng.uniform(0.28, 0.34))
     segs = sample_phones(duration, rng, rate=voice.rate * ev.tempo, lead=lead)
-    audio, env = _synth_audio(segs, n_samples, sr, rng, voice, ev)
+    gesture_rng = rng.spawn(1)[0] if gestures else None
+    accents = _accented_vowels(segs, lead, gesture_rng) if gestures else []
+    audio, env = _synth_audio(segs, n_samples, sr, rng, voice, ev, accents)
 
     times_c = np.arange(int(np.ceil(duration * CONTROL_RATE)) + 1) / CONTROL_RATE
     env_c = np.interp(times_c, np.arange(n_samples) / sr, env)
@@ -289,6 +350,8 @@ def synthesize_clip(seconds: float, sr: int, fps: float, rng: np.random.Generato
     times = np.arange(n_frames) / fps
     mouth = np.stack([np.interp(times, times_c, mouth_c[:, k]) for k in range(NUM_AUS)], axis=1)
     emo = _emotion_aus(times, emotion, intensity, lead, rng)
+    if gestures:
+        emo = 1.0 - (1.0 - np.clip(emo, 0, 1)) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng))
     aus = 1.0 - (1.0 - np.clip(mouth, 0, 1)) * (1.0 - np.clip(emo, 0, 1))
     blink, blink_starts = _blinks(times, lead, emotion, rng)
     aus[:, AU_INDEX["AU45"]] = np.maximum(aus[:, AU_INDEX["AU45"]], blink)
@@ -301,7 +364,8 @@ def synthesize_clip(seconds: float, sr: int, fps: float, rng: np.random.Generato
 
 
 def synthesize_speech(seconds: float, sr: int, fps: float, rng: np.random.Generator,
-                      emotion: str = "neutral", voice: Voice | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      emotion: str = "neutral", voice: Voice | None = None,
+                      gestures: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(audio (N,) float32, aus (T, 17) float32)`` with T = round(seconds·fps), N = T/fps·sr."""
-    clip = synthesize_clip(seconds, sr, fps, rng, emotion=emotion, voice=voice)
+    clip = synthesize_clip(seconds, sr, fps, rng, emotion=emotion, voice=voice, gestures=gestures)
     return clip.audio, clip.aus

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +92,22 @@ def clip_emotion(cfg: SynthConfig, i: int, c: int) -> str:
     return EMOTIONS[int(order[k % len(EMOTIONS)])]
 
 
+def synthetic_au_fields(cfg: SynthConfig, identity: str) -> np.ndarray:
+    """(17, V, 3) true per-unit AU displacement fields (metres) of a synthetic identity by name."""
+    match = re.fullmatch(r"id(\d{3,})", identity)
+    if match is None or int(match.group(1)) >= cfg.n_identities:
+        raise ValueError(f"{identity!r} is not an identity of this synthetic data set "
+                         f"(id000..{identity_name(cfg.n_identities - 1)})")
+    i = int(match.group(1))
+    params = sample_identity(_rng(cfg.seed, _S_IDENTITY, i), index=i, n_free_points=cfg.n_free_points)
+    return make_au_rig(make_template(cfg.mesh_resolution, params=params), _rng(cfg.seed, _S_RIG, i))
+
+
 def make_clip(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> SynthClip:
     rng = _rng(cfg.seed, _S_CLIP, i, c)
     speech = synthesize_clip(cfg.clip_seconds, cfg.sample_rate, cfg.fps, rng,
-                             emotion=clip_emotion(cfg, i, c), voice=ident.params.voice)
+                             emotion=clip_emotion(cfg, i, c), voice=ident.params.voice,
+                             gestures=cfg.gestures)
     verts = apply_rig(ident.template.verts, ident.rig, speech.aus)
     verts += rng.normal(0.0, TRACKING_NOISE_M, verts.shape).astype(np.float32)
 
