@@ -17,10 +17,17 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
   frame centre (``audio_window`` feature frames each side, zero outside the clip, flattened,
   Linear → d), fused by an MLP. Classifier-free guidance: ``drop_cond`` replaces this per-frame
   condition by a learned null embedding (the template is identity, not a guided condition).
+  ``drop_audio`` replaces only the audio term by a learned null vector (training drops audio alone
+  now and then, so motion must also be explained from the AU codes: see ``au_coef``).
 * **Transformer over time** (pre-LN), tokens = [timestep token, template token, frames...]; each
   frame token also gets the timestep embedding and a sinusoidal frame position. Bidirectional by
   default, causal if asked (prefix tokens always visible).
-* **Per-vertex low-rank decoder**: c_t = Linear(d → r); x̂0(t, v) = c_tᵀ B(v). No Linear(d, V·3).
+* **Per-vertex low-rank decoder**: c_t = Linear(d → r); x̂0(t, v) = c_tᵀ B(v) + Σ_k E_tk F_k(v).
+  No Linear(d, V·3). The AU prompt reaches the output twice: through the transformer, and through
+  per-template AU displacement fields F(v) ∈ R^{17×3} that the point MLP predicts from the
+  template (zero at init, off when the condition is dropped) — FACS's additive picture, which
+  the transformer refines. Without F a short run learns to read mouth motion off the audio and
+  all but ignores the codes (AU-edit gain ≈ 0.05, see ``eval/au_response.py``).
 
 Audio alignment: feature frame i covers [i/rate, (i+1)/rate) s (see audio_frontend.py) and video
 frame t covers [t/fps, (t+1)/fps); the centre feature of frame t is ⌊(t + start_frame + ½)·rate/fps⌋.
@@ -49,6 +56,12 @@ class TemplateCode:
     analysis: torch.Tensor  # (B, V·3, r)
     synthesis: torch.Tensor  # (B, r, V·3), contiguous
     token: torch.Tensor  # (B, d_model)
+    au_fields: torch.Tensor  # (B, 17, V·3): per-unit AU displacement, diffusion units
+
+    def select(self, index: torch.Tensor) -> TemplateCode:
+        """Row b of the result is row ``index[b]`` of this code."""
+        return TemplateCode(self.analysis[index], self.synthesis[index], self.token[index],
+                            self.au_fields[index])
 
     @property
     def num_vertices(self) -> int:
@@ -123,6 +136,8 @@ class Denoiser(nn.Module):
         self.audio_in = nn.Linear((2 * audio_window + 1) * audio_dim, d_model)
         self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(d_model, d_model))
         self.null_cond = nn.Parameter(torch.zeros(d_model))
+        self.null_audio = nn.Parameter(torch.zeros(d_model))
+        self.au_field_head = nn.Linear(point_hidden, n_aus * 3)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model,
@@ -144,6 +159,9 @@ class Denoiser(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.null_cond, std=0.02)
+        nn.init.normal_(self.null_audio, std=0.02)
+        nn.init.zeros_(self.au_field_head.weight)
+        nn.init.zeros_(self.au_field_head.bias)
         # start with small outputs so early training is not dominated by a random basis
         nn.init.normal_(self.coef_out.weight, std=0.02 / math.sqrt(self.rank))
         nn.init.zeros_(self.coef_out.bias)
@@ -157,29 +175,40 @@ class Denoiser(nn.Module):
         b, v, _ = h.shape
         analysis = self.analysis_head(h).view(b, v * 3, self.rank)  # rows ordered (v, xyz)
         synthesis = self.synthesis_head(h).view(b, v, self.rank, 3).permute(0, 2, 1, 3).reshape(b, self.rank, v * 3)
-        return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)))
+        au_fields = self.au_field_head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
+        return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)),
+                            au_fields.contiguous())
 
     def encode_condition(self, aus: torch.Tensor, audio: torch.Tensor | None,
-                         start_frame: int = 0) -> torch.Tensor:
+                         start_frame: int = 0, drop_audio: torch.Tensor | None = None) -> torch.Tensor:
         """AU codes (B, T, 17) + audio features (B, Ta, D) or None → per-frame condition (B, T, d).
 
+        ``drop_audio`` (B,) bool: rows whose audio term is the learned null audio vector.
         Independent of x_n and n: a sampler computes it once per window and passes it to every
         denoising step as ``cond_embedding``.
         """
-        n_frames = aus.shape[1]
+        b, n_frames = aus.shape[:2]
         c = self.au_in(aus.float())
         if audio is not None:
             win = window_audio(audio.float(), n_frames, self.fps, self.feature_rate,
                                self.audio_window, start_frame)
-            c = c + self.audio_in(win.flatten(2))
+            a = self.audio_in(win.flatten(2))
+            if drop_audio is not None:
+                drop = torch.as_tensor(drop_audio, device=a.device).bool().expand(b)
+                a = torch.where(drop[:, None, None], self.null_audio.to(a.dtype).expand_as(a), a)
+            c = c + a
+        elif drop_audio is not None:  # keeps null_audio in the graph (DDP needs every parameter)
+            c = c + 0.0 * self.null_audio
         return self.cond_mlp(c)
 
     def condition(self, aus: torch.Tensor, audio: torch.Tensor | None, n_frames: int,
                   drop_cond: torch.Tensor | None, start_frame: int = 0,
-                  cond_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                  cond_embedding: torch.Tensor | None = None,
+                  drop_audio: torch.Tensor | None = None) -> torch.Tensor:
         """Per-frame condition embedding (B, T, d); dropped rows get the learned null vector."""
         b = aus.shape[0]
-        c = self.encode_condition(aus, audio, start_frame) if cond_embedding is None else cond_embedding
+        c = (self.encode_condition(aus, audio, start_frame, drop_audio) if cond_embedding is None
+             else cond_embedding)
         assert c.shape == (b, n_frames, self.d_model), (
             f"condition must be (B, T, d) = {(b, n_frames, self.d_model)}, got {tuple(c.shape)}")
         if drop_cond is not None:
@@ -194,11 +223,13 @@ class Denoiser(nn.Module):
                 frame_mask: torch.Tensor | None = None, start_frame: int = 0,
                 template_code: TemplateCode | None = None,
                 template_index: torch.Tensor | None = None,
-                cond_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                cond_embedding: torch.Tensor | None = None,
+                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
         """x_n (B,T,V,3), template (B,V,3) [or ``template_code``], aus (B,T,17),
         audio (B,Ta,D) or None (= no audio), n (B,) → x̂0 (B,T,V,3).
 
         ``drop_cond``: bool or (B,) bool — use the null condition (CFG / condition dropout).
+        ``drop_audio``: bool or (B,) bool — the audio term only is replaced by its null vector.
         ``frame_mask``: (B, T) bool, True = real frame (padded frames are not attended to).
         ``template_index``: (B,) long — then ``template`` is (U, V, 3) *distinct* templates and row
         b uses ``template[template_index[b]]`` (batches repeat identities: encode each once).
@@ -222,15 +253,15 @@ class Denoiser(nn.Module):
                     f"template must be (U, {v}, 3) with template_index, got {tuple(template.shape)}")
                 assert template_index.shape == (b,), f"template_index must be (B,) = ({b},), got {tuple(template_index.shape)}"
                 code = self.encode_template(template)
-                idx = template_index.to(device=code.token.device, dtype=torch.long)
-                template_code = TemplateCode(code.analysis[idx], code.synthesis[idx], code.token[idx])
+                template_code = code.select(template_index.to(device=code.token.device, dtype=torch.long))
         assert template_code.num_vertices == v, (
             f"template has {template_code.num_vertices} vertices but x_n has {v}")
 
         z = torch.matmul(x_n.float().reshape(b, t, v * 3), template_code.analysis) / v  # (B, T, r)
         temb = self.time_mlp(sinusoidal_embedding(n, self.d_model))  # (B, d)
         pos = sinusoidal_embedding(torch.arange(t, device=x_n.device), self.d_model)  # (T, d)
-        frames = (self.frame_in(z) + self.condition(aus, audio, t, drop_cond, start_frame, cond_embedding)
+        frames = (self.frame_in(z)
+                  + self.condition(aus, audio, t, drop_cond, start_frame, cond_embedding, drop_audio)
                   + temb[:, None] + pos[None])
         tokens = torch.cat([temb[:, None], template_code.token[:, None], frames], dim=1)
 
@@ -247,4 +278,9 @@ class Denoiser(nn.Module):
             attn_mask[:, :n_prefix] = False  # prefix tokens are visible to every frame
         h = self.transformer(tokens, mask=attn_mask, src_key_padding_mask=pad)[:, n_prefix:]
         coef = self.coef_out(self.out_norm(h))  # (B, T, r)
-        return torch.matmul(coef, template_code.synthesis).view(b, t, v, 3)
+        codes = aus.float()  # the direct AU-prompt path: Σ_k E_tk F_k(v)
+        if drop_cond is not None:
+            keep = ~torch.as_tensor(drop_cond, device=codes.device).bool().expand(b)
+            codes = codes * keep[:, None, None].to(codes.dtype)
+        out = torch.matmul(coef, template_code.synthesis) + torch.matmul(codes, template_code.au_fields)
+        return out.view(b, t, v, 3)

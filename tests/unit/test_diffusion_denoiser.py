@@ -40,8 +40,9 @@ def test_same_weights_serve_two_topologies():
 
 def test_gradient_reaches_every_parameter():
     m = tiny().train()
-    x, p, e, a, n = inputs(2, 6, 30)
-    out = m(x, p, e, a, n, drop_cond=torch.tensor([True, False]))
+    x, p, e, a, n = inputs(3, 6, 30)
+    out = m(x, p, e, a, n, drop_cond=torch.tensor([True, False, False]),
+            drop_audio=torch.tensor([False, True, False]))
     out.square().mean().backward()
     missing = [name for name, prm in m.named_parameters() if prm.grad is None or not torch.any(prm.grad != 0)]
     assert not missing, f"no gradient for {missing}"
@@ -59,6 +60,24 @@ def test_conditions_change_output_and_null_condition_ignores_them():
     d2 = m(x, p, torch.rand_like(e), torch.randn_like(a), n, drop_cond=True)
     assert torch.allclose(d1, d2, atol=1e-6)
     assert not torch.allclose(d1, base)
+    # dropped audio: the audio no longer matters, the AU codes still do
+    a1 = m(x, p, e, a, n, drop_audio=True)
+    assert torch.allclose(a1, m(x, p, e, torch.randn_like(a), n, drop_audio=True), atol=1e-6)
+    assert not torch.allclose(a1, m(x, p, torch.rand_like(e), a, n, drop_audio=True))
+
+
+def test_au_fields_make_the_output_linear_in_the_codes_at_zero_transformer_output():
+    m = tiny()
+    with torch.no_grad():
+        m.coef_out.weight.zero_()
+        m.coef_out.bias.zero_()
+        m.au_field_head.weight.normal_(std=0.1)
+    x, p, e, a, n = inputs(1, 4, 25)
+    code = m.encode_template(p)
+    fields = code.au_fields.view(1, 17, 25, 3)
+    expected = torch.einsum("btk,bkvc->btvc", e, fields)
+    assert torch.allclose(m(x, p, e, a, n), expected, atol=1e-5)
+    assert torch.allclose(m(x, p, e, a, n, drop_cond=True), torch.zeros_like(expected))
 
 
 def test_batch_rows_are_independent_and_per_row_dropout():

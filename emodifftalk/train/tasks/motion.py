@@ -10,7 +10,9 @@ Data: ``seq`` shards of ``cfg.data.root`` (split ``train``) with tracked meshes,
   shard's cached ``feats`` when they were made by the configured encoder, otherwise computed here
   from the **whole** clip (the mel front end normalises per utterance) before cropping;
 * diffusion: t ~ U{0..N−1}, x_t = q_sample(x0, t, ε), condition dropped with probability
-  ``diffusion.cond_dropout`` (classifier-free guidance), the network predicts x0, loss = eq. 17.
+  ``diffusion.cond_dropout`` (classifier-free guidance), the audio alone with probability
+  ``diffusion.audio_dropout`` (so the AU codes must explain the motion too: edits then work), the
+  network predicts x0, loss = eq. 17.
 
 ``offset_scale`` (metres per diffusion unit) is ``diffusion.offset_scale`` or, when that is 0, the
 RMS offset over the ``face`` vertices of the first training clips in manifest order (the same on
@@ -339,8 +341,9 @@ class MotionTask(Task):
             n = torch.randint(0, d.num_train_steps, (b,), device=x0.device)
             x_n = self.schedule(cfg).q_sample(x0, n, torch.randn_like(x0))
             drop = torch.rand(b, device=x0.device) < d.cond_dropout
+        drop_audio = torch.rand(b, device=x0.device) < d.audio_dropout
         pred = model(x_n, batch["template_unique"], aus, feats, n, drop_cond=drop, frame_mask=fmask,
-                     template_index=batch["template_index"])
+                     template_index=batch["template_index"], drop_audio=drop_audio)
         terms = self._geometry(pred.float(), x0, batch, fmask, cfg)
         out = {"loss": terms.pop("geometry")}
         out.update({k: v.detach() for k, v in terms.items()})
