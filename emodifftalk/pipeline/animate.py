@@ -158,7 +158,8 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
                              device)
     gen = torch.Generator(device=device).manual_seed(seed)
     return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
-                         steps=cfg.infer.ddim_steps, generator=gen, device=device,
+                         steps=cfg.infer.ddim_steps, guidance_scale=cfg.infer.guidance_scale,
+                         generator=gen, device=device,
                          window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
 
 

@@ -8,7 +8,9 @@ Stages (each reusable with ``--skip-<stage>``, which takes the stage's earlier o
     → animate a held-out clip twice (speech only; text prompt + AU edit) → results/
 
 ``OUT/results`` ends up with ``video.mp4`` (edited), ``video_speech.mp4``, ``aus.png``,
-``frame_grid.png`` (rows: captured ground truth, speech-only, edited), ``metrics.json`` and a
+``frame_grid.png`` (face close-ups; rows: captured ground truth, speech-only, edited, and the
+edited − speech-only difference ×4), ``metrics.json`` (LVE/FDD/MOD, Speech-to-AU and Text-to-AU
+scores, and the AU-edit response of the motion model, see ``eval/au_response.py``) and a
 ``tensorboard`` folder holding every run's event files.
 """
 
@@ -64,8 +66,24 @@ def _train(task_name: str, cfg: Config, out: Path) -> Path:
     return run_training(get_task(task_name), cfg, out)
 
 
-def _frame_grid(results: Path, gt_frames: list[dict], camera: str) -> Path:
-    """Rows: captured frames, speech-only animation, edited animation, at the packed moments."""
+def _face_box(verts: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int, height: int,
+              margin: float = 0.15) -> tuple[int, int, int, int]:
+    """Square pixel box (x0, y0, x1, y1) around the projected ``verts`` (N, 3), inside the image."""
+    cam = verts @ viewmat[:3, :3].T + viewmat[:3, 3]
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:3]
+    lo, hi = uv.min(0), uv.max(0)
+    half = 0.5 * float((hi - lo).max()) * (1 + 2 * margin)
+    size = int(min(max(2 * half, 8), width, height))
+    cx, cy = (lo + hi) / 2
+    x0 = int(np.clip(round(cx - size / 2), 0, width - size))
+    y0 = int(np.clip(round(cy - size / 2), 0, height - size))
+    return x0, y0, x0 + size, y0 + size
+
+
+def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[int, int, int, int],
+                zoom: int = 2) -> Path:
+    """Face close-ups at the packed moments. Rows: captured frames, speech-only animation, edited
+    animation, and |edited − speech-only| ×4 (where the edit changed the picture)."""
     import imageio.v3 as iio
 
     from emodifftalk.render.video import frame_grid, save_png
@@ -74,14 +92,42 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str) -> Path:
     edited = iio.imread(results / "video.mp4", index=None)
     picks = [f for f in gt_frames if int(f["meta"]["frame"]) < min(len(speech), len(edited))]
     picks = picks[:: max(1, len(picks) // 6)][:6]
-    tiles = []
-    h, w = speech.shape[1:3]
-    for row in ("gt", "speech", "edited"):
-        for f in picks:
-            t = int(f["meta"]["frame"])
-            img = f["images"][camera] if row == "gt" else (speech if row == "speech" else edited)[t]
-            tiles.append(np.asarray(img[:h, :w], np.uint8))
+    x0, y0, x1, y1 = box
+
+    def crop(img) -> np.ndarray:
+        tile = np.asarray(img, np.uint8)[y0:y1, x0:x1]
+        return tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+    rows: dict[str, list[np.ndarray]] = {"gt": [], "speech": [], "edited": [], "diff": []}
+    for f in picks:
+        t = int(f["meta"]["frame"])
+        rows["gt"].append(crop(f["images"][camera]))
+        rows["speech"].append(crop(speech[t]))
+        rows["edited"].append(crop(edited[t]))
+        diff = np.abs(edited[t].astype(np.int16) - speech[t].astype(np.int16)).max(-1, keepdims=True)
+        rows["diff"].append(crop(np.clip(diff * 4, 0, 255).astype(np.uint8).repeat(3, -1)))
+    tiles = [tile for row in rows.values() for tile in row]
     return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
+
+
+def _edit_response(models, shards: Path, cfg: Config, clip: dict, aus: np.ndarray) -> dict:
+    """AU-edit response of the motion model on the held-out clip (synthetic data only: it needs
+    the identity's true AU displacement fields), for the AUs the demo's prompt and edit touch."""
+    from emodifftalk.data.synthetic import synthetic_au_fields
+    from emodifftalk.eval.au_response import au_edit_response
+    from emodifftalk.train.tasks.motion import _FeatureMaker, load_template_infos
+
+    identity = clip["meta"]["identity"]
+    fields = synthetic_au_fields(cfg.synth, identity)
+    tmpl = load_template_infos(shards)[identity]
+    feats = _FeatureMaker(models.motion_cfg.audio)(clip)
+    probe = ["AU01", "AU02", "AU06", "AU12", "AU26"]
+    guidance = cfg.infer.guidance_scale  # as the demo's videos were sampled
+    stats = au_edit_response(models.motion, models.schedule, tmpl.verts, aus[: len(clip["verts"])], feats,
+                             fields, models.motion_cfg, probe, delta=0.5, guidance_scale=guidance)
+    return {"delta": 0.5, "guidance_scale": guidance, "per_au": stats,
+            "mean_gain": float(np.mean([v["gain"] for v in stats.values()])),
+            "mean_cosine": float(np.mean([v["cosine"] for v in stats.values()]))}
 
 
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
@@ -168,12 +214,13 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     for name in ("video.mp4", "aus.png", "aus.csv", "animation.json"):
         shutil.copy(edited.out_dir / name, results / name)
 
-    camera_names = json.loads((rigs / identity / "rig.json").read_text())["cameras"]["names"]
-    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), camera_names[1])
-
     from emodifftalk.train.tasks.motion import load_template_infos
 
     tmpl = load_template_infos(shards)[identity]
+    cams = json.loads((rigs / identity / "rig.json").read_text())["cameras"]
+    box = _face_box(tmpl.verts[tmpl.face_idx], np.asarray(cams["viewmats"][1]), np.asarray(cams["Ks"][1]),
+                    int(cams["width"]), int(cams["height"]))
+    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), cams["names"][1], box)
     pred = tmpl.verts[None] + np.load(plain.out_dir / "offsets.npy")
     gt = clip["verts"][: pred.shape[0]]
     motion = motion_metrics([pred[: gt.shape[0]]], [gt], [tmpl.verts], [tmpl.lip_idx], [tmpl.upper_idx])
@@ -191,6 +238,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     metrics = {
         "held_out_clip": clip["key"],
         "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
+        "au_edit_response": _edit_response(models, shards, cfg, clip, np.asarray(clip["aus"] * clip["au_mask"])),
         "s2au": s2au_report.get("summary", s2au_report),
         "text2au_test": t2a_report.get("summary", t2a_report),
         "rigs": rig_summary,

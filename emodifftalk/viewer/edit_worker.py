@@ -42,16 +42,17 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
                    old_offsets: np.ndarray, spans: list[tuple[int, int]], cfg, *, steps: int = 8,
                    sampler: str | None = None, seed: int = 0, window_frames: int | None = None,
                    context_frames: int | None = None, fade_frames: int = 4,
-                   progress: Progress = _noop) -> np.ndarray:
+                   guidance_scale: float | None = None, progress: Progress = _noop) -> np.ndarray:
     """New offsets (T, V, 3) metres: frames in ``spans`` (+ a fade after each) re-sampled for ``aus``.
 
     model: a ``Denoiser`` (eval); schedule: its ``NoiseSchedule`` (None for the regression baseline);
     template (V, 3) metres; aus (T, 17) target AU codes; feats (Ta, D) audio features of the whole clip
     at ``model.feature_rate`` or None (null audio); old_offsets (T, V, 3) the good clip's motion;
     spans: half-open [a, b) frame spans whose AU codes changed. Frames outside ``spans`` and their
-    fades are returned unchanged (bit for bit).
+    fades are returned unchanged (bit for bit). ``guidance_scale``: default ``cfg.diffusion.guidance_scale``.
     """
     d = cfg.diffusion
+    guidance = d.guidance_scale if guidance_scale is None else float(guidance_scale)
     sampler = sampler or ("regression" if d.regression else d.sampler)
     if sampler not in ("ddim", "ddpm", "regression"):
         raise ValueError(f"sampler must be ddim, ddpm or regression, got {sampler!r}")
@@ -117,7 +118,7 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
         from emodifftalk.diffusion.sampler import ddim_sample, ddpm_sample
 
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
-        kwargs = {"cond": None, "generator": gen, "guidance_scale": d.guidance_scale, "known_x0": known,
+        kwargs = {"cond": None, "generator": gen, "guidance_scale": guidance, "known_x0": known,
                   "context": n_ctx, "device": device, "callback": tick}
         if sampler == "ddim":
             x0 = ddim_sample(model_fn, shape, schedule, steps, **kwargs)
@@ -163,7 +164,8 @@ class MotionEditor:
         return resample_spans(self.models.motion, self.models.schedule, self.template, request.target,
                               self.features(), request.good.offsets, request.spans, mcfg, steps=self.steps,
                               seed=self.seed, window_frames=self.cfg.infer.window_frames,
-                              context_frames=self.cfg.infer.overlap_frames, progress=progress)
+                              context_frames=self.cfg.infer.overlap_frames,
+                              guidance_scale=self.cfg.infer.guidance_scale, progress=progress)
 
 
 class EditWorker:
