@@ -335,10 +335,14 @@ class InferConfig:
     # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely, at
     # some cost in lip accuracy (tiny demo: brow-edit gain 0.36 -> 0.71, LVE 2.45 -> 3.13 mm)  # choice
     guidance_scale: float = 2.0
+    # what guidance pushes away from: "speech" = the speech-only AU codes (only text/edits are
+    # amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
+    guidance_reference: str = "speech"
 
     def validate(self) -> None:
         _check(0 <= self.overlap_frames < self.window_frames, "infer.overlap_frames must be < window_frames")
         _check(self.guidance_scale >= 0, "infer.guidance_scale must be >= 0 (1 = no guidance)")
+        _check(self.guidance_reference in ("speech", "null"), "infer.guidance_reference must be 'speech' or 'null'")
 
 
 @dataclass

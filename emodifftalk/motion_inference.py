@@ -17,6 +17,14 @@ the output (T, V, 3) is assembled on the CPU.
 
 The regression baseline (``sampler="regression"``) has nothing to inpaint; its windows overlap by C
 frames that are linearly cross-faded.
+
+Guidance. Classifier-free guidance normally extrapolates away from the *null* condition:
+x̂ = x̂(∅) + s·(x̂(E, A) − x̂(∅)), which amplifies everything the codes and audio do, lips included.
+With ``reference_aus`` (e.g. the speech-only AU codes of an edited clip), the "unconditional" branch
+is instead the prediction under those codes and the same audio — the negative-prompt pattern:
+x̂ = x̂(E_ref, A) + s·(x̂(E, A) − x̂(E_ref, A)). Only what the edit changes is amplified; where the
+codes agree (no edit, lip-locked mouth AUs) guidance is a no-op and a window with no difference
+takes one network call per step.
 """
 
 from __future__ import annotations
@@ -28,6 +36,34 @@ from emodifftalk.diffusion.sampler import ddim_sample, ddpm_sample
 from emodifftalk.diffusion.schedule import NoiseSchedule
 
 SAMPLERS = ("ddim", "ddpm", "regression")
+
+
+def window_model_fn(model, code, aus_w: torch.Tensor, feats_b: torch.Tensor | None, start: int,
+                    ref_w: torch.Tensor | None = None):
+    """The sampler's ``model_fn(x, t, cond, drop)`` for one window (see "Guidance" above).
+
+    aus_w (1, L, 17) the window's AU codes; ref_w (1, L, 17) reference codes or None (then
+    ``drop=True`` asks for the learned null condition).
+    """
+    cond_w = model.encode_condition(aus_w, feats_b, start)  # the same for every denoising step
+    ref_cond = None if ref_w is None else model.encode_condition(ref_w, feats_b, start)
+
+    def model_fn(x, t, cond, drop):
+        if ref_w is not None and bool(torch.as_tensor(drop).any()):
+            return model(x, None, ref_w, feats_b, t, start_frame=start, template_code=code,
+                         cond_embedding=ref_cond)
+        return model(x, None, aus_w, feats_b, t, drop_cond=drop, start_frame=start, template_code=code,
+                     cond_embedding=cond_w)
+
+    return model_fn
+
+
+def reference_window(reference: torch.Tensor | None, aus: torch.Tensor, start: int, length: int):
+    """The reference codes of a window, or None where they equal the window's codes (no guidance)."""
+    if reference is None:
+        return None
+    ref = reference[None, start:start + length]
+    return None if torch.equal(ref, aus[None, start:start + length]) else ref
 
 
 def window_starts(n_frames: int, window: int, context: int) -> list[tuple[int, int, int]]:
@@ -51,7 +87,8 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
                   feats: torch.Tensor | None, cfg, *, sampler: str | None = None,
                   steps: int | None = None, guidance_scale: float | None = None, eta: float = 0.0,
                   generator: torch.Generator | None = None, device=None,
-                  window_frames: int | None = None, context_frames: int | None = None) -> torch.Tensor:
+                  window_frames: int | None = None, context_frames: int | None = None,
+                  reference_aus: torch.Tensor | None = None) -> torch.Tensor:
     """Sample offsets for a whole clip. Returns ΔP (T, V, 3) float32 on the CPU, **in metres**
     (absolute vertices = template + ΔP).
 
@@ -60,6 +97,8 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
     ``sampler``: "ddim" | "ddpm" | "regression" (default: "regression" if
     ``cfg.diffusion.regression`` else ``cfg.diffusion.sampler``); ``steps`` (DDIM, default
     ``cfg.diffusion.ddim_steps``), ``guidance_scale`` (default ``cfg.diffusion.guidance_scale``).
+    ``reference_aus`` (T, 17): guide away from these codes instead of the null condition (see
+    "Guidance" in the module docstring); windows where they equal ``aus`` are sampled unguided.
     """
     d = cfg.diffusion
     sampler = sampler or ("regression" if d.regression else d.sampler)
@@ -86,15 +125,15 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
     code = model.encode_template(template[None].to(device=device, dtype=torch.float32))
     feats_b = feats[None].to(device=device, dtype=torch.float32) if feats is not None else None
     aus = aus.to(device=device, dtype=torch.float32)
+    if reference_aus is not None:
+        assert reference_aus.shape == aus.shape, (
+            f"reference_aus must be {tuple(aus.shape)}, got {tuple(reference_aus.shape)}")
+        reference_aus = reference_aus.to(device=device, dtype=torch.float32)
     out = torch.zeros(n_frames, n_verts, 3)  # normalised units, CPU
 
     for start, length, n_ctx in window_starts(n_frames, window, context):
-        aus_w = aus[None, start:start + length]
-        cond_w = model.encode_condition(aus_w, feats_b, start)  # the same for every denoising step
-
-        def model_fn(x, t, cond, drop, _aus=aus_w, _start=start, _cond=cond_w):
-            return model(x, None, _aus, feats_b, t, drop_cond=drop, start_frame=_start,
-                         template_code=code, cond_embedding=_cond)
+        ref_w = reference_window(reference_aus, aus, start, length)
+        model_fn = window_model_fn(model, code, aus[None, start:start + length], feats_b, start, ref_w)
 
         shape = (1, length, n_verts, 3)
         if sampler == "regression":
@@ -106,7 +145,8 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
             out[start:start + length] = pred
             continue
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
-        kwargs = {"cond": None, "generator": generator, "guidance_scale": guidance, "known_x0": known,
+        window_guidance = 1.0 if reference_aus is not None and ref_w is None else guidance
+        kwargs = {"cond": None, "generator": generator, "guidance_scale": window_guidance, "known_x0": known,
                   "context": n_ctx, "device": device}
         if sampler == "ddim":
             x0 = ddim_sample(model_fn, shape, schedule, steps, eta=eta, **kwargs)

@@ -49,11 +49,14 @@ def response_stats(delta_offsets: np.ndarray, expected: np.ndarray, field: np.nd
 
 def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, feats: np.ndarray | None,
                      fields: np.ndarray, cfg, probe_aus: list[str], delta: float = 0.5,
-                     seed: int = 0, guidance_scale: float | None = None) -> dict:
+                     seed: int = 0, guidance_scale: float | None = None,
+                     reference_guidance: bool = False) -> dict:
     """{AU name: response_stats} for a motion model on one clip (see module docstring).
 
     template (V, 3) m, aus (T, 17) codes the model is conditioned on, feats (Ta, D) audio features
     or None, fields (17, V, 3) ground-truth per-unit AU displacements in metres.
+    ``reference_guidance``: guide the edited sample away from the unedited codes (as ``animate``
+    does with ``infer.guidance_reference=speech``); otherwise both samples use classic CFG.
     """
     from emodifftalk.motion_inference import sample_motion
 
@@ -64,10 +67,12 @@ def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, fea
     f = None if feats is None else torch.from_numpy(np.asarray(feats, np.float32))
     base_aus = np.asarray(aus, np.float32)
 
+    reference = torch.from_numpy(base_aus) if reference_guidance else None
+
     def sample(codes: np.ndarray) -> np.ndarray:
         g = torch.Generator().manual_seed(seed)  # same noise for both samples: Δ is the edit only
         return sample_motion(model, schedule, tpl, torch.from_numpy(codes), f, cfg, generator=g,
-                             guidance_scale=guidance_scale).numpy()
+                             guidance_scale=guidance_scale, reference_aus=reference).numpy()
 
     base = sample(base_aus)
     out = {}

@@ -148,7 +148,9 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
 
 
 def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audio: np.ndarray, cfg: Config,
-                   seed: int = 0, progress: bool = False) -> torch.Tensor:
+                   seed: int = 0, progress: bool = False, reference_aus: np.ndarray | None = None) -> torch.Tensor:
+    """Offsets (T, V, 3) m for AU codes ``aus``; ``reference_aus``: what guidance pushes away from
+    (``sample_motion``), e.g. the speech-only codes so that only edits are amplified."""
     from emodifftalk.models.speech_inference import extract_features
     from emodifftalk.motion_inference import sample_motion
 
@@ -159,6 +161,7 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
     gen = torch.Generator(device=device).manual_seed(seed)
     return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
                          steps=cfg.infer.ddim_steps, guidance_scale=cfg.infer.guidance_scale,
+                         reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
                          generator=gen, device=device,
                          window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
 
@@ -307,7 +310,8 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     n = final.shape[0]
 
     t0 = time.perf_counter()
-    offsets = motion_offsets(models, rig.canonical_verts, final, audio, cfg, seed=seed)
+    reference = speech if cfg.infer.guidance_reference == "speech" else None
+    offsets = motion_offsets(models, rig.canonical_verts, final, audio, cfg, seed=seed, reference_aus=reference)
     timings["diffusion"] = time.perf_counter() - t0
     if offsets.shape != (n, rig.n_bound, 3):
         raise AnimateError(f"motion model produced offsets {tuple(offsets.shape)} for a rig with {rig.n_bound} "

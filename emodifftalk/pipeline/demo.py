@@ -124,8 +124,10 @@ def _edit_response(models, shards: Path, cfg: Config, clip: dict, aus: np.ndarra
     probe = ["AU01", "AU02", "AU06", "AU12", "AU26"]
     guidance = cfg.infer.guidance_scale  # as the demo's videos were sampled
     stats = au_edit_response(models.motion, models.schedule, tmpl.verts, aus[: len(clip["verts"])], feats,
-                             fields, models.motion_cfg, probe, delta=0.5, guidance_scale=guidance)
-    return {"delta": 0.5, "guidance_scale": guidance, "per_au": stats,
+                             fields, models.motion_cfg, probe, delta=0.5, guidance_scale=guidance,
+                             reference_guidance=cfg.infer.guidance_reference == "speech")
+    return {"delta": 0.5, "guidance_scale": guidance, "guidance_reference": cfg.infer.guidance_reference,
+            "per_au": stats,
             "mean_gain": float(np.mean([v["gain"] for v in stats.values()])),
             "mean_cosine": float(np.mean([v["cosine"] for v in stats.values()]))}
 

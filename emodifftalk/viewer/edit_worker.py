@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from emodifftalk.au import NUM_AUS
+from emodifftalk.motion_inference import reference_window, window_model_fn
 from emodifftalk.viewer.state import Clip, EditRequest, ViewerState
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,17 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
                    old_offsets: np.ndarray, spans: list[tuple[int, int]], cfg, *, steps: int = 8,
                    sampler: str | None = None, seed: int = 0, window_frames: int | None = None,
                    context_frames: int | None = None, fade_frames: int = 4,
-                   guidance_scale: float | None = None, progress: Progress = _noop) -> np.ndarray:
+                   guidance_scale: float | None = None, reference_aus: np.ndarray | None = None,
+                   progress: Progress = _noop) -> np.ndarray:
     """New offsets (T, V, 3) metres: frames in ``spans`` (+ a fade after each) re-sampled for ``aus``.
 
     model: a ``Denoiser`` (eval); schedule: its ``NoiseSchedule`` (None for the regression baseline);
     template (V, 3) metres; aus (T, 17) target AU codes; feats (Ta, D) audio features of the whole clip
     at ``model.feature_rate`` or None (null audio); old_offsets (T, V, 3) the good clip's motion;
     spans: half-open [a, b) frame spans whose AU codes changed. Frames outside ``spans`` and their
-    fades are returned unchanged (bit for bit). ``guidance_scale``: default ``cfg.diffusion.guidance_scale``.
+    fades are returned unchanged (bit for bit). ``guidance_scale``: default ``cfg.diffusion.guidance_scale``;
+    ``reference_aus`` (T, 17): guide away from these codes, not the null condition
+    (``motion_inference``'s "Guidance"; windows where they equal ``aus`` are sampled unguided).
     """
     d = cfg.diffusion
     guidance = d.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -73,6 +77,11 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
     code = model.encode_template(template[None].to(device=device, dtype=torch.float32))
     feats_b = feats[None].to(device=device, dtype=torch.float32) if feats is not None else None
     aus_t = torch.from_numpy(aus).to(device)
+    ref_t = None
+    if reference_aus is not None:
+        ref = np.asarray(reference_aus, dtype=np.float32)
+        assert ref.shape == aus.shape, f"reference_aus must be {aus.shape}, got {ref.shape}"
+        ref_t = torch.from_numpy(ref).to(device)
     old = torch.from_numpy(np.ascontiguousarray(old_offsets, dtype=np.float32)) / scale  # diffusion units
     out = old.clone()
     gen = torch.Generator().manual_seed(seed)
@@ -100,10 +109,8 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
         progress(done / total, f"sampling motion {done}/{total}")
 
     def sample_window(start: int, length: int, n_ctx: int) -> None:
-        aus_w = aus_t[None, start:start + length]
-
-        def model_fn(x, t, cond, drop):
-            return model(x, None, aus_w, feats_b, t, drop_cond=drop, start_frame=start, template_code=code)
+        ref_w = reference_window(ref_t, aus_t, start, length)
+        model_fn = window_model_fn(model, code, aus_t[None, start:start + length], feats_b, start, ref_w)
 
         shape = (1, length, n_verts, 3)
         if sampler == "regression":
@@ -118,7 +125,8 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
         from emodifftalk.diffusion.sampler import ddim_sample, ddpm_sample
 
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
-        kwargs = {"cond": None, "generator": gen, "guidance_scale": guidance, "known_x0": known,
+        window_guidance = 1.0 if ref_t is not None and ref_w is None else guidance
+        kwargs = {"cond": None, "generator": gen, "guidance_scale": window_guidance, "known_x0": known,
                   "context": n_ctx, "device": device, "callback": tick}
         if sampler == "ddim":
             x0 = ddim_sample(model_fn, shape, schedule, steps, **kwargs)
@@ -165,7 +173,8 @@ class MotionEditor:
                               self.features(), request.good.offsets, request.spans, mcfg, steps=self.steps,
                               seed=self.seed, window_frames=self.cfg.infer.window_frames,
                               context_frames=self.cfg.infer.overlap_frames,
-                              guidance_scale=self.cfg.infer.guidance_scale, progress=progress)
+                              guidance_scale=self.cfg.infer.guidance_scale,
+                              reference_aus=request.reference, progress=progress)
 
 
 class EditWorker:

@@ -62,6 +62,7 @@ class EditRequest:
     good: Clip
     dirty: np.ndarray  # (T,) bool
     spans: list[tuple[int, int]]  # half-open [a, b) frame spans to re-sample
+    reference: np.ndarray | None = None  # (T, 17) unedited AU codes: guidance amplifies the edit only
 
 
 @dataclass
@@ -225,7 +226,8 @@ class ViewerState:
                 self.good_version = self.version
                 self.status.dirty_frames = 0
                 return None
-            return EditRequest(self.version, target, self.good, dirty, frame_spans(dirty, merge_gap))
+            return EditRequest(self.version, target, self.good, dirty, frame_spans(dirty, merge_gap),
+                               reference=self.source_aus.copy())
 
     # ------------------------------------------------------------------ edits
 

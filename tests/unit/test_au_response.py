@@ -62,3 +62,54 @@ def test_au_edit_response_is_one_for_a_model_that_moves_exactly_the_field():
     assert off["AU01"]["cosine"] < 0.9
     with pytest.raises(ValueError, match="unknown AU"):
         au_edit_response(model, schedule, template, aus, None, fields_m, cfg, ["AU99"])
+
+
+def _linear_setup(v: int = 30, t: int = 20):
+    cfg = build_config("tiny", ["diffusion.num_train_steps=50", "diffusion.ddim_steps=5", "diffusion.window_frames=12",
+                                "diffusion.context_frames=3"])
+    model = _linear_model()
+    template = torch.from_numpy(np.random.default_rng(3).normal(size=(v, 3)).astype(np.float32) * 0.05)
+    with torch.no_grad():
+        fields = model.encode_template(template[None]).au_fields[0].view(NUM_AUS, v, 3) * float(model.offset_scale)
+    aus = torch.from_numpy(np.random.default_rng(4).uniform(0, 0.5, size=(t, NUM_AUS)).astype(np.float32))
+    return cfg, model, template, fields, aus, NoiseSchedule(50, "cosine", 1e-4, 0.02)
+
+
+def test_reference_guidance_amplifies_only_the_edit():
+    from emodifftalk.motion_inference import sample_motion
+
+    cfg, model, template, fields, aus, schedule = _linear_setup()
+    edited = aus.clone()
+    edited[8:14, AU_INDEX["AU01"]] += 0.4  # one window's worth of edit; other frames agree
+
+    def run(codes, **kw):
+        return sample_motion(model, schedule, template, codes, None, cfg, generator=torch.Generator().manual_seed(0),
+                             guidance_scale=2.0, **kw)
+
+    def linear(codes):  # what x̂0 = Σ_k E_k F_k gives, in metres
+        return torch.einsum("tk,kvc->tvc", codes, fields)
+
+    # x̂0 does not depend on x_t, so DDIM returns the guided x̂0 exactly:
+    # null reference: x̂(∅) = 0 → 2·E·F; speech reference: E_ref·F + 2·(E − E_ref)·F
+    assert torch.allclose(run(edited), linear(2 * edited), atol=1e-6)
+    ref = run(edited, reference_aus=aus)
+    assert torch.allclose(ref, linear(aus + 2 * (edited - aus)), atol=1e-6)
+    # no edit: guidance is a no-op, the unguided sample
+    unguided = sample_motion(model, schedule, template, aus, None, cfg, generator=torch.Generator().manual_seed(0),
+                             guidance_scale=1.0)
+    assert torch.equal(run(aus, reference_aus=aus), unguided)
+
+
+def test_viewer_resampling_uses_the_same_reference_guidance():
+    from emodifftalk.viewer.edit_worker import resample_spans
+
+    cfg, model, template, fields, aus, schedule = _linear_setup()
+    edited = aus.clone()
+    edited[8:14, AU_INDEX["AU02"]] += 0.4
+    old = torch.einsum("tk,kvc->tvc", aus, fields).numpy()
+    out = resample_spans(model, schedule, template, edited.numpy(), None, old, [(8, 14)], cfg, steps=5,
+                         window_frames=12, context_frames=3, fade_frames=0, guidance_scale=2.0,
+                         reference_aus=aus.numpy())
+    want = torch.einsum("tk,kvc->tvc", aus + 2 * (edited - aus), fields).numpy()
+    np.testing.assert_allclose(out[8:14], want[8:14], atol=1e-6)
+    np.testing.assert_array_equal(out[:5], old[:5])  # before the span's context: untouched
