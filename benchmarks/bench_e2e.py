@@ -3,6 +3,7 @@
 Needs a finished demo folder (``emodifftalk demo --out DIR``) for its rig and models:
 
     python benchmarks/bench_e2e.py --demo results/demo --seconds 10 --out e2e.json
+    python benchmarks/bench_e2e.py --demo results/demo --text "a nervous smile"   # guided sampling
 
 Stages: ``aus`` (audio → Speech-to-AU), ``diffusion`` (DDIM sampling of vertex offsets),
 ``render`` (deform + rasterize every frame), ``encode`` (H.264 + AAC mux of the rendered frames).
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--demo", required=True, help="folder written by `emodifftalk demo --out`")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--text", default=None, help="text prompt (needs the demo's text2au model): the guided path")
     ap.add_argument("--out", default=None, help="JSON output path")
     args = ap.parse_args()
     if args.threads:
@@ -34,8 +36,8 @@ def main() -> None:
 
     from emodifftalk.config import load_config
     from emodifftalk.data.audio import read_wav
-    from emodifftalk.pipeline.animate import (camera_path, edit_aus, load_models, motion_offsets, render_frames,
-                                              speech_aus)
+    from emodifftalk.pipeline.animate import (camera_path, edit_aus, guidance_reference, load_models,
+                                              motion_offsets, render_frames, speech_aus)
     from emodifftalk.render.video import write_video
     from emodifftalk.rig.feature_line_fit import load_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
@@ -43,7 +45,8 @@ def main() -> None:
     demo = Path(args.demo)
     runs, rigs = demo / "work" / "runs", demo / "work" / "rigs"
     cfg = load_config(demo / "config.json")
-    models = load_models(runs / "s2au" / "export", runs / "motion" / "export")
+    models = load_models(runs / "s2au" / "export", runs / "motion" / "export",
+                         runs / "text2au" / "export" if args.text else None)
     rig_dir = next(p for p in sorted(rigs.iterdir()) if (p / "rig.json").is_file())
     rig = GaussianRig.load(rig_dir)
     feature_line = load_feature_line(rig_dir, rig)
@@ -54,11 +57,11 @@ def main() -> None:
 
     t = {}
     t0 = time.perf_counter()
-    aus = speech_aus(models, audio, fps)
+    speech = speech_aus(models, audio, fps)
     t["aus"] = time.perf_counter() - t0
-    aus, _ = edit_aus(models, aus, fps, None, [], cfg)
-    t0 = time.perf_counter()
-    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg)
+    aus, _ = edit_aus(models, speech, fps, args.text, [], cfg)
+    t0 = time.perf_counter()  # guided (two network calls per step) only where the prompt changed the codes
+    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg, reference_aus=guidance_reference(cfg, speech))
     t["diffusion"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     frames = list(render_frames(rig, feature_line, offsets, aus, camera_path(rig, "1", aus.shape[0], 128), cfg,

@@ -147,6 +147,12 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
     return np.asarray(out, np.float32), info
 
 
+def guidance_reference(cfg: Config, speech: np.ndarray) -> np.ndarray | None:
+    """The AU codes guidance pushes away from (``infer.guidance_reference``): the speech-only codes,
+    or None for the null condition."""
+    return speech if cfg.infer.guidance_reference == "speech" else None
+
+
 def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audio: np.ndarray, cfg: Config,
                    seed: int = 0, progress: bool = False, reference_aus: np.ndarray | None = None) -> torch.Tensor:
     """Offsets (T, V, 3) m for AU codes ``aus``; ``reference_aus``: what guidance pushes away from
@@ -310,8 +316,8 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     n = final.shape[0]
 
     t0 = time.perf_counter()
-    reference = speech if cfg.infer.guidance_reference == "speech" else None
-    offsets = motion_offsets(models, rig.canonical_verts, final, audio, cfg, seed=seed, reference_aus=reference)
+    offsets = motion_offsets(models, rig.canonical_verts, final, audio, cfg, seed=seed,
+                             reference_aus=guidance_reference(cfg, speech))
     timings["diffusion"] = time.perf_counter() - t0
     if offsets.shape != (n, rig.n_bound, 3):
         raise AnimateError(f"motion model produced offsets {tuple(offsets.shape)} for a rig with {rig.n_bound} "
