@@ -58,12 +58,14 @@ def window_model_fn(model, code, aus_w: torch.Tensor, feats_b: torch.Tensor | No
     return model_fn
 
 
-def reference_window(reference: torch.Tensor | None, aus: torch.Tensor, start: int, length: int):
-    """The reference codes of a window, or None where they equal the window's codes (no guidance)."""
+def reference_window(reference: torch.Tensor | None, aus: torch.Tensor, start: int, length: int,
+                     guidance_scale: float) -> tuple[torch.Tensor | None, float]:
+    """(reference codes (1, L, 17) or None, guidance scale) for one window: with a reference that
+    equals the window's codes there is nothing to amplify, so the window is sampled unguided."""
     if reference is None:
-        return None
+        return None, guidance_scale
     ref = reference[None, start:start + length]
-    return None if torch.equal(ref, aus[None, start:start + length]) else ref
+    return (None, 1.0) if torch.equal(ref, aus[None, start:start + length]) else (ref, guidance_scale)
 
 
 def window_starts(n_frames: int, window: int, context: int) -> list[tuple[int, int, int]]:
@@ -132,7 +134,7 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
     out = torch.zeros(n_frames, n_verts, 3)  # normalised units, CPU
 
     for start, length, n_ctx in window_starts(n_frames, window, context):
-        ref_w = reference_window(reference_aus, aus, start, length)
+        ref_w, window_guidance = reference_window(reference_aus, aus, start, length, guidance)
         model_fn = window_model_fn(model, code, aus[None, start:start + length], feats_b, start, ref_w)
 
         shape = (1, length, n_verts, 3)
@@ -145,7 +147,6 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
             out[start:start + length] = pred
             continue
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
-        window_guidance = 1.0 if reference_aus is not None and ref_w is None else guidance
         kwargs = {"cond": None, "generator": generator, "guidance_scale": window_guidance, "known_x0": known,
                   "context": n_ctx, "device": device}
         if sampler == "ddim":

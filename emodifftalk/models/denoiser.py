@@ -18,7 +18,7 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
   Linear → d), fused by an MLP. Classifier-free guidance: ``drop_cond`` replaces this per-frame
   condition by a learned null embedding (the template is identity, not a guided condition).
   ``drop_audio`` replaces only the audio term by a learned null vector (training drops audio alone
-  now and then, so motion must also be explained from the AU codes: see ``au_coef``).
+  now and then, so motion must also be explained from the AU codes: see the AU fields below).
 * **Transformer over time** (pre-LN), tokens = [timestep token, template token, frames...]; each
   frame token also gets the timestep embedding and a sinusoidal frame position. Bidirectional by
   default, causal if asked (prefix tokens always visible).

@@ -110,16 +110,15 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[in
     return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
 
 
-def _edit_response(models, shards: Path, cfg: Config, clip: dict, aus: np.ndarray) -> dict:
+def _edit_response(models, tmpl, cfg: Config, clip: dict, aus: np.ndarray) -> dict:
     """AU-edit response of the motion model on the held-out clip (synthetic data only: it needs
-    the identity's true AU displacement fields), for the AUs the demo's prompt and edit touch."""
+    the identity's true AU displacement fields), for the AUs the demo's prompt and edit touch.
+    ``tmpl``: the identity's ``TemplateInfo``."""
     from emodifftalk.data.synthetic import synthetic_au_fields
     from emodifftalk.eval.au_response import au_edit_response
-    from emodifftalk.train.tasks.motion import _FeatureMaker, load_template_infos
+    from emodifftalk.train.tasks.motion import _FeatureMaker
 
-    identity = clip["meta"]["identity"]
-    fields = synthetic_au_fields(cfg.synth, identity)
-    tmpl = load_template_infos(shards)[identity]
+    fields = synthetic_au_fields(cfg.synth, clip["meta"]["identity"])
     feats = _FeatureMaker(models.motion_cfg.audio)(clip)
     probe = ["AU01", "AU02", "AU06", "AU12", "AU26"]
     guidance = cfg.infer.guidance_scale  # as the demo's videos were sampled
@@ -240,7 +239,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     metrics = {
         "held_out_clip": clip["key"],
         "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
-        "au_edit_response": _edit_response(models, shards, cfg, clip, np.asarray(clip["aus"] * clip["au_mask"])),
+        "au_edit_response": _edit_response(models, tmpl, cfg, clip, np.asarray(clip["aus"] * clip["au_mask"])),
         "s2au": s2au_report.get("summary", s2au_report),
         "text2au_test": t2a_report.get("summary", t2a_report),
         "rigs": rig_summary,

@@ -109,7 +109,7 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
         progress(done / total, f"sampling motion {done}/{total}")
 
     def sample_window(start: int, length: int, n_ctx: int) -> None:
-        ref_w = reference_window(ref_t, aus_t, start, length)
+        ref_w, window_guidance = reference_window(ref_t, aus_t, start, length, guidance)
         model_fn = window_model_fn(model, code, aus_t[None, start:start + length], feats_b, start, ref_w)
 
         shape = (1, length, n_verts, 3)
@@ -125,7 +125,6 @@ def resample_spans(model, schedule, template: torch.Tensor, aus: np.ndarray, fea
         from emodifftalk.diffusion.sampler import ddim_sample, ddpm_sample
 
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
-        window_guidance = 1.0 if ref_t is not None and ref_w is None else guidance
         kwargs = {"cond": None, "generator": gen, "guidance_scale": window_guidance, "known_x0": known,
                   "context": n_ctx, "device": device, "callback": tick}
         if sampler == "ddim":
