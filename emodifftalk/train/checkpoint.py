@@ -3,8 +3,10 @@
 Layout of one checkpoint (all ranks write into a shared temp dir, rank 0 renames it):
 
     step_0000200/
-      model.safetensors | pytorch_model/ (DeepSpeed shards)   accelerate ``save_state``
-      optimizer.bin, random_states_<rank>.pkl, ...              accelerate ``save_state``
+      model.safetensors, optimizer.{safetensors,json},          pickle-free training state
+      rng_<rank>.{safetensors,json}, scaler.json                (``safe_state.py``)
+        — or, under DeepSpeed, the engine's own checkpoint      accelerate ``save_state``
+          (pytorch_model/ shards, torch.save files)
       ema.safetensors                                           EMA weights (if the task keeps one)
       trainer_state.json                                        step, counters, data position
 
@@ -23,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from emodifftalk.train.safe_state import OPTIMIZER_JSON, has_safe_state, load_safe_state, save_safe_state
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,14 @@ def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
     return removed
 
 
+def _deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
 def save_checkpoint(accelerator, ckpt_dir: Path, step: int, trainer_state: dict[str, Any],
-                    ema=None, keep_last: int = 3) -> Path:
+                    model, optimizer, ema=None, keep_last: int = 3) -> Path:
     """Collective: every rank must call this. Returns the final checkpoint path."""
     final = ckpt_dir / checkpoint_name(step)
     tmp = ckpt_dir / f".tmp-{final.name}"
@@ -106,7 +115,10 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, trainer_state: dict[
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model/optimizer (per-rank shards under DeepSpeed), RNG per rank
+    if _deepspeed(accelerator):
+        accelerator.save_state(str(tmp))  # the engine's per-rank shards, RNG per rank
+    else:
+        save_safe_state(accelerator, model, optimizer, tmp)
     if accelerator.is_main_process:
         if ema is not None:
             ema.save(tmp / EMA_FILE)
@@ -123,10 +135,16 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, trainer_state: dict[
     return final
 
 
-def load_checkpoint(accelerator, path: Path, ema=None) -> dict[str, Any]:
-    """Collective: restore model, optimizer, per-rank RNG (accelerate) and EMA; return trainer state."""
+def load_checkpoint(accelerator, path: Path, model, optimizer, ema=None) -> dict[str, Any]:
+    """Collective: restore model, optimizer, per-rank RNG and EMA; return trainer state."""
     state = read_trainer_state(path)
-    accelerator.load_state(str(path))
+    if has_safe_state(path):
+        load_safe_state(accelerator, model, optimizer, path)
+    elif _deepspeed(accelerator):
+        accelerator.load_state(str(path))
+    else:
+        raise ValueError(f"{path} holds no pickle-free training state ({OPTIMIZER_JSON}); only DeepSpeed "
+                         "runs resume from accelerate/DeepSpeed checkpoint files")
     if ema is not None:
         ema_path = path / EMA_FILE
         if not ema_path.is_file():

@@ -267,7 +267,7 @@ class _Trainer:
         seed_everything(t.seed, rank=self.rank)
 
         if resume_path is not None:
-            state = load_checkpoint(acc, resume_path, ema)  # also restores each rank's RNG
+            state = load_checkpoint(acc, resume_path, model, optimizer, ema)  # also each rank's RNG
             self.step = int(state["step"])
             self.nonfinite_total = int(state.get("nonfinite_total", 0))
             self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
@@ -391,7 +391,8 @@ class _Trainer:
             if t.val_every > 0 and (self.step % t.val_every == 0 or done):
                 self._validate(model, unwrapped, ema, zero3)
             if self.step % t.ckpt_every == 0 or done:
-                save_checkpoint(acc, self.ckpt_dir, self.step, self._trainer_state(), ema, t.keep_last)
+                save_checkpoint(acc, self.ckpt_dir, self.step, self._trainer_state(), model, optimizer, ema,
+                                t.keep_last)
         bar.close()
 
     # ---- logging / validation ----------------------------------------------------------------------

@@ -73,6 +73,15 @@ def single_run(tmp_path_factory):
     return out, export, cfg
 
 
+def test_checkpoints_hold_no_pickle(single_run):
+    out, _, _ = single_run
+    ckpt = out / "checkpoints" / "step_0000006"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "rng_0.safetensors",
+            "rng_0.json", "trainer_state.json"} <= names
+    assert all(n.endswith((".safetensors", ".json")) for n in names), names
+
+
 def test_single_process_writes_tensorboard_metrics_and_export(single_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
