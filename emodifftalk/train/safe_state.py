@@ -46,11 +46,9 @@ def has_safe_state(path: str | Path) -> bool:
 
 
 def _json_value(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_json_value(x) for x in v]
     if isinstance(v, (bool, int, float, str)) or v is None:
         return v
-    if isinstance(v, list):
+    if isinstance(v, (tuple, list)):  # tuples (e.g. betas) become lists; optimizer_from_files restores betas
         return [_json_value(x) for x in v]
     raise TypeError(f"optimizer state value of type {type(v).__name__} is neither a tensor nor JSON-able")
 

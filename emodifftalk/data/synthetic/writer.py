@@ -98,9 +98,7 @@ def synthetic_au_fields(cfg: SynthConfig, identity: str) -> np.ndarray:
     if match is None or int(match.group(1)) >= cfg.n_identities:
         raise ValueError(f"{identity!r} is not an identity of this synthetic data set "
                          f"(id000..{identity_name(cfg.n_identities - 1)})")
-    i = int(match.group(1))
-    params = sample_identity(_rng(cfg.seed, _S_IDENTITY, i), index=i, n_free_points=cfg.n_free_points)
-    return make_au_rig(make_template(cfg.mesh_resolution, params=params), _rng(cfg.seed, _S_RIG, i))
+    return make_identity(cfg, int(match.group(1))).rig
 
 
 def make_clip(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> SynthClip:
