@@ -13,6 +13,7 @@ import re
 import sys
 
 from emodifftalk.config import PRESETS, ConfigError, build_config
+from emodifftalk.threads import add_threads_arg
 
 # verb module names, in the order `--help` lists them
 VERBS = (
@@ -22,9 +23,12 @@ VERBS = (
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
-    """``--config PRESET`` plus trailing ``section.key=value`` overrides."""
+    """``--config PRESET`` plus trailing ``section.key=value`` overrides (and ``--threads``: every
+    verb with a config does CPU-heavy work)."""
     p.add_argument("--config", default=default, choices=PRESETS,
                    help=f"config preset (default: {default})")
+    if "--threads" not in p._option_string_actions:  # a verb may define its own default
+        add_threads_arg(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                    help="config overrides, e.g. train.lr=1e-4 synth.n_identities=8")
 
@@ -74,7 +78,8 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emodifftalk.utils import setup_logging
+    from emodifftalk.threads import setup_threads
+    from emodifftalk.utils import OUTPUT_ERRNOS, OutputError, output_error, setup_logging
 
     parser = build_parser()
     args = parse_args(argv, parser)
@@ -83,12 +88,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     try:
+        if hasattr(args, "threads"):
+            setup_threads(args.threads)  # before any heavy work (and before worker processes start)
         rc = args.func(args)
     except ConfigError as e:
         print(f"emodifftalk {args.verb}: config error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"emodifftalk {args.verb}: error: {e.strerror}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"emodifftalk {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # full disk, read-only or foreign folder met mid-way: one line, with the path
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"emodifftalk {args.verb}: error: {output_error(e, getattr(args, 'out', None)).strerror}",
+              file=sys.stderr)
         return 1
     return int(rc or 0)
 

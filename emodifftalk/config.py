@@ -82,6 +82,12 @@ class DataConfig:
     num_workers: int = 0
     window_frames: int = 50  # training crop length of sequence samples (frames)  # choice
     batch_size: int = 8
+    # before training, hash the train shards and compare with the manifest's sha256 (a damaged
+    # shard fails the run up front instead of silently shrinking the data)
+    verify_checksums: bool = True
+    # skipped (corrupt/unreadable) samples allowed, as a fraction of samples read, before training
+    # stops; the count is printed and recorded in run.json either way  # choice
+    max_skip_fraction: float = 0.05
 
     def validate(self) -> None:
         _check(self.shard_max_bytes >= 1024, "data.shard_max_bytes must be >= 1024")
@@ -93,6 +99,7 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
         _check(self.window_frames >= 4, "data.window_frames must be >= 4")
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
+        _check(0 <= self.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
 
 
 @dataclass
@@ -102,6 +109,9 @@ class RenderConfig:
     near_plane: float = 0.01
     eps2d: float = 0.3
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # PLY exports (rig.ply, animate --ply) keep OpenCV axes (x right, y down, z forward); true
+    # turns them 180 degrees about x into y-up, z-back (OpenGL/Blender-style viewers)
+    ply_y_up: bool = False
 
     def validate(self) -> None:
         _check(self.backend in ("auto", "torch", "gsplat"), "render.backend must be auto, torch or gsplat")

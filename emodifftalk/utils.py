@@ -1,16 +1,70 @@
-"""Small shared helpers: atomic writes, git SHA, logging set-up."""
+"""Small shared helpers: atomic writes, output-folder checks, git SHA, logging set-up.
+
+Everything written through here honours the umask like ``open()``/``mkdir()`` do (``mkstemp`` and
+``mkdtemp`` alone would leave 0600 files and 0700 folders).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 log = logging.getLogger("emodifftalk")
+
+# errors of the output location itself (not of the program): reported as one line naming the path
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+class OutputError(OSError):
+    """The output location cannot be written (full disk, read-only, no permission)."""
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def _dir_mode() -> int:
+    return 0o777 & ~umask()
+
+
+def output_error(e: OSError, path: str | Path | None = None) -> OutputError:
+    """One-line ``OutputError`` for an ``OSError`` of the output location, naming the file (or,
+    when the error does not say which, the output ``path`` it happened under)."""
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    if e.filename:
+        return OutputError(e.errno, f"cannot write {e.filename}: {reason}")
+    return OutputError(e.errno, f"cannot write under {path or 'the output location'}: {reason}")
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` (and parents) and prove a file can be written in it, before expensive work.
+
+    Raises ``OutputError`` naming the folder when the disk is read-only, full or not ours.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        if e.errno in OUTPUT_ERRNOS:
+            raise OutputError(e.errno, f"cannot write to {folder}: {os.strerror(e.errno)}") from None
+        raise
+    return folder
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -19,6 +73,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -34,11 +89,44 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _temp_prefix(final: Path, pid: int | None = None) -> str:
+    """``.tmp-<name>-<host>-<pid>-``: who made a temp folder, so a later run can tell a dead one."""
+    return f".tmp-{final.name}-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
+
+
+def clean_stale_temp_dirs(final: str | Path) -> list[Path]:
+    """Remove ``.tmp-<final name>-<this host>-<pid>-*`` siblings whose process is gone (a killed
+    run's partial outputs); folders of live processes and of other hosts are left alone."""
+    final = Path(final)
+    host_prefix = f".tmp-{final.name}-{socket.gethostname()}-"
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for p in final.parent.glob(f"{glob.escape(host_prefix)}*"):
+        pid_part = p.name[len(host_prefix):].split("-", 1)[0]
+        if p.is_dir() and pid_part.isdigit() and not _pid_alive(int(pid_part)):
+            log.warning("removing %s (partial output of an interrupted run, pid %s)", p, pid_part)
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = False):
     """Yield a temp directory next to ``final``; on success rename it to ``final``.
 
-    A crash leaves only a ``.tmp-*`` sibling (never a half-written ``final``). With
+    A crash leaves only a ``.tmp-<name>-<host>-<pid>-*`` sibling (never a half-written ``final``),
+    which the next ``atomic_dir`` for the same name removes once that process is gone. With
     ``overwrite=False`` an existing ``final`` is an error: we never delete finished outputs
     unless asked.
     """
@@ -46,8 +134,10 @@ def atomic_dir(final: str | Path, overwrite: bool = False):
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    clean_stale_temp_dirs(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
     try:
+        os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; outputs are ordinary folders
         yield tmp
         if final.exists():
             shutil.rmtree(final)

@@ -2,19 +2,36 @@
 
 * ``eval s2au --model EXPORT --data SHARDS [--split test] [--out metrics.json]``: Speech-to-AU
   per-AU MAE / Pearson / binarised accuracy-precision-recall-F1 on held-out identities, next to
-  training-mean, training-median and ridge-regression baselines (``emodifftalk/eval/s2au.py``).
+  training-mean, training-median and ridge-regression baselines.
 * ``eval motion --model EXPORT --data SHARDS [--split test] [--baseline REGRESSION_EXPORT] [--out DIR]``:
-  LVE / FDD / MOD of DDPM-full and DDIM-10/25/50 vs. the regression baseline and the template
-  (``emodifftalk/eval/motion.py``).
+  LVE / FDD / MOD of DDPM-full and DDIM-10/25/50 vs. the regression baseline and the template.
 
-Each subcommand is a ``_register_<what>(sub)`` function below that adds its parser and points
-``func`` at a runner importing its library module lazily; add new ones to ``SUBCOMMANDS``.
+Both print their table; ``--out`` also writes it (nothing is written without it). The model's
+config comes from its export (EXPORT/config.json); trailing ``section.key=value`` items adjust it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from emodifftalk.threads import add_threads_arg
+
+EXPORT_CONFIG_NOTE = ("eval uses the config stored with the model (EXPORT/config.json), not a preset; "
+                      "adjust it with trailing section.key=value overrides")
+
+
+class _ExportConfigOnly(argparse.Action):
+    """``--config`` on eval: the README's shared spelling, answered with what eval does instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"--config {values}: {EXPORT_CONFIG_NOTE}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action=_ExportConfigOnly, metavar="PRESET", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_threads_arg(p)
 
 
 def _register_s2au(sub) -> None:
@@ -25,7 +42,7 @@ def _register_s2au(sub) -> None:
     p.add_argument("--split", action="append", choices=("train", "val", "test"), default=None,
                    help="split(s) to evaluate; repeatable (default: val and test = held-out identities)")
     p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_common(p)
     p.add_argument("--ridge-alpha", type=float, default=1.0,
                    help="ridge baseline penalty on standardised features (default: 1.0)")
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
@@ -59,14 +76,13 @@ def _register_motion(sub) -> None:
     p.add_argument("--model", required=True, help="export dir of `emodifftalk train motion` (…/export)")
     p.add_argument("--data", required=True, help="packed shard folder (with manifest.json)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default: test)")
-    p.add_argument("--out", default=None, help="directory for motion_eval.json + motion_eval.md "
-                   "(default: results/eval-motion-SPLIT)")
+    p.add_argument("--out", default=None, help="also write motion_eval.json + motion_eval.md into this directory")
     p.add_argument("--baseline", default=None, help="export dir of the regression baseline "
                    "(`train motion diffusion.regression=true`)")
     p.add_argument("--methods", default=None, help="comma-separated subset, e.g. ddim-10,template")
     p.add_argument("--max-clips", type=int, default=None, help="evaluate at most this many clips")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_common(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                    help="overrides of the export's config, e.g. diffusion.guidance_scale=2")
     p.set_defaults(func=_run_motion)
@@ -74,21 +90,25 @@ def _register_motion(sub) -> None:
 
 def _run_motion(args: argparse.Namespace) -> int:
     """Evaluate a motion export: LVE / FDD / MOD of DDPM-full and DDIM-10/25/50 vs. the regression
-    baseline and the template; prints the markdown table and writes JSON + markdown to --out."""
+    baseline and the template; prints the markdown table, and with --out writes JSON + markdown."""
     from pathlib import Path
 
     from emodifftalk.eval.motion import REPORT_JSON, run_eval
+    from emodifftalk.utils import ensure_writable
 
-    out = Path(args.out) if args.out else Path("results") / f"eval-motion-{args.split}"
+    out = ensure_writable(args.out) if args.out else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     report = run_eval(args.model, args.data, split=args.split, out=out, baseline=args.baseline,
                       device=args.device, seed=args.seed, max_clips=args.max_clips, methods=methods,
                       overrides=args.overrides)
     print(report["table"])
-    print(f"wrote {out / REPORT_JSON}")
+    if out is not None:
+        print(f"wrote {out / REPORT_JSON}")
     return 0
 
 
+# one ``_register_<what>(sub)`` per subcommand: it adds the parser and points ``func`` at a runner
+# that imports its library module lazily (``emodifftalk/eval/<what>.py``)
 SUBCOMMANDS = {"s2au": _register_s2au, "motion": _register_motion}
 
 

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emodifftalk.train.loop import NonFiniteLossError, run_training
+    from emodifftalk.train.loop import DataSkipError, NonFiniteLossError, run_training
     from emodifftalk.train.task import get_task
 
     task = get_task(args.task)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"train-{args.task}"
     try:
         export_dir = run_training(task, cfg, out, resume=args.resume)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DataSkipError) as e:
         print(f"emodifftalk train: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:  # launchers set RANK; one line per job, not per process

@@ -33,6 +33,33 @@ def _file_digest(path: Path) -> tuple[int, str]:
     return n, sha.hexdigest()
 
 
+def verify_shard_checksums(root: str | Path, kind: str, split: str | None = None) -> tuple[list[Problem], list[str]]:
+    """Hash the ``kind``/``split`` shards and compare size and sha256 with the manifest.
+
+    Returns ``(problems, unverifiable)``: shards that are missing or differ, and shards whose
+    manifest entry has no sha256 (packed by an older version)."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems: list[Problem] = []
+    unverifiable: list[str] = []
+    for entry in manifest["shards"]:
+        if entry["kind"] != kind or (kind != "template" and entry.get("split") != split):
+            continue
+        name, path = entry["name"], root / entry["name"]
+        if not path.is_file():
+            problems.append(Problem(name, None, "shard file is missing"))
+            continue
+        if not entry.get("sha256"):
+            unverifiable.append(name)
+            continue
+        size, sha = _file_digest(path)
+        if size != entry.get("bytes", size):
+            problems.append(Problem(name, None, f"size {size} bytes, manifest says {entry['bytes']} (truncated?)"))
+        elif sha != entry["sha256"]:
+            problems.append(Problem(name, None, "sha256 differs from the manifest (corrupt or modified)"))
+    return problems, unverifiable
+
+
 def validate_shards(root: str | Path) -> list[Problem]:
     """Every problem of a packed folder: manifest vs files (presence, bytes, sha256, sample counts),
     every sample decoded (reasons per key), kinds/splits as listed, duplicate keys, missing templates."""

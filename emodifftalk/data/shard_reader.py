@@ -398,11 +398,27 @@ def _manifest_path(root_or_manifest: str | Path) -> Path | None:
 def load_manifest(root_or_manifest: str | Path) -> dict:
     path = _manifest_path(root_or_manifest)
     if path is None:
-        raise FileNotFoundError(f"no {MANIFEST} in {root_or_manifest} (is it a packed shard folder?)")
+        if not Path(root_or_manifest).exists():
+            raise FileNotFoundError(f"shard folder {root_or_manifest} does not exist "
+                                    "(make one with `emodifftalk pack`)")
+        raise FileNotFoundError(f"no {MANIFEST} in {root_or_manifest} (is it a packed shard folder? "
+                                "make one with `emodifftalk pack`)")
     manifest = json.loads(path.read_text())
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path} has schema_version {version}; this code reads {SCHEMA_VERSION} (re-pack)")
+    return manifest
+
+
+def check_shard_folder(root: str | Path, need: Iterable[tuple[str, str | None]] = ()) -> dict:
+    """The manifest of a packed folder that has shards of every ``(kind, split)`` in ``need``, else
+    a ``FileNotFoundError``/``ValueError`` that says what is wrong. Cheap (reads only the manifest):
+    every command that takes a shard folder calls it before loading models or creating outputs."""
+    manifest = load_manifest(root)
+    for kind, split in need:
+        if not shard_urls(root, kind, split):
+            what = f"{kind} shards" + (f" in split {split!r}" if split else "")
+            raise ValueError(f"{root}: the manifest lists no {what} (check it with `emodifftalk inspect {root}`)")
     return manifest
 
 

@@ -14,12 +14,19 @@ The implementation is split by concern: ``shard_writer`` (pack + manifest), ``sh
 """
 
 from emodifftalk.data.collate import collate_sequences, crop_sequence
-from emodifftalk.data.shard_inspect import Problem, format_report, inspect_report, validate_shards
+from emodifftalk.data.shard_inspect import (
+    Problem,
+    format_report,
+    inspect_report,
+    validate_shards,
+    verify_shard_checksums,
+)
 from emodifftalk.data.shard_reader import (
     DECODERS,
     SampleError,
     ShardStream,
     SkipStats,
+    check_shard_folder,
     decode_sample,
     iter_dataset,
     load_manifest,
@@ -31,7 +38,7 @@ from emodifftalk.data.shard_writer import MANIFEST, ShardSetWriter, pack_dataset
 
 __all__ = [
     "DECODERS", "MANIFEST", "Problem", "SampleError", "ShardSetWriter", "ShardStream", "SkipStats",
-    "collate_sequences", "crop_sequence", "decode_sample", "format_report", "inspect_report",
+    "check_shard_folder", "collate_sequences", "crop_sequence", "decode_sample", "format_report", "inspect_report",
     "iter_dataset", "load_manifest", "load_templates", "pack_dataset", "shard_urls", "stream_samples",
-    "validate_shards",
+    "validate_shards", "verify_shard_checksums",
 ]

@@ -92,12 +92,14 @@ def _methods(model, cfg, baseline) -> list[tuple[str, object, dict]]:
 def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", out: str | Path | None = None,
              baseline: str | Path | None = None, device: str = "cpu", seed: int = 0,
              max_clips: int | None = None, methods: list[str] | None = None,
-             overrides: list[str] | tuple = ()) -> dict:
+             overrides: list[str] | tuple = (), progress: bool = True) -> dict:
     """Evaluate a ``train motion`` export (and optionally a regression export) on ``split``.
 
     Writes ``motion_eval.json`` and ``motion_eval.md`` into ``out`` (a directory) when given.
     ``methods`` restricts the rows (e.g. ``["ddim-10", "template"]``). Returns the report dict.
     """
+    from tqdm.auto import tqdm
+
     from emodifftalk.diffusion.schedule import NoiseSchedule
     from emodifftalk.motion_inference import sample_motion
 
@@ -122,9 +124,13 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     tpls = [templates[c["meta"]["identity"]] for c in clips]
     seconds_of_audio = sum(c["aus"].shape[0] for c in clips) / cfg.infer.fps
     results = {}
+    # DDPM-full over a whole split takes minutes on a CPU: one bar over every (method, clip)
+    bar = tqdm(total=len(rows) * len(clips), desc="eval motion", unit="clip", disable=not progress)
     for name, m, kwargs in rows:
         preds, t0 = [], time.perf_counter()
+        bar.set_postfix_str(name)
         for i, (c, tpl) in enumerate(zip(clips, tpls)):
+            bar.update(1)
             if m is None:
                 preds.append(np.broadcast_to(tpl.verts, c["verts"].shape).copy())
                 continue
@@ -144,6 +150,7 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
         log.info("%s: lve_mm=%.3f mod=%.3f fdd=%.3g rtf=%.3f", name, metrics["lve_mm"], metrics["mod"],
                  metrics["fdd"], metrics["rtf"])
 
+    bar.close()
     report = {
         "model": str(model_dir), "baseline": str(baseline) if baseline else None, "data": str(data),
         "split": split, "seed": seed, "device": str(device),

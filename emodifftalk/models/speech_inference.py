@@ -194,9 +194,8 @@ def load_s2au(model_dir: str | Path, device: str | torch.device = "cpu",
     ``audio.hubert_path=/new/place`` when the weights moved; the front end's ``encoder_id`` must
     still equal the one the model was trained with, else ``ValueError``.
     """
-    from safetensors.torch import load_file
-
     from emodifftalk.config import apply_overrides
+    from emodifftalk.safetensors_io import load_tensors
 
     model_dir = Path(model_dir)
     for name in ("config.json", "model.safetensors", EXPORT_META):
@@ -215,7 +214,7 @@ def load_s2au(model_dir: str | Path, device: str | torch.device = "cpu",
     if int(meta["in_dim"]) != frontend.dim:
         raise ValueError(f"{model_dir} expects {meta['in_dim']}-d features, front end gives {frontend.dim}")
     model = build_s2au_model(cfg, int(meta["in_dim"]))
-    state = load_file(str(model_dir / "model.safetensors"))
+    state = load_tensors(model_dir / "model.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{model_dir}/model.safetensors does not match the Speech-to-AU architecture "

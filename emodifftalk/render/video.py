@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emodifftalk.utils import atomic_write_bytes
+from emodifftalk.utils import atomic_write_bytes, umask
 
 
 def _as_uint8_frame(frame, index: int) -> np.ndarray:
@@ -105,6 +105,7 @@ def write_video(
             raise ValueError("write_video: no frames given")
         writer.close()  # waits for ffmpeg; raises if it failed
         writer = None
+        os.chmod(tmp_video, 0o666 & ~umask())  # mkstemp made it 0600
         os.replace(tmp_video, path)
         tmp_video = None
     finally:

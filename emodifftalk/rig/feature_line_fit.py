@@ -148,7 +148,7 @@ def save_feature_line(model: FeatureLine, rig_dir: str | Path, metrics: dict, cf
 
 def load_feature_line(rig_dir: str | Path, rig: GaussianRig | None = None) -> FeatureLine | None:
     """The identity's fitted feature line, or None when the rig has none (opacity then stays α0)."""
-    from safetensors.torch import load_file
+    from emodifftalk.safetensors_io import load_tensors
 
     rig_dir = Path(rig_dir)
     if not (rig_dir / FEATURE_LINE_TENSORS).is_file():
@@ -158,5 +158,5 @@ def load_feature_line(rig_dir: str | Path, rig: GaussianRig | None = None) -> Fe
         raise ValueError(f"{rig_dir / FEATURE_LINE_JSON}: feature line has Q={info['q']} but the rig has "
                          f"{rig.n_facial} facial Gaussians; refit it with `emodifftalk rig`")
     model = FeatureLine(q=info["q"], dim=info["dim"], max_delta=info["max_delta"])
-    model.load_state_dict(load_file(str(rig_dir / FEATURE_LINE_TENSORS)))
+    model.load_state_dict(load_tensors(rig_dir / FEATURE_LINE_TENSORS))
     return model.eval()

@@ -172,7 +172,7 @@ class GaussianRig:
         """Write the rig directory atomically; ``extra_files`` (name -> bytes) go in with it."""
         from safetensors.torch import save_file
 
-        from emodifftalk.utils import atomic_dir
+        from emodifftalk.utils import atomic_dir, umask
 
         self.check()
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
@@ -187,7 +187,6 @@ class GaussianRig:
         }
         out = Path(out_dir)
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a rig is an ordinary folder
             save_file(tensors, str(tmp / RIG_TENSORS), metadata={"identity": self.identity})
             (tmp / RIG_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_jsonable))
             for name, data in (extra_files or {}).items():
@@ -195,12 +194,12 @@ class GaussianRig:
                     raise ValueError(f"extra rig file name {name!r} is not allowed")
                 (tmp / name).write_bytes(data)
             for f in tmp.iterdir():
-                os.chmod(f, 0o666 & ~_umask())
+                os.chmod(f, 0o666 & ~umask())
         return out
 
     @classmethod
     def load(cls, rig_dir: str | Path, device: str | torch.device = "cpu") -> GaussianRig:
-        from safetensors.torch import load_file
+        from emodifftalk.safetensors_io import load_tensors
 
         rig_dir = Path(rig_dir)
         if not is_complete(rig_dir):
@@ -210,7 +209,7 @@ class GaussianRig:
         if meta.get("format_version") != RIG_FORMAT_VERSION:
             raise ValueError(f"{rig_dir / RIG_JSON}: rig format_version {meta.get('format_version')} "
                              f"is not supported (expected {RIG_FORMAT_VERSION})")
-        tensors = load_file(str(rig_dir / RIG_TENSORS), device=str(device))
+        tensors = load_tensors(rig_dir / RIG_TENSORS, device=device)
         missing = [n for n in _TENSOR_FIELDS if n not in tensors]
         if missing:
             raise ValueError(f"{rig_dir / RIG_TENSORS} lacks tensors {missing}")
@@ -230,12 +229,6 @@ def is_complete(rig_dir: str | Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return isinstance(meta, dict) and meta.get("format_version") == RIG_FORMAT_VERSION
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _jsonable(x: Any) -> Any:

@@ -257,11 +257,10 @@ class FeatureCache:
             self._load()
 
     def _load(self) -> None:
-        from safetensors import safe_open
+        from emodifftalk.safetensors_io import load_tensors_and_metadata
 
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
-            feats = f.get_tensor("features")
+        tensors, meta = load_tensors_and_metadata(self.path)
+        feats = tensors["features"]
         got = meta.get("encoder_id")
         if got != self.encoder.encoder_id:
             raise EncoderMismatchError(f"feature cache {self.path} was made by encoder {got!r}, "

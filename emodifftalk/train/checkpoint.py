@@ -9,14 +9,18 @@ Layout of one checkpoint (all ranks write into a shared temp dir, rank 0 renames
           (pytorch_model/ shards, torch.save files)
       ema.safetensors                                           EMA weights (if the task keeps one)
       trainer_state.json                                        step, counters, data position
+      checksums.json                                            sha256 of every file above (last)
 
 A crash while saving leaves only ``.tmp-step_*`` (removed on the next start); a directory named
-``step_*`` is therefore always complete. The output directory must be on a file system that all
+``step_*`` is therefore always complete. A complete checkpoint can still rot later (a truncated
+copy, a flipped block): ``--resume`` re-hashes it against ``checksums.json`` and, for ``latest``,
+falls back to the newest checkpoint that verifies, with a warning. The output directory must be on a file system that all
 ranks share (as with any multi-node accelerate/DeepSpeed checkpoint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +38,11 @@ CKPT_PREFIX = "step_"
 _CKPT_RE = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+CHECKSUM_FILE = "checksums.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that fails its integrity check (or no checkpoint that passes)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -58,21 +67,82 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checkpoint_files(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.is_file() and p.name != CHECKSUM_FILE)
+
+
+def write_checksums(path: Path) -> None:
+    """sha256 of every file of the checkpoint directory ``path``, into ``checksums.json``."""
+    sums = {name: _sha256(path / name) for name in _checkpoint_files(path)}
+    atomic_write_text(path / CHECKSUM_FILE, json.dumps({"algorithm": "sha256", "files": sums}, indent=1,
+                                                       sort_keys=True))
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """Why ``path`` cannot be trusted, or ``None`` when every file matches ``checksums.json``.
+
+    Checkpoints written before checksums existed pass with a warning (their safetensors files
+    are still checked for truncation when loaded)."""
+    path = Path(path)
+    sums_path = path / CHECKSUM_FILE
+    if not sums_path.is_file():
+        log.warning("%s has no %s (written by an older version): resuming without an integrity check",
+                    path, CHECKSUM_FILE)
+        return None
+    try:
+        expected = json.loads(sums_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{CHECKSUM_FILE} unreadable ({e})"
+    missing = sorted(set(expected) - set(_checkpoint_files(path)))
+    if missing:
+        return f"file(s) missing: {', '.join(missing)}"
+    for name, digest in sorted(expected.items()):
+        if _sha256(path / name) != digest:
+            return f"{name} differs from its checksum (truncated or corrupted)"
+    return None
+
+
 def resolve_resume(resume: str | os.PathLike | None, ckpt_dir: Path) -> Path | None:
-    """``None`` → fresh start; ``"latest"`` → newest checkpoint in ``ckpt_dir`` (or fresh start if
-    there is none, so a requeued job can always pass ``--resume latest``); else a checkpoint path."""
+    """``None`` → fresh start; ``"latest"`` → newest checkpoint in ``ckpt_dir`` that passes its
+    integrity check (damaged newer ones are skipped with a warning; fresh start if there is none,
+    so a requeued job can always pass ``--resume latest``); else a checkpoint path, which must pass."""
     if resume is None or str(resume) == "":
         return None
     if str(resume) == "latest":
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
+        ckpts = list_checkpoints(ckpt_dir)
+        if not ckpts:
             log.warning("--resume latest: no checkpoint in %s yet; starting from step 0", ckpt_dir)
-        return path
+            return None
+        damaged = []
+        for _, path in reversed(ckpts):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if damaged:
+                    log.warning("--resume latest: using %s, the newest checkpoint that verifies", path.name)
+                return path
+            log.warning("--resume latest: checkpoint %s is damaged (%s); falling back to the previous one",
+                        path, problem)
+            damaged.append(f"{path.name}: {problem}")
+        raise CheckpointError(f"--resume latest: no checkpoint in {ckpt_dir} passes its integrity check "
+                              f"({'; '.join(damaged)}); start a new run (another --out) or restore one")
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {resume}: {STATE_FILE} missing (not a finished checkpoint)")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"--resume {resume}: checkpoint is damaged ({problem}); pick an earlier one "
+                              "or --resume latest")
     return path
 
 
@@ -126,6 +196,7 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, trainer_state: dict[
         atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=2, sort_keys=True))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_checksums(tmp)  # every rank's files are in: hash them, then publish the directory
         if final.exists():  # e.g. a resumed run saving the same step again
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 def _gathered(params: list[torch.nn.Parameter], zero3: bool):
@@ -56,17 +56,16 @@ class EMA:
         save_file(self.state_dict(), str(path), metadata={"updates": str(self.updates), "decay": str(self.decay)})
 
     def load(self, path: str | Path) -> None:
-        from safetensors import safe_open
+        from emodifftalk.safetensors_io import load_tensors_and_metadata
 
-        tensors = load_file(str(path))
+        tensors, meta = load_tensors_and_metadata(path)
         if set(tensors) != set(self.shadow):
             missing = sorted(set(self.shadow) - set(tensors))[:5]
             extra = sorted(set(tensors) - set(self.shadow))[:5]
             raise ValueError(f"EMA file {path} does not match the model (missing {missing}, unexpected {extra})")
         for n, t in tensors.items():
             self.shadow[n].copy_(t)
-        with safe_open(str(path), "pt") as f:
-            self.updates = int((f.metadata() or {}).get("updates", 0))
+        self.updates = int(meta.get("updates", 0))
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from emodifftalk.config import Config, load_config, save_config
+from emodifftalk.safetensors_io import load_tensors
 from emodifftalk.utils import atomic_dir, atomic_write_text, git_sha
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def load_exported(export_dir: str | Path, task: Any = None, weights: str = "mode
             name = json.loads(task_file.read_text())["task"]
         task = get_task(name)
     model = task.build_model(cfg)
-    state = load_file(str(weights_path), device=str(map_location))
+    state = load_tensors(weights_path, device=map_location)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

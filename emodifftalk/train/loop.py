@@ -63,6 +63,14 @@ class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/inf loss or gradient norm."""
 
 
+class DataSkipError(RuntimeError):
+    """More of the training data was unreadable than ``data.max_skip_fraction`` allows."""
+
+
+CORRUPT_KEY = "corrupt_samples"  # the skip_stats() count that data.max_skip_fraction bounds
+MIN_READ_FOR_SKIP_CHECK = 100  # samples read before a mid-run fraction means anything  # choice
+
+
 # --------------------------------------------------------------------------------------------
 # Accelerator set-up
 # --------------------------------------------------------------------------------------------
@@ -176,6 +184,11 @@ def run_training(task: Any, cfg: Config, out_dir: str | Path, resume: str | os.P
     check_task(task)
     cfg.validate()
     out_dir = Path(out_dir)
+    optional_hook(task, "check_data")(cfg)  # bad data fails here: no run folder, no model yet
+    if cfg.train.warmup_steps >= cfg.train.max_steps:
+        log.warning("train.warmup_steps=%d >= train.max_steps=%d: the run ends while the learning rate is "
+                    "still warming up (it never reaches train.lr=%g); lower train.warmup_steps",
+                    cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.lr)
     acc = make_accelerator(cfg, out_dir, bool(getattr(task, "ddp_find_unused_parameters", False)))
     try:
         return _Trainer(task, cfg, out_dir, acc).run(resume)
@@ -193,6 +206,9 @@ class _Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.samples_seen = 0  # this rank
+        self.skip_totals: dict[str, int] = {}  # all ranks, as of the last log step
+        self.samples_read_all = 0  # all ranks, as of the last log step
+        self._resume_requested = None
         self.train_seconds = 0.0
         self._window: dict[str, Any] = {}
         self._reset_window()
@@ -225,7 +241,8 @@ class _Trainer:
         info = json.loads(run_json.read_text()) if run_json.is_file() else {}
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git_sha": git_sha(), "world_size": self.world,
                  "distributed_type": str(self.acc.distributed_type), "zero_stage": _zero_stage(self.acc),
-                 "mixed_precision": self.acc.mixed_precision, "resumed_from": str(resume_path or "")}
+                 "mixed_precision": self.acc.mixed_precision, "resumed_from": str(resume_path or ""),
+                 "resume_requested": str(self._resume_requested or "")}
         if resume_path is None:
             info = {"task": getattr(self.task, "name", "task"), "seed": self.t.seed, "git_sha": git_sha(),
                     "runs": [entry]}
@@ -239,8 +256,32 @@ class _Trainer:
 
     # ---- main ------------------------------------------------------------------------------------
 
+    def _record_data_skips(self) -> None:
+        """Skip counts into this run's run.json entry (main process)."""
+        run_json = self.out / "run.json"
+        if not (self.acc.is_main_process and run_json.is_file()):
+            return
+        info = json.loads(run_json.read_text())
+        info["runs"][-1].update(skipped=dict(self.skip_totals), samples_used=self.samples_read_all)
+        atomic_write_text(run_json, json.dumps(info, indent=2, sort_keys=True))
+
+    def _check_data_skips(self, final: bool) -> None:
+        """Fail when the corrupt share of what was read exceeds ``data.max_skip_fraction``."""
+        bad = int(self.skip_totals.get(CORRUPT_KEY, 0))
+        read = bad + self.samples_read_all
+        if not bad or (not final and read < MIN_READ_FOR_SKIP_CHECK):
+            return
+        limit = self.cfg.data.max_skip_fraction
+        if bad / read > limit:
+            self._record_data_skips()
+            raise DataSkipError(
+                f"{bad} of {read} training samples read so far were corrupt or unreadable "
+                f"({bad / read:.1%} > data.max_skip_fraction={limit:g}); `emodifftalk inspect "
+                f"{self.cfg.data.root} --validate` lists them. Re-pack or restore the shards, or raise the limit")
+
     def run(self, resume) -> Path:
         acc, t, task = self.acc, self.t, self.task
+        self._resume_requested = resume
         resume_path = resolve_resume(resume, self.ckpt_dir)
         if resume_path is None and list_checkpoints(self.ckpt_dir):
             raise FileExistsError(f"{self.ckpt_dir} already has checkpoints; pass --resume latest to continue "
@@ -286,12 +327,18 @@ class _Trainer:
 
         batches = iter(task.train_batches(self.cfg, self.rank, self.world, t.seed, self.step * t.grad_accum))
         self._train(model, optimizer, unwrapped, ema, batches, zero3)
+        self._check_data_skips(final=True)
+        self._record_data_skips()
+        if acc.is_main_process and self.skip_totals:
+            log.info("data: %s skipped; %d samples used", ", ".join(f"{v} {k.replace('_', ' ')}"
+                     for k, v in sorted(self.skip_totals.items())), self.samples_read_all)
         digest = self._params_digest(unwrapped, zero3)
 
         # ---- export ----
         raw = gather_state_dict(acc, model)  # collective
         export_dir = self.out / "export"
         if acc.is_main_process:
+            log.info("exporting the model to %s ...", export_dir)  # task export hooks can take a while
             export_model(task, self.cfg, raw, export_dir, ema.state_dict() if ema is not None else None,
                          meta={"step": self.step, "seed": t.seed, "world_size": self.world})
             self._append_metrics({"event": "done", "step": self.step, "nonfinite_total": self.nonfinite_total,
@@ -388,6 +435,7 @@ class _Trainer:
             done = self.step >= t.max_steps
             if self.step % t.log_every == 0 or done:
                 self._log(bar)
+                self._check_data_skips(final=False)  # same totals on every rank: all stop together
             if t.val_every > 0 and (self.step % t.val_every == 0 or done):
                 self._validate(model, unwrapped, ema, zero3)
             if self.step % t.ckpt_every == 0 or done:
@@ -411,7 +459,7 @@ class _Trainer:
         vec = []
         for k in names:
             vec += list(w["terms"][k])
-        vec += [float(w["samples"]), w["seconds"]]
+        vec += [float(w["samples"]), w["seconds"], float(self.samples_seen)]
         t = torch.tensor(vec, dtype=torch.float64, device=acc.device)
         if self.world > 1:
             t = acc.reduce(t, reduction="sum")
@@ -420,7 +468,8 @@ class _Trainer:
         for i, k in enumerate(names):
             s, n = vals[2 * i], vals[2 * i + 1]
             scalars["loss" if k == "loss" else f"loss/{k}"] = s / max(n, 1.0)
-        samples, seconds = vals[-2], vals[-1] / self.world  # ranks run in lock step: mean wall time
+        samples, seconds = vals[-3], vals[-2] / self.world  # ranks run in lock step: mean wall time
+        self.samples_read_all = int(vals[-1])
         scalars["samples_per_s"] = samples / max(seconds, 1e-9)
         scalars["lr"] = lr_at(self.step - 1, self.t)
         if w["grad_norms"]:
@@ -435,6 +484,7 @@ class _Trainer:
                 totals[k] = totals.get(k, 0) + int(v)
         for k, v in totals.items():
             scalars[f"data/skipped_{k}"] = float(v)
+        self.skip_totals = totals
         self._reset_window()
         if acc.is_main_process:
             acc.log(scalars, step=self.step)

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
+
+from emodifftalk.safetensors_io import load_saved_model, load_tensors
 
 from emodifftalk.utils import atomic_write_text
 
@@ -140,8 +142,8 @@ def load_safe_state(accelerator, model: torch.nn.Module, optimizer, directory: s
     """Restore what :func:`save_safe_state` wrote (every rank reads the shared model/optimizer)."""
     directory = Path(directory)
     # read on the CPU; load_state_dict copies into the parameters wherever they live
-    load_model(accelerator.unwrap_model(model), str(directory / MODEL_FILE), device="cpu")
-    optimizer.load_state_dict(optimizer_from_files(load_file(str(directory / OPTIMIZER_TENSORS)),
+    load_saved_model(accelerator.unwrap_model(model), directory / MODEL_FILE)
+    optimizer.load_state_dict(optimizer_from_files(load_tensors(directory / OPTIMIZER_TENSORS),
                                                    json.loads((directory / OPTIMIZER_JSON).read_text())))
     if accelerator.scaler is not None and (directory / SCALER_FILE).is_file():
         accelerator.scaler.load_state_dict(json.loads((directory / SCALER_FILE).read_text()))
@@ -150,4 +152,4 @@ def load_safe_state(accelerator, model: torch.nn.Module, optimizer, directory: s
         log.warning("%s missing (checkpoint written by fewer processes): rank %d keeps its seeded RNG",
                     directory / rng_tensors, accelerator.process_index)
         return
-    rng_from_files(load_file(str(directory / rng_tensors)), json.loads((directory / rng_json).read_text()))
+    rng_from_files(load_tensors(directory / rng_tensors), json.loads((directory / rng_json).read_text()))

@@ -62,8 +62,13 @@ class Task:
     def log_media(self, model: torch.nn.Module, writer: Any, step: int) -> None:
         """TensorBoard images/figures via ``writer`` (a ``SummaryWriter``); rank 0 only, not under ZeRO-3."""
 
+    def check_data(self, cfg: Config) -> None:
+        """Raise a clear error when the task's data is missing or damaged. Called once per process
+        before the run folder or any model exists (e.g. shard folder, manifest, checksums)."""
+
     def skip_stats(self) -> dict[str, int]:
-        """Cumulative data-skip counts of this rank (e.g. the shard reader's SkipStats); summed over ranks."""
+        """Cumulative data-skip counts of this rank (e.g. the shard reader's SkipStats); summed over ranks.
+        ``corrupt_samples`` (unreadable or damaged data) counts against ``data.max_skip_fraction``."""
         return {}
 
     def export_extra(self, model: torch.nn.Module, out_dir: Path, cfg: Config) -> None:

@@ -460,6 +460,11 @@ class MotionTask(Task):
         writer.add_figure("motion/mouth_opening_val0", fig, step)
         plt.close(fig)
 
+    def check_data(self, cfg: Config) -> None:
+        from emodifftalk.train.data_check import check_training_shards
+
+        check_training_shards(cfg, self.name, [("seq", "train"), ("template", None)])
+
     def skip_stats(self) -> dict[str, int]:
         return {"corrupt_samples": self.stats.n_skipped, "unusable_samples": self.unusable.n_skipped}
 

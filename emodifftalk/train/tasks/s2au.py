@@ -200,8 +200,13 @@ class S2AUTask(Task):
         writer.add_figure("s2au/val_au_curves", fig, step)
         plt.close(fig)
 
+    def check_data(self, cfg: Config) -> None:
+        from emodifftalk.train.data_check import check_training_shards
+
+        check_training_shards(cfg, self.name, [("seq", "train")])
+
     def skip_stats(self) -> dict[str, int]:
-        return {"samples": self.stats.n_skipped}
+        return {"corrupt_samples": self.stats.n_skipped}
 
     def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
         from emodifftalk.models.audio_frontend import encoder_id
