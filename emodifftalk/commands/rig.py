@@ -1,5 +1,9 @@
 """``emodifftalk rig SHARDS OUT_DIR``: canonical Gaussian rig per identity, one Ray task each.
 
+Each OUT_DIR/<identity>/ holds rig.safetensors + rig.json (what animate/view load), rig.ply (the
+canonical rig as a standard 3DGS PLY; OpenCV axes, y down — render.ply_y_up=true for y-up),
+feature_line.*, preview.png.
+
 Local Ray by default (all CPUs of this machine, no dashboard, RAY_TMPDIR=/tmp/ray_edt unless
 set); ``--address`` (or $RAY_ADDRESS, set by ``ray job submit``) uses a running cluster.
 Identities whose rig is complete are skipped (``--overwrite`` redoes them). Exit code 1 when
@@ -30,15 +34,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from emodifftalk.cli import config_from_args
     from emodifftalk.config import save_config
+    from emodifftalk.data.shards import check_shard_folder
     from emodifftalk.distributed.ray_jobs import format_summary, run_rig_jobs
+    from emodifftalk.utils import ensure_writable
 
     cfg = config_from_args(args)
-    if not Path(args.shards).exists():
-        raise FileNotFoundError(f"shard folder {args.shards} does not exist (make it with `emodifftalk pack`)")
+    check_shard_folder(args.shards, [("template", None)])
+    ensure_writable(args.out_dir)
     identities = [s.strip() for s in args.identities.split(",") if s.strip()] if args.identities else None
     save_config(cfg, args.out_dir, filename="rig_config.json")
     records = run_rig_jobs(args.shards, args.out_dir, cfg, identities=identities, address=args.address,

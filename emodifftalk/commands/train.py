@@ -35,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     if args.data:
         args.overrides = [*args.overrides, f"data.root={args.data}"]
+    from emodifftalk.utils import ensure_writable
+
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"train-{args.task}"
+    ensure_writable(out.parent)  # the run folder itself appears only once the data checks pass
     try:
         export_dir = run_training(task, cfg, out, resume=args.resume)
     except (NonFiniteLossError, DataSkipError) as e:

@@ -45,16 +45,20 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from emodifftalk.cli import config_from_args
     from emodifftalk.commands.animate import _export
-    from emodifftalk.viewer.app import LOCAL_HOSTS, load_viewer_models, start_viewer
+    from emodifftalk.viewer.app import LOCAL_HOSTS, check_port_free, load_viewer_models, start_viewer
     from emodifftalk.viewer.source import is_audio_path
 
     cfg = config_from_args(args)
     if args.edit_steps < 1:
         raise ValueError(f"--edit-steps must be >= 1, got {args.edit_steps}")
+    check_port_free(args.host, args.port)
     animating = args.animation is not None and is_audio_path(args.animation)
     s2au = _export(args.s2au, args.model, "s2au", animating)
     motion = _export(args.motion, args.model, "motion", animating)
     t2a = _export(args.text2au, args.model, "text2au", False)
+    if motion is None:
+        print("NOTE: no motion model (--model RUNS or --motion EXPORT): AU edits will change only the "
+              "feature-line opacity, not the face's shape", file=sys.stderr)
     models = load_viewer_models(s2au, motion, t2a)
     if args.host not in LOCAL_HOSTS:
         print(f"WARNING: binding to {args.host}: anyone who can reach this address can view the rig, run edits "

@@ -42,6 +42,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if data.shape[1] > 1:
         log.warning("%s has %d channels; averaging to mono", path, data.shape[1])
     audio = data.mean(axis=1).astype(np.float32)
+    if not np.all(np.isfinite(audio)):  # float WAVs can hold NaN/Inf; they would poison every model
+        raise AudioError(f"audio file {path} contains NaN or Inf samples")
     return audio, int(sr)
 
 

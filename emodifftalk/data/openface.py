@@ -142,6 +142,14 @@ def read_openface_csv(path: str | Path, fps: float | None = None, n_frames: int 
             body = [r for r, k in zip(body, keep) if k]
             lines = lines[keep]
 
+    if "frame" in col:  # one row per video frame: a repeated number means a merged or edited file
+        frame_no = column("frame")
+        _, first, counts = np.unique(frame_no, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = int(np.argmax(counts > 1))
+            raise OpenFaceError(f"OpenFace CSV {path}: frame number {frame_no[first[dup]]:g} appears "
+                                f"{counts[dup]} times (first on line {lines[first[dup]]}); one row per frame expected")
+
     ts, success, conf = column("timestamp"), column("success"), column("confidence")
     for name, arr in (("timestamp", ts), ("success", success), ("confidence", conf)):
         bad = ~np.isfinite(arr)
@@ -158,6 +166,7 @@ def read_openface_csv(path: str | Path, fps: float | None = None, n_frames: int 
     t = len(body)
     aus = np.zeros((t, NUM_AUS), dtype=np.float32)
     mask = np.zeros((t, NUM_AUS), dtype=bool)
+    out_of_range: list[str] = []
     for k, au in enumerate(AU_NAMES):
         name = f"{au}_r"
         if name not in col:  # AU24 in every OpenFace 2.x file: unobserved
@@ -167,8 +176,14 @@ def read_openface_csv(path: str | Path, fps: float | None = None, n_frames: int 
         if bad.any():
             raise OpenFaceError(f"OpenFace CSV {path}: column {name} is NaN/non-numeric on line "
                                 f"{lines[bad][0]} of a successfully tracked frame")
+        outside = valid_row & ((vals < 0) | (vals > OPENFACE_MAX_INTENSITY))
+        if outside.any():
+            out_of_range.append(f"{name}: {int(outside.sum())} (e.g. {vals[outside][0]:g} on line {lines[outside][0]})")
         aus[valid_row, k] = np.clip(vals[valid_row] / OPENFACE_MAX_INTENSITY, 0.0, 1.0)
         mask[:, k] = valid_row
+    if out_of_range:
+        log.warning("%s: AU intensities outside OpenFace's 0-%g range, clipped: %s", path,
+                    OPENFACE_MAX_INTENSITY, "; ".join(out_of_range))
 
     if fps is not None:
         return _resample_to_fps(aus, mask, ts, float(fps), n_frames, path)

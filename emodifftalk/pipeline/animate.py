@@ -26,7 +26,7 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
-from emodifftalk.utils import atomic_dir
+from emodifftalk.utils import atomic_dir, ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,49 @@ def load_models(s2au_dir: str | Path | None, motion_dir: str | Path | None, text
         t2a = Text2AU.load(text2au_dir)
     return Models(s2au=s2au, motion=motion, motion_cfg=mcfg, schedule=schedule, motion_frontend=frontend,
                   text2au=t2a)
+
+
+def check_inputs(rig_dir: str | Path, wav, out: str | Path, *, edits_path: str | Path | None = None,
+                 camera: str = "0", overwrite: bool = False) -> None:
+    """Cheap checks of every ``animate`` input, before any model is loaded: each failure is an
+    ``AnimateError``/``FileExistsError``/``OutputError`` naming the argument and the path."""
+    from emodifftalk.edits import load_edits
+    from emodifftalk.rig.gaussians import is_complete
+
+    rig_dir = Path(rig_dir)
+    if not rig_dir.is_dir():
+        raise AnimateError(f"RIG_DIR {rig_dir}: no such folder (make rigs with `emodifftalk rig SHARDS OUT_DIR`)")
+    if not is_complete(rig_dir):
+        raise AnimateError(f"RIG_DIR {rig_dir}: not a rig folder (needs rig.safetensors and rig.json from "
+                           "`emodifftalk rig`; pass one identity's folder, e.g. rigs/id000)")
+    if isinstance(wav, (str, Path)) and not Path(wav).is_file():
+        raise AnimateError(f"WAV {wav}: no such file")
+    if edits_path:
+        load_edits(edits_path)  # parse errors name the file and the AU
+    if camera not in ("orbit",) and not camera.endswith(".json"):
+        try:
+            int(camera)
+        except ValueError:
+            raise AnimateError(f"--camera {camera!r}: expected 'orbit', a cameras JSON file, or a capture "
+                               "camera index") from None
+    elif camera.endswith(".json") and not Path(camera).is_file():
+        raise AnimateError(f"--camera {camera}: file does not exist")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} already exists; pass --overwrite to replace it")
+    ensure_writable(out.parent)
+
+
+def warn_edits_outside_audio(curves, seconds: float, source: str) -> list[str]:
+    """Warnings for edit curves that start at or after the end of the audio (they change nothing)."""
+    warnings = []
+    for c in curves:
+        if c.times[0] >= seconds:
+            warnings.append(f"{source}: the {c.au_name} edit starts at {c.times[0]:g} s, after the audio ends "
+                            f"({seconds:.2f} s): it has no effect")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
 
 
 def load_audio_16k(wav) -> np.ndarray:
@@ -277,7 +320,8 @@ def plot_aus(path: Path, speech: np.ndarray, final: np.ndarray, fps: float, titl
     plt.close(fig)
 
 
-def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray, feature_line) -> None:
+def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray, feature_line,
+                       y_up: bool = False) -> None:
     from emodifftalk.rig.deform import deform
     from emodifftalk.rig.ply import write_gaussians_ply
 
@@ -285,7 +329,8 @@ def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray
     with torch.no_grad():
         for t in range(offsets.shape[0]):
             delta = feature_line(torch.from_numpy(aus[t:t + 1]))[0] if feature_line is not None else None
-            write_gaussians_ply(folder / f"frame_{t:05d}.ply", deform(rig, rig.canonical_verts + offsets[t], delta))
+            write_gaussians_ply(folder / f"frame_{t:05d}.ply", deform(rig, rig.canonical_verts + offsets[t], delta),
+                                y_up=y_up)
 
 
 def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Config, *, text: str | None = None,
@@ -302,11 +347,12 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     try:
         rig = GaussianRig.load(rig_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise AnimateError(f"--rig {rig_dir}: {e}") from None
+        raise AnimateError(f"RIG_DIR {rig_dir}: {e}") from None
     feature_line = load_feature_line(rig_dir, rig)
     edits = load_edits(edits_path) if edits_path else []
     fps = cfg.infer.fps
     audio = load_audio_16k(wav)
+    edit_warnings = warn_edits_outside_audio(edits, audio.shape[0] / 16000, str(edits_path))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -335,10 +381,11 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
         write_video(tmp / "video.mp4", frames, fps, audio=audio, sample_rate=16000)
         timings["render+encode"] = time.perf_counter() - t0
         if ply:
-            write_ply_sequence(tmp / "ply", rig, offsets, final, feature_line)
+            write_ply_sequence(tmp / "ply", rig, offsets, final, feature_line, y_up=cfg.render.ply_y_up)
         info = {"rig": str(rig_dir), "identity": rig.identity, "fps": fps, "n_frames": n,
                 "seconds_audio": audio.shape[0] / 16000, "text": text_info, "edits": str(edits_path or ""),
-                "camera": camera, "feature_line": feature_line is not None, "timings": timings, "seed": seed}
+                "camera": camera, "feature_line": feature_line is not None, "timings": timings, "seed": seed,
+                "warnings": edit_warnings, "ply_axes": "y-up" if cfg.render.ply_y_up else "opencv (y-down)"}
         (tmp / "animation.json").write_text(json.dumps(info, indent=2))
     out = Path(out)
     files = {p.name: str(p) for p in sorted(out.iterdir())}

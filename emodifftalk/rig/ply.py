@@ -9,6 +9,11 @@ One binary-little-endian ``vertex`` element with float32 properties, in this ord
 Baked RGB goes to the SH DC term: ``f_dc = (c − 0.5) / C0`` (the degree-0 SH basis constant);
 ``f_rest`` (degrees 1–3) are zero because our colours are view-independent.
 
+Axes: positions are in the project's world frame, OpenCV-style (x right, y down, z forward, the
+cameras' convention), so most 3DGS viewers show the head upside down. ``y_up=True`` (config
+``render.ply_y_up``) turns everything 180° about x — positions ``(x, -y, -z)``, each rotation
+pre-multiplied by that turn — giving y-up, z-back (OpenGL/Blender-style) files.
+
 numpy only: no plyfile dependency. ``read_ply`` parses any binary PLY with a ``vertex``
 element of scalar properties (little or big endian) and returns its columns.
 """
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+RIG_PLY = "rig.ply"  # the canonical rig as a standard 3DGS PLY, written by `emodifftalk rig`
 SH_C0 = 0.28209479177387814  # 1 / (2·sqrt(pi)), degree-0 real spherical harmonic
 N_REST = 45  # SH degrees 1..3, 15 coefficients × 3 colours
 
@@ -50,7 +56,16 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def encode_ply(means, log_scales, quats, opacity_logits, colors) -> bytes:
+def flip_to_y_up(means: np.ndarray, quats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate positions and wxyz orientations 180° about x (OpenCV y-down -> y-up, z-back).
+
+    The turn's quaternion is (0, 1, 0, 0); (0,1,0,0) ⊗ (w,x,y,z) = (-x, w, -z, y)."""
+    means = means * np.array([1.0, -1.0, -1.0], dtype=means.dtype)
+    w, x, y, z = quats[:, 0], quats[:, 1], quats[:, 2], quats[:, 3]
+    return means, np.stack([-x, w, -z, y], axis=1).astype(quats.dtype)
+
+
+def encode_ply(means, log_scales, quats, opacity_logits, colors, y_up: bool = False) -> bytes:
     """Raw (N,3) μ, (N,3) log-scales, (N,4) wxyz, (N,) opacity logits, (N,3) RGB -> PLY bytes."""
     means, log_scales, quats = _np(means), _np(log_scales), _np(quats)
     opacity_logits, colors = _np(opacity_logits).reshape(-1), _np(colors)
@@ -60,6 +75,8 @@ def encode_ply(means, log_scales, quats, opacity_logits, colors) -> bytes:
                              ("colors", colors, (n, 3))):
         if arr.shape != shape:
             raise ValueError(f"encode_ply: {name} has shape {arr.shape}, expected {shape}")
+    if y_up:
+        means, quats = flip_to_y_up(means, quats)
     data = np.zeros((n, len(PROPERTIES)), dtype="<f4")
     data[:, 0:3] = means
     data[:, 6:9] = rgb_to_sh_dc(colors)
@@ -72,27 +89,32 @@ def encode_ply(means, log_scales, quats, opacity_logits, colors) -> bytes:
     return header.encode("ascii") + data.tobytes()
 
 
-def write_ply(path: str | Path, means, log_scales, quats, opacity_logits, colors) -> Path:
+def write_ply(path: str | Path, means, log_scales, quats, opacity_logits, colors, y_up: bool = False) -> Path:
     """Write raw (log-scale, logit) Gaussian parameters as a 3DGS PLY, atomically."""
     from emodifftalk.utils import atomic_write_bytes
 
-    atomic_write_bytes(path, encode_ply(means, log_scales, quats, opacity_logits, colors))
+    atomic_write_bytes(path, encode_ply(means, log_scales, quats, opacity_logits, colors, y_up=y_up))
     return Path(path)
 
 
-def write_gaussians_ply(path: str | Path, gaussians) -> Path:
+def write_gaussians_ply(path: str | Path, gaussians, y_up: bool = False) -> Path:
     """Write activated ``Gaussians`` of one moment (linear scales, opacities in [0, 1])."""
     g = gaussians
     if g.num_frames is not None:
         raise ValueError("write_gaussians_ply: pass one frame (gaussians.frame(t))")
     op = _np(g.opacities).clip(1e-6, 1 - 1e-6)
     return write_ply(path, g.means, np.log(np.maximum(_np(g.scales), 1e-12)), g.quats,
-                     np.log(op / (1 - op)), g.colors)
+                     np.log(op / (1 - op)), g.colors, y_up=y_up)
 
 
-def rig_to_ply(rig, path: str | Path) -> Path:
+def rig_ply_bytes(rig, y_up: bool = False) -> bytes:
+    """The canonical rig G0 as PLY bytes (``rig.ply`` next to ``rig.safetensors``)."""
+    return encode_ply(rig.means, rig.log_scales, rig.quats, rig.opacity_logits, rig.colors, y_up=y_up)
+
+
+def rig_to_ply(rig, path: str | Path, y_up: bool = False) -> Path:
     """Export the canonical rig G0."""
-    return write_ply(path, rig.means, rig.log_scales, rig.quats, rig.opacity_logits, rig.colors)
+    return write_ply(path, rig.means, rig.log_scales, rig.quats, rig.opacity_logits, rig.colors, y_up=y_up)
 
 
 def read_ply(path: str | Path) -> dict[str, np.ndarray]:

@@ -641,7 +641,9 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
         opacity_logits=opacity_logits.cpu(), colors=colors, n_bound=n_verts, facial_idx=facial_idx.long(),
         faces=faces, vertex_nbr_idx=nbr_idx, vertex_nbr_w=nbr_w, free_anchor_idx=a_idx, free_anchor_w=a_w,
         info=info)
-    extras = {"preview.png": _png_bytes(preview)}
+    from emodifftalk.rig.ply import RIG_PLY, rig_ply_bytes
+
+    extras = {"preview.png": _png_bytes(preview), RIG_PLY: rig_ply_bytes(rig, y_up=cfg.render.ply_y_up)}
     from safetensors.torch import save as st_save
 
     extras["triplane.safetensors"] = st_save({k: v.detach().cpu().contiguous()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MINILM_ID = "minilm:sentence-transformers/all-MiniLM-L6-v2"
 HASHING_VERSION = 1
+PROGRESS_MIN_BATCHES = 4  # encode() calls this many batches or more get a progress bar
 
 
 class EncoderMismatchError(ValueError):
@@ -82,8 +83,13 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str] | str) -> Tensor:
         """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised."""
+        from tqdm.auto import tqdm
+
         texts = prepare_texts(texts, self.max_chars)
-        chunks = [self._encode(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        starts = range(0, len(texts), self.batch_size)
+        # a data set's worth takes tens of seconds on a CPU: show it (one prompt stays silent)
+        chunks = [self._encode(texts[i:i + self.batch_size])
+                  for i in tqdm(starts, desc="encode texts", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES)]
         feats = torch.cat(chunks).detach().to("cpu", torch.float32)
         assert feats.shape == (len(texts), self.dim), (feats.shape, len(texts), self.dim)
         return torch.nn.functional.normalize(feats, dim=-1)

@@ -49,6 +49,20 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_DOWNLOAD_BYTES = 64 * 2 ** 20  # larger exports are only written to --out
 
 
+def check_port_free(host: str, port: int) -> None:
+    """``ValueError`` when ``host:port`` is taken: viser would silently move to the next port, and
+    the printed address would reach another program (or an older viewer) instead."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"--port {port}: {host}:{port} is already in use ({e.strerror}); stop what runs "
+                             "there (another viewer?) or pass another --port") from None
+
+
 def load_viewer_models(s2au_dir=None, motion_dir=None, text2au_dir=None, device: str = "cpu"):
     """``pipeline.animate.Models`` for the viewer (each part optional; an ``animate`` folder needs no
     Speech-to-AU model, and without a motion model edits change only the feature-line opacity).
