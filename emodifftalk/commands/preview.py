@@ -12,6 +12,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="preview.mp4", help="output mp4 (default: preview.mp4)")
     p.add_argument("--clip", default=None, help="sequence key IDENTITY__CLIP (default: the first clip)")
     p.add_argument("--cameras", type=int, default=4, help="how many cameras to show (default 4)")
+    from emodifftalk.threads import add_threads_arg
+
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
