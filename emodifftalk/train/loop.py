@@ -207,7 +207,6 @@ class _Trainer:
         self.nonfinite_in_a_row = 0
         self.samples_seen = 0  # this rank
         self.skip_totals: dict[str, int] = {}  # all ranks, as of the last log step
-        self.samples_read_all = 0  # all ranks, as of the last log step
         self._resume_requested = None
         self.train_seconds = 0.0
         self._window: dict[str, Any] = {}
@@ -262,22 +261,28 @@ class _Trainer:
         if not (self.acc.is_main_process and run_json.is_file()):
             return
         info = json.loads(run_json.read_text())
-        info["runs"][-1].update(skipped=dict(self.skip_totals), samples_used=self.samples_read_all)
+        info["runs"][-1].update(skipped=dict(self.skip_totals), samples_read=self._samples_read())
         atomic_write_text(run_json, json.dumps(info, indent=2, sort_keys=True))
+
+    def _samples_read(self) -> int:
+        """Samples the run has drawn so far, all ranks: a pure function of ``step``, like the
+        tasks' skip counters, so the fraction below means the same after a resume."""
+        return self.step * self.t.grad_accum * self.cfg.data.batch_size * self.world
 
     def _check_data_skips(self, final: bool) -> None:
         """Fail when the corrupt share of what was read exceeds ``data.max_skip_fraction``."""
         bad = int(self.skip_totals.get(CORRUPT_KEY, 0))
-        read = bad + self.samples_read_all
+        read = max(self._samples_read(), bad)
         if not bad or (not final and read < MIN_READ_FOR_SKIP_CHECK):
             return
         limit = self.cfg.data.max_skip_fraction
         if bad / read > limit:
             self._record_data_skips()
-            raise DataSkipError(
-                f"{bad} of {read} training samples read so far were corrupt or unreadable "
-                f"({bad / read:.1%} > data.max_skip_fraction={limit:g}); `emodifftalk inspect "
-                f"{self.cfg.data.root} --validate` lists them. Re-pack or restore the shards, or raise the limit")
+            root = self.cfg.data.root
+            where = f"`emodifftalk inspect {root} --validate` lists them; re-pack or restore the shards" if root \
+                else "see the skip warnings above"
+            raise DataSkipError(f"{bad} of {read} training samples read so far were corrupt or unreadable "
+                                f"({bad / read:.1%} > data.max_skip_fraction={limit:g}); {where}, or raise the limit")
 
     def run(self, resume) -> Path:
         acc, t, task = self.acc, self.t, self.task
@@ -330,8 +335,8 @@ class _Trainer:
         self._check_data_skips(final=True)
         self._record_data_skips()
         if acc.is_main_process and self.skip_totals:
-            log.info("data: %s skipped; %d samples used", ", ".join(f"{v} {k.replace('_', ' ')}"
-                     for k, v in sorted(self.skip_totals.items())), self.samples_read_all)
+            log.info("data: %s skipped of %d samples read", ", ".join(f"{v} {k.replace('_', ' ')}"
+                     for k, v in sorted(self.skip_totals.items())), self._samples_read())
         digest = self._params_digest(unwrapped, zero3)
 
         # ---- export ----
@@ -459,7 +464,7 @@ class _Trainer:
         vec = []
         for k in names:
             vec += list(w["terms"][k])
-        vec += [float(w["samples"]), w["seconds"], float(self.samples_seen)]
+        vec += [float(w["samples"]), w["seconds"]]
         t = torch.tensor(vec, dtype=torch.float64, device=acc.device)
         if self.world > 1:
             t = acc.reduce(t, reduction="sum")
@@ -468,8 +473,7 @@ class _Trainer:
         for i, k in enumerate(names):
             s, n = vals[2 * i], vals[2 * i + 1]
             scalars["loss" if k == "loss" else f"loss/{k}"] = s / max(n, 1.0)
-        samples, seconds = vals[-3], vals[-2] / self.world  # ranks run in lock step: mean wall time
-        self.samples_read_all = int(vals[-1])
+        samples, seconds = vals[-2], vals[-1] / self.world  # ranks run in lock step: mean wall time
         scalars["samples_per_s"] = samples / max(seconds, 1e-9)
         scalars["lr"] = lr_at(self.step - 1, self.t)
         if w["grad_norms"]:
