@@ -28,6 +28,15 @@ class OutputError(OSError):
 
 
 def umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere it is read by setting and restoring
+    it (which another thread creating a file at that instant would see as 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -89,9 +98,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _temp_prefix(final: Path, pid: int | None = None) -> str:
+def _temp_prefix(final: Path) -> str:
     """``.tmp-<name>-<host>-<pid>-``: who made a temp folder, so a later run can tell a dead one."""
-    return f".tmp-{final.name}-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+    return f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}-"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -116,16 +116,18 @@ def check_inputs(rig_dir: str | Path, wav, out: str | Path, *, edits_path: str |
                            "`emodifftalk rig`; pass one identity's folder, e.g. rigs/id000)")
     if isinstance(wav, (str, Path)) and not Path(wav).is_file():
         raise AnimateError(f"WAV {wav}: no such file")
+    load_audio_16k(wav)  # unreadable, empty, silent, NaN: milliseconds to find out
     if edits_path:
         load_edits(edits_path)  # parse errors name the file and the AU
-    if camera not in ("orbit",) and not camera.endswith(".json"):
+    if camera.endswith(".json"):
+        if not Path(camera).is_file():
+            raise AnimateError(f"--camera {camera}: file does not exist")
+    elif camera != "orbit":
         try:
             int(camera)
         except ValueError:
             raise AnimateError(f"--camera {camera!r}: expected 'orbit', a cameras JSON file, or a capture "
                                "camera index") from None
-    elif camera.endswith(".json") and not Path(camera).is_file():
-        raise AnimateError(f"--camera {camera}: file does not exist")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} already exists; pass --overwrite to replace it")
