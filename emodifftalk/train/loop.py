@@ -7,7 +7,7 @@ TensorBoard and ``save_state``/``load_state``. The same function runs in one pla
 
 Run directory ``out_dir``::
 
-    config.json     resolved config + git SHA          run.json       task, seed, world size, resumes
+    config.json     resolved config + git SHA          run.json       task, seed, world size, resumes, skips
     metrics.jsonl   one JSON line per log step (rank 0) tb/            TensorBoard event files
     checkpoints/    step_XXXXXXX (see checkpoint.py)    export/        model.safetensors + config.json
     ranks/rank<r>.json   per-rank peak RSS, samples, seconds (written at the end)
@@ -15,6 +15,10 @@ Run directory ``out_dir``::
 Step semantics: ``step`` counts optimizer steps (skipped non-finite steps included, so the data
 position and the learning-rate schedule stay a pure function of ``step``). One step consumes
 ``train.grad_accum`` batches per rank.
+
+Data: the task's ``check_data`` hook runs before anything is created (shard folder, manifest,
+checksums); corrupt samples met while training (``skip_stats()["corrupt_samples"]``) are logged,
+recorded in run.json and stop the run past ``data.max_skip_fraction`` of the samples drawn.
 
 Non-finite steps: the loss is checked on every rank *before* backward (one tiny all-reduce per
 micro-batch, so all ranks skip together and no collective is left half-done); a skipped step makes
