@@ -36,7 +36,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class SynthConfig:
-    """Procedural multi-view talking-head data set (see emodifftalk/data/synthetic.py)."""
+    """Procedural multi-view talking-head data set (see emodifftalk/data/synthetic/)."""
 
     n_identities: int = 6
     clips_per_identity: int = 4
@@ -213,6 +213,10 @@ class DiffusionConfig:
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
     lambda_lip: float = 0.8
+    # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
+    # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
+    lambda_move: float = 0.1
+    move_tau: float = 0.005  # eq. (22) τ in metres  # choice
     dropout: float = 0.1  # transformer dropout  # choice
     causal: bool = False  # bidirectional attention over the window (context frames are inpainted)
     offset_scale: float = 0.0  # metres per unit of diffusion space; 0 = std of training offsets  # choice
@@ -232,6 +236,8 @@ class DiffusionConfig:
                "diffusion.context_frames must be smaller than diffusion.window_frames")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
+        _check(self.lambda_move >= 0 and self.move_tau > 0,
+               "diffusion.lambda_move must be >= 0 and diffusion.move_tau > 0 (metres)")
 
 
 @dataclass
@@ -242,12 +248,16 @@ class FeatureLineConfig:
     lambda_sparse: float = 0.01  # eq. (19)
     lambda_smooth: float = 0.001  # eq. (19)
     lambda_ssim: float = 0.2  # eq. (20)
-    lambda_opcmotion: float = 0.1  # eq. (21)  # choice (paper gives no value)
-    gamma: float = 0.01  # eq. (21) metres of motion per unit opacity change  # choice
-    lambda_move: float = 0.01  # eq. (22)  # choice
-    tau: float = 0.005  # eq. (22) metres  # choice
+    # eq. (21) in opacity units, (‖Δμ‖/γ − |Δα|)² (losses/feature_line.py)  # choice (paper gives no value)
+    lambda_opcmotion: float = 0.1
+    gamma: float = 0.02  # eq. (21) metres of motion per unit opacity change: 4 mm ↔ 0.2  # choice
     steps: int = 200
     lr: float = 5e-3
+
+    def validate(self) -> None:
+        _check(self.gamma > 0, "feature_line.gamma must be > 0 (metres of motion per unit opacity)")
+        _check(min(self.lambda_sparse, self.lambda_smooth, self.lambda_opcmotion) >= 0,
+               "feature_line.lambda_* must be >= 0")
 
 
 @dataclass
