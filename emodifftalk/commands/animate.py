@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--text2au", default=None, help="Text-to-AU export dir (overrides --model)")
     p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile"')
     p.add_argument("--edits", default=None, help="per-AU edit curves (JSON/YAML, see emodifftalk/edits.py)")
-    p.add_argument("--camera", default="0", help="capture camera index, 'orbit', or a cameras JSON file")
+    p.add_argument("--camera", default=None,
+                   help="capture camera index, 'orbit', or a cameras JSON file (default: infer.camera)")
     p.add_argument("--ply", action="store_true", help="also write a PLY per frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     t2a = _export(args.text2au, args.model, "text2au", bool(args.text))
     models = load_models(s2au, motion, t2a)
     res = animate(args.rig, args.wav, models, args.out, cfg, text=args.text, edits_path=args.edits,
-                  camera=args.camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)
+                  camera=args.camera or cfg.infer.camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)
     print(f"{res.n_frames} frames ({res.seconds_audio:.1f} s of audio) written to {res.out_dir}")
     for name, path in res.files.items():
         print(f"  {path}")

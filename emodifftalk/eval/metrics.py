@@ -1,4 +1,4 @@
-"""Evaluation metrics — exactly the definitions of /work/shared/DESIGN.md.
+"""Evaluation metrics — the project's definitions, written down here once.
 
 Motion metrics (numpy, float64; meshes in **metres**, world y-up):
 
