@@ -66,26 +66,27 @@ def edit_pixel_change(speech: np.ndarray, edited: np.ndarray, curves, fps: float
 def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, probe: list[str],
                     delta: float = 0.5) -> dict:
     """Speech-only LVE vs the template-only baseline, and the AU-edit response with and without
-    ``infer.guidance_scale``, over ``clips`` (held-out ``seq`` samples with meshes).
+    ``infer.guidance_scale``, over ``clips`` (held-out ``seq`` samples with meshes and the motion
+    model's audio ``feats``, as ``eval.motion.load_eval_clips`` gives them).
     ``fields_of(identity)`` → (17, V, 3) true AU fields, or None to skip the edit response."""
     import torch
 
+    from emodifftalk.data.audio import load_audio
     from emodifftalk.eval.au_response import au_edit_response
     from emodifftalk.eval.metrics import motion_metrics
     from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
-    from emodifftalk.train.tasks.motion import _FeatureMaker
 
     lve, lve_template, keys = [], [], []
     guided = cfg.infer.guidance_scale
     response = {g: {a: {"gain": [], "cosine": []} for a in probe} for g in ("guided", "unguided")}
-    feats_of = _FeatureMaker(models.motion_cfg.audio)
     for clip in clips:
         tpl = templates[clip["meta"]["identity"]]
         gt = clip["verts"]
         fps = float(clip["meta"]["fps"])
-        speech = speech_aus(models, np.asarray(clip["audio"], np.float32), fps)[: len(gt)]
-        offsets = motion_offsets(models, torch.from_numpy(tpl.verts), speech, np.asarray(clip["audio"], np.float32),
-                                 cfg, reference_aus=guidance_reference(cfg, speech)).numpy()
+        audio = load_audio(clip["audio"], sample_rate=int(clip["sample_rate"]), target_sr=16000)
+        speech = speech_aus(models, audio, fps)[: len(gt)]
+        offsets = motion_offsets(models, torch.from_numpy(tpl.verts), speech, audio, cfg,
+                                 reference_aus=guidance_reference(cfg, speech)).numpy()
         pred = tpl.verts[None] + offsets[: len(gt)]
         gt = gt[: len(pred)]
         args = ([tpl.verts], [tpl.lip_idx], [tpl.upper_idx])
@@ -97,7 +98,7 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
             continue
         aus = np.asarray(clip["aus"] * clip["au_mask"], np.float32)[: len(gt)]
         for name, scale in (("guided", guided), ("unguided", 1.0)):
-            stats = au_edit_response(models.motion, models.schedule, tpl.verts, aus, feats_of(clip), fields,
+            stats = au_edit_response(models.motion, models.schedule, tpl.verts, aus, clip["feats"], fields,
                                      models.motion_cfg, probe, delta=delta, guidance_scale=scale,
                                      reference_guidance=cfg.infer.guidance_reference == "speech")
             for a in probe:

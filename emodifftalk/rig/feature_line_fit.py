@@ -66,8 +66,7 @@ def moving_frames(frames_samples: list[dict], seq_samples: dict[str, dict]) -> l
         if t >= seq["aus"].shape[0]:
             raise ValueError(f"{s['key']}: frame {t} beyond the clip's {seq['aus'].shape[0]} AU frames")
         aus = np.where(seq["au_mask"][t], seq["aus"][t], 0.0).astype(np.float32)
-        n = seq["aus"].shape[0]
-        t2 = t + 1 if t + 1 < n else t - 1  # the last frame pairs with the one before
+        t2 = t + 1 if t + 1 < seq["aus"].shape[0] else t - 1  # the last frame pairs with the one before
         aus_next = (torch.from_numpy(np.where(seq["au_mask"][t2], seq["aus"][t2], 0.0).astype(np.float32))
                     if t2 >= 0 else None)
         names = [c["name"] for c in s["cameras"]]

@@ -142,3 +142,25 @@ def test_each_regulariser_changes_the_fit(knob, measure, floor):
     with torch.no_grad():
         before, after = measure(off, frames, cfg, rig), measure(on, frames, cfg, rig)
     assert after < floor * before, f"{knob}=1: {measure.__name__} {before:.4g} -> {after:.4g}"
+
+
+def test_moving_frames_pair_each_frame_with_the_next_video_frame():
+    import numpy as np
+
+    from emodifftalk.rig.feature_line_fit import moving_frames
+
+    t_frames = 6
+    aus = np.linspace(0, 1, t_frames * au.NUM_AUS, dtype=np.float32).reshape(t_frames, au.NUM_AUS)
+    mask = np.ones_like(aus, bool)
+    mask[:, au.AU_INDEX["AU24"]] = False
+    cam = {"name": "c0", "viewmat": np.eye(4), "K": np.eye(3)}
+
+    def sample(frame):
+        return {"key": f"id0__c0__f{frame:05d}", "meta": {"clip": "c0", "frame": frame}, "cameras": [cam],
+                "images": {"c0": np.zeros((4, 4, 3), np.uint8)}, "verts": np.zeros((3, 3), np.float32)}
+
+    out = moving_frames([sample(0), sample(5)], {"c0": {"aus": aus, "au_mask": mask}})
+    expect = np.where(mask, aus, 0)
+    assert torch.equal(out[0].aus_next, torch.from_numpy(expect[1]))  # frame 0 pairs with frame 1
+    assert torch.equal(out[1].aus_next, torch.from_numpy(expect[4]))  # the last frame with the one before
+    assert float(out[0].aus_next[au.AU_INDEX["AU24"]]) == 0.0  # invalid labels zeroed like E_t
