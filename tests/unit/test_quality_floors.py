@@ -3,7 +3,9 @@
 These catch a model that got worse while still producing well-shaped output (a flipped loss sign,
 an ignored condition, unbaked colours). Each floor was set from measured runs over seeds 0-3 with
 the same code (see ``MEASURED`` next to each threshold) and leaves headroom to the worst seed;
-the tests themselves run seed 0.
+the tests themselves run seed 0. Re-measure (about 2 minutes on one core):
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python tests/unit/test_quality_floors.py
 """
 
 from __future__ import annotations
@@ -165,3 +167,37 @@ def rig_holdout_psnr(tmp, seed: int = 0) -> tuple[float, float, float]:
         ours = float(psnr(render(rig.colors), target).mean())
         flat = float(psnr(render(rig.colors.mean(0, keepdim=True).expand_as(rig.colors)), target).mean())
     return ours, flat, res.metrics["psnr_holdout"]
+
+
+def _measure(seeds=range(4)) -> None:
+    """Print every floored quantity for ``seeds`` (the numbers the MEASURED comments quote)."""
+    import tempfile
+    from pathlib import Path
+
+    from emodifftalk.eval.motion import run_eval
+
+    torch.set_num_threads(1)
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            o = train_and_eval_s2au(d / "s2au", seed)["results"]["overall"]
+            print(f"seed {seed} s2au: MAE {o['s2au']['mean']['mae']:.4f} vs train-mean "
+                  f"{o['train_mean']['mean']['mae']:.4f}, r {o['s2au']['mean']['pearson']:.3f}", flush=True)
+            ours, flat, _ = rig_holdout_psnr(d / "rig", seed)
+            print(f"seed {seed} rig: held-out PSNR {ours:.2f} dB vs flat colours {flat:.2f} dB", flush=True)
+            shards = make_motion_shards(d / "motion", regional=True, n_clips=8, n_frames=50)
+            export = train_motion(shards, d / "motion" / "run", seed)
+            r = run_eval(export, shards, split="test", methods=["ddim-10", "template"])["results"]
+            print(f"seed {seed} motion: LVE {r['ddim-10']['lve_mm']:.2f} mm vs template {r['template']['lve_mm']:.2f} mm",
+                  flush=True)
+            for name in ("AU01", "AU26"):
+                up, low, st = edit_region_motion(export, shards, d / "motion" / "raw", name)
+                print(f"seed {seed} edit {name}: upper {up:.2f} mm, lower {low:.2f} mm, gain {st['gain']:.2f}, "
+                      f"cosine {st['cosine']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.INFO)
+    _measure()
