@@ -11,7 +11,9 @@ attribute name could slip through; it does catch a knob nobody reads (e.g. ``inf
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import emodifftalk
@@ -33,16 +35,26 @@ SECTION_PARAMETERS = {
 GENERIC = {}
 
 
+def code_only(text: str) -> str:
+    """``text`` with comments and string literals blanked out: a knob named in a docstring or a help
+    text is not a knob that is read."""
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    out = list(text)
+    literal = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in literal:
+            a = starts[tok.start[0] - 1] + tok.start[1]
+            b = starts[tok.end[0] - 1] + tok.end[1]
+            out[a:b] = [c if c == "\n" else " " for c in text[a:b]]
+    return "".join(out)
+
+
 def _sources() -> str:
-    return "\n".join(p.read_text() for p in sorted(PACKAGE.rglob("*.py"))
-                     if p.name != "config.py" and "configs" not in p.relative_to(PACKAGE).parts)
-
-
-def _aliases(section: str, cls: str, src: str) -> set[str]:
-    names = {section, *SECTION_PARAMETERS.get(section, ())}
-    names |= set(re.findall(r"(\w+)\s*=\s*(?:self\.)?_?(?:cfg|config)\.%s\b(?![.\w(])" % section, src))
-    names |= set(re.findall(r"(\w+)\s*:\s*(?:\"?)%s\b" % cls, src))
-    return names
+    return "\n".join(code_only(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))
+                      if p.name != "config.py" and "configs" not in p.relative_to(PACKAGE).parts)
 
 
 def unread_knobs(cfg=None, src: str | None = None) -> list[str]:
@@ -50,15 +62,20 @@ def unread_knobs(cfg=None, src: str | None = None) -> list[str]:
     outside config.py and the presets) never reads."""
     src = _sources() if src is None else src
     cfg = Config() if cfg is None else cfg
+    reads = set(re.findall(r"\b(?=(\w+)\.(\w+))", src))  # every (name, attribute) pair, overlapping
+    bound = re.findall(r"\b(\w+)\s*=\s*(?:self\.)?_?(?:cfg|config)\.(\w+)\b(?![.\w(])", src)  # d = cfg.diffusion
+    annotated = re.findall(r"\b(\w+)\s*:\s*\"?(\w+)\b", src)  # fcfg: FeatureLineConfig
     out = []
     for sec in dataclasses.fields(cfg):
         obj = getattr(cfg, sec.name)
         if not dataclasses.is_dataclass(obj):
             continue
-        alias = "|".join(sorted(map(re.escape, _aliases(sec.name, type(obj).__name__, src))))
+        aliases = {sec.name, *SECTION_PARAMETERS.get(sec.name, ())}
+        aliases |= {name for name, section in bound if section == sec.name}
+        aliases |= {name for name, cls in annotated if cls == type(obj).__name__}
         for f in dataclasses.fields(obj):
             key = f"{sec.name}.{f.name}"
-            if key not in GENERIC and not re.search(r"\b(?:%s)\.%s\b" % (alias, re.escape(f.name)), src):
+            if key not in GENERIC and not any((a, f.name) in reads for a in aliases):
                 out.append(key)
     return out
 
@@ -81,3 +98,6 @@ def test_the_scan_catches_an_unread_knob():
     assert unread_knobs(Cfg(), "def f(cfg):\n    s = cfg.sec\n    return s.used\n") == ["sec.spare"]
     assert unread_knobs(Cfg(), "cfg.sec.used + cfg.sec.spare") == []
     assert unread_knobs(Cfg(), "other.used + other.spare") == ["sec.used", "sec.spare"]
+    # named in a docstring or comment is not read
+    src = code_only('def f(cfg):\n    """uses cfg.sec.spare"""\n    return cfg.sec.used  # and cfg.sec.spare\n')
+    assert unread_knobs(Cfg(), src) == ["sec.spare"]
