@@ -13,7 +13,7 @@
 3. Time the real-resolution path once: a 2448x2048 JPEG (the RenderMe-360 resolution; content
    like the fixtures) decoded with draft mode, cropped, resized to 512 and re-encoded.
 4. Paper estimate for the full RenderMe-360 (Part 2: 500 identities, ~8.3 TB; Part 1: 21
-   identities, 5.8 TB; sizes from ``/work/shared/formats/renderme360-smc.md``): images from
+   identities, 5.8 TB; sizes from ``docs/formats/renderme360-smc.md``): images from
    bytes / ``--jpeg-kb`` (the notes' 15-60 GB per 60-camera x ~2.5k-frame speech file gives
    100-400 KB per image), wall time on N workers = max(CPU work / N, bytes read / min(N x
    ``--read-mbps``, ``--storage-gbps``)), and shard counts, for frames_stride 0 (rig: first frame
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-RM360 = {  # from /work/shared/formats/renderme360-smc.md
+RM360 = {  # from docs/formats/renderme360-smc.md
     # (performances, cameras with frames) per identity; Part 2 keeps the frontal view only for
     # s1, s2, s4-s6, 38 views for s3, all views (key frames only) for expressions and hair
     "part2": {"identities": 500, "bytes": 8.3e12, "perfs": [(12, 60), (1, 38), (5, 1), (3, 60)]},

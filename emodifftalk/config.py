@@ -36,7 +36,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class SynthConfig:
-    """Procedural multi-view talking-head data set (see emodifftalk/data/synthetic.py)."""
+    """Procedural multi-view talking-head data set (see emodifftalk/data/synthetic/)."""
 
     n_identities: int = 6
     clips_per_identity: int = 4
@@ -223,6 +223,10 @@ class DiffusionConfig:
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
     lambda_lip: float = 0.8
+    # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
+    # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
+    lambda_move: float = 0.1
+    move_tau: float = 0.005  # eq. (22) τ in metres  # choice
     dropout: float = 0.1  # transformer dropout  # choice
     causal: bool = False  # bidirectional attention over the window (context frames are inpainted)
     offset_scale: float = 0.0  # metres per unit of diffusion space; 0 = std of training offsets  # choice
@@ -242,6 +246,8 @@ class DiffusionConfig:
                "diffusion.context_frames must be smaller than diffusion.window_frames")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
+        _check(self.lambda_move >= 0 and self.move_tau > 0,
+               "diffusion.lambda_move must be >= 0 and diffusion.move_tau > 0 (metres)")
 
 
 @dataclass
@@ -252,12 +258,16 @@ class FeatureLineConfig:
     lambda_sparse: float = 0.01  # eq. (19)
     lambda_smooth: float = 0.001  # eq. (19)
     lambda_ssim: float = 0.2  # eq. (20)
-    lambda_opcmotion: float = 0.1  # eq. (21)  # choice (paper gives no value)
-    gamma: float = 0.01  # eq. (21) metres of motion per unit opacity change  # choice
-    lambda_move: float = 0.01  # eq. (22)  # choice
-    tau: float = 0.005  # eq. (22) metres  # choice
+    # eq. (21) in opacity units, (‖Δμ‖/γ − |Δα|)² (losses/feature_line.py)  # choice (paper gives no value)
+    lambda_opcmotion: float = 0.1
+    gamma: float = 0.02  # eq. (21) metres of motion per unit opacity change: 4 mm ↔ 0.2  # choice
     steps: int = 200
     lr: float = 5e-3
+
+    def validate(self) -> None:
+        _check(self.gamma > 0, "feature_line.gamma must be > 0 (metres of motion per unit opacity)")
+        _check(min(self.lambda_sparse, self.lambda_smooth, self.lambda_opcmotion) >= 0,
+               "feature_line.lambda_* must be >= 0")
 
 
 @dataclass
@@ -343,8 +353,7 @@ class InferConfig:
     camera: str = "0"  # camera index from the data, "orbit", or a JSON path
     # classifier-free guidance when animating (diffusion.guidance_scale is the one validation and
     # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely
-    # (tiny demo: brow-edit gain 0.36 -> 0.71; LVE 2.45 mm either way with the speech reference,
-    # 3.13 mm with classic CFG against the null condition)  # choice
+    # (the demo's metrics.json: held_out_motion.au_edit_response, guided vs unguided)  # choice
     guidance_scale: float = 2.0
     # what guidance pushes away from: "speech" = the speech-only AU codes (only text/edits are
     # amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice

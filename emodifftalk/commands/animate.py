@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile"')
     p.add_argument("--edits", default=None, help="per-AU edit curves, JSON/YAML (format: examples/README.md, "
                    "example: examples/edits.json)")
-    p.add_argument("--camera", default="0", help="capture camera index, 'orbit', or a cameras JSON file")
+    p.add_argument("--camera", default=None,
+                   help="capture camera index, 'orbit', or a cameras JSON file (default: infer.camera)")
     p.add_argument("--ply", action="store_true", help="also write a 3DGS PLY per frame (OpenCV axes, y down; "
                    "render.ply_y_up=true for y-up)")
     p.add_argument("--seed", type=int, default=0)
@@ -53,15 +54,16 @@ def run(args: argparse.Namespace) -> int:
     from emodifftalk.pipeline.animate import animate, check_inputs, load_models
 
     cfg = config_from_args(args)
+    camera = args.camera or cfg.infer.camera
     # every input checked before the models load (seconds) and the render starts (minutes)
-    check_inputs(args.rig, args.wav, args.out, edits_path=args.edits, camera=args.camera, overwrite=args.overwrite)
+    check_inputs(args.rig, args.wav, args.out, edits_path=args.edits, camera=camera, overwrite=args.overwrite)
     s2au = _export(args.s2au, args.model, "s2au", True)
     motion = _export(args.motion, args.model, "motion", True)
     # the Text-to-AU controller (and its sentence encoder, ~10 s to load) only when there is a prompt
     t2a = _export(args.text2au, args.model, "text2au", True) if args.text else None
     models = load_models(s2au, motion, t2a)
     res = animate(args.rig, args.wav, models, args.out, cfg, text=args.text, edits_path=args.edits,
-                  camera=args.camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)
+                  camera=camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)
     print(f"{res.n_frames} frames ({res.seconds_audio:.1f} s of audio) written to {res.out_dir}")
     for name, path in res.files.items():
         print(f"  {path}")

@@ -1,4 +1,4 @@
-"""Evaluation metrics — exactly the definitions of /work/shared/DESIGN.md.
+"""Evaluation metrics — the project's definitions, written down here once.
 
 Motion metrics (numpy, float64; meshes in **metres**, world y-up):
 
@@ -9,6 +9,7 @@ Motion metrics (numpy, float64; meshes in **metres**, world y-up):
   (``fdd_abs_per_sequence`` = mean over sequences of |GT − pred| is also provided: it cannot
   hide opposite errors of different sequences.)
 * ``mod``: mouth opening = max − min of lip-vertex y per frame; mean |open_pred − open_gt| (mm).
+* ``lve_mm_seq_std`` / ``_min`` / ``_max``: spread of the per-sequence ``lve_mm`` over sequences.
 
 "Mean over frames" pools the frames of all sequences (CodeTalker/FaceDiffuser); "mean over
 sequences" weights each sequence equally. Each motion metric accepts one sequence (T, V, 3),
@@ -166,9 +167,13 @@ def motion_metrics(pred_seqs: Sequence, gt_seqs: Sequence, templates: Sequence,
         opening.append(np.abs(mouth_opening(p, li) - mouth_opening(g, li)))
         fdds.append(upper_face_dynamics(g, t, ui) - upper_face_dynamics(p, t, ui))
     fdd_val = float(np.mean(fdds))
+    per_seq = np.array([d.mean() for d in dist]) * MM_PER_M  # spread over sequences: one clip can mislead
     return {
         "lve_sq": float(np.concatenate(sq).mean()),
         "lve_mm": float(np.concatenate(dist).mean() * MM_PER_M),
+        "lve_mm_seq_std": float(per_seq.std()),
+        "lve_mm_seq_min": float(per_seq.min()),
+        "lve_mm_seq_max": float(per_seq.max()),
         "fdd": fdd_val,
         "fdd_abs": abs(fdd_val),
         "fdd_abs_per_sequence": float(np.abs(fdds).mean()),

@@ -1,6 +1,6 @@
 """Bring-your-own multi-view data (EmoTalk3D or any capture) described by a manifest (YAML/JSON).
 
-The on-disk layout of EmoTalk3D is not public (``/work/shared/formats/emotalk3d.md``), so the
+The on-disk layout of EmoTalk3D is not public (``docs/formats/emotalk3d.md``), so the
 reader never guesses a layout: a manifest says where everything is. Paths are relative to
 ``root`` (default: the manifest's folder); ``{camera}`` in a glob is replaced by each camera name.
 

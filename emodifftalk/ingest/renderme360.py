@@ -1,6 +1,6 @@
 """RenderMe-360 ``.smc`` (HDF5) reader and the task planner of ``emodifftalk ingest renderme360``.
 
-Format notes: ``/work/shared/formats/renderme360-smc.md`` (paths, conventions, pitfalls). In short:
+Format notes: ``docs/formats/renderme360-smc.md`` (paths, conventions, pitfalls). In short:
 
 * Files ``<actor>_<perf>_{raw,anno}.smc`` are paired by (actor, perf); Part 2 ships only
   ``_raw`` (accepted alone). Frames come from raw, masks / calibration / keypoints / FLAME from

@@ -12,7 +12,7 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
 * **Frame encoder**: z_t = mean_v W(v)ᵀ x_n(t, v) ∈ R^r → Linear → d_model (one matmul). This is a per-vertex
   linear map with template-generated weights followed by mean pooling over vertices; we keep it
   linear on purpose because a per-vertex nonlinear MLP over all T×V entries costs O(T·V·d²) per
-  denoising step, while this is O(T·V·r) (a few matmuls), see /work/shared/PERFORMANCE.md.
+  denoising step, while this is O(T·V·r) (a few matmuls; ``benchmarks/bench_diffusion.py`` times it).
 * **Conditions per frame**: AU codes (Linear 17 → d) plus audio features windowed around the
   frame centre (``audio_window`` feature frames each side, zero outside the clip, flattened,
   Linear → d), fused by an MLP. Classifier-free guidance: ``drop_cond`` replaces this per-frame

@@ -9,9 +9,11 @@ Stages (each reusable with ``--skip-<stage>``, which takes the stage's earlier o
 
 ``OUT/results`` ends up with ``video.mp4`` (edited), ``video_speech.mp4``, ``aus.png``,
 ``frame_grid.png`` (face close-ups; rows: captured ground truth, speech-only, edited, and the
-edited − speech-only difference ×4), ``metrics.json`` (LVE/FDD/MOD, Speech-to-AU and Text-to-AU
-scores, and the AU-edit response of the motion model, see ``eval/au_response.py``) and a
-``tensorboard`` folder holding every run's event files.
+edited − speech-only difference ×4), ``metrics.json`` and a ``tensorboard`` folder holding every
+run's event files. ``metrics.json``: LVE/FDD/MOD of the animated clip; over all held-out clips the
+speech-only LVE next to the template-only baseline and the AU-edit response with and without
+guidance (mean/std/min/max, ``pipeline/demo_metrics.py``); the edited-vs-speech-only pixel change
+inside vs outside the edit; Speech-to-AU next to its baselines; Text-to-AU; rig PSNRs; timings.
 """
 
 from __future__ import annotations
@@ -110,25 +112,34 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[in
     return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
 
 
-def _edit_response(models, tmpl, cfg: Config, clip: dict, aus: np.ndarray) -> dict:
-    """AU-edit response of the motion model on the held-out clip (synthetic data only: it needs
-    the identity's true AU displacement fields), for the AUs the demo's prompt and edit touch.
-    ``tmpl``: the identity's ``TemplateInfo``."""
-    from emodifftalk.data.synthetic import synthetic_au_fields
-    from emodifftalk.eval.au_response import au_edit_response
-    from emodifftalk.train.tasks.motion import _FeatureMaker
+PROBE_AUS = ["AU01", "AU02", "AU06", "AU12", "AU26"]  # the AUs the demo's prompt and edit touch
 
-    fields = synthetic_au_fields(cfg.synth, clip["meta"]["identity"])
-    feats = _FeatureMaker(models.motion_cfg.audio)(clip)
-    probe = ["AU01", "AU02", "AU06", "AU12", "AU26"]
-    guidance = cfg.infer.guidance_scale  # as the demo's videos were sampled
-    stats = au_edit_response(models.motion, models.schedule, tmpl.verts, aus[: len(clip["verts"])], feats,
-                             fields, models.motion_cfg, probe, delta=0.5, guidance_scale=guidance,
-                             reference_guidance=cfg.infer.guidance_reference == "speech")
-    return {"delta": 0.5, "guidance_scale": guidance, "guidance_reference": cfg.infer.guidance_reference,
-            "per_au": stats,
-            "mean_gain": float(np.mean([v["gain"] for v in stats.values()])),
-            "mean_cosine": float(np.mean([v["cosine"] for v in stats.values()]))}
+
+def _held_out_clips(shards: Path, cfg: Config) -> tuple[list[dict], dict]:
+    """Every usable val + test clip (meshes + template) and the templates."""
+    from emodifftalk.eval.motion import load_eval_clips
+    from emodifftalk.train.tasks.motion import load_template_infos
+
+    clips = []
+    for split in ("val", "test"):
+        try:
+            clips += load_eval_clips(shards, split, cfg)[0]
+        except ValueError:  # a split without usable clips
+            continue
+    return clips, load_template_infos(shards)
+
+
+def _true_fields(cfg: Config):
+    """identity → its true AU fields (synthetic data only: eval/au_response.py needs them)."""
+    from emodifftalk.data.synthetic import synthetic_au_fields
+
+    def fields_of(identity: str):
+        try:
+            return synthetic_au_fields(cfg.synth, identity)
+        except ValueError:  # not a synthetic identity
+            return None
+
+    return fields_of
 
 
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
@@ -225,6 +236,16 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     pred = tmpl.verts[None] + np.load(plain.out_dir / "offsets.npy")
     gt = clip["verts"][: pred.shape[0]]
     motion = motion_metrics([pred[: gt.shape[0]]], [gt], [tmpl.verts], [tmpl.lip_idx], [tmpl.upper_idx])
+    import imageio.v3 as iio
+
+    from emodifftalk.edits import parse_edits
+    from emodifftalk.pipeline.demo_metrics import edit_pixel_change, held_out_motion
+
+    pixels = edit_pixel_change(iio.imread(results / "video_speech.mp4", index=None),
+                               iio.imread(results / "video.mp4", index=None),
+                               parse_edits(json.loads(edits_path.read_text())), cfg.infer.fps, box)
+    clips, templates = _held_out_clips(shards, models.motion_cfg)
+    held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS)
     s2au_report = eval_s2au(s2au_dir, shards)
     t2a_report = evaluate_model(t2a_dir)
     rig_summary = json.loads((rigs / "rig_summary.json").read_text()) if (rigs / "rig_summary.json").exists() else []
@@ -239,7 +260,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     metrics = {
         "held_out_clip": clip["key"],
         "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
-        "au_edit_response": _edit_response(models, tmpl, cfg, clip, np.asarray(clip["aus"] * clip["au_mask"])),
+        "held_out_motion": held_out,  # all val + test clips: mean/std/min/max, with baselines
+        "edit_pixel_change": pixels,  # edited vs speech-only video, inside vs outside the edit
         "s2au": s2au_report.get("summary", s2au_report),
         "text2au_test": t2a_report.get("summary", t2a_report),
         "rigs": rig_summary,

@@ -1,11 +1,15 @@
 """Fit an identity's feature line (AU codes → per-Gaussian opacity change) against its captured frames.
 
 Paper supp. §2 "Feature line": F ∈ R^{17×Q×16}, trained per identity with the canonical rig fixed.
-For a captured moment t with tracked mesh v_t and AU codes E_t we render
-``deform(rig, v_t, Δα = FeatureLine(E_t))`` and minimise eq. (20) L_recon against the image plus
-eq. (21) L_opcmotion, eq. (22) L_dist (Δμ = v_t − v_canonical on the Q facial Gaussians) and the
-eq. (19) regulariser. Training views exclude the rig's held-out camera; the held-out camera gives
-PSNR with and without the learned opacity, so the effect of the feature line is measured, not assumed.
+Each step draws a captured moment t (tracked mesh v_t, AU codes E_t) and one training camera,
+renders ``deform(rig, v_t, Δα = FeatureLine(E_t))`` and minimises eq. (20) L_recon against the
+image, eq. (21) L_opcmotion (Δμ = v_t − v_canonical on the Q facial Gaussians, coupled to the
+learned Δα) and the eq. (19) regulariser, whose smoothness term runs over the consecutive video
+frames (t, t+1) of the clip: E_{t+1} comes from the clip's per-frame AU track, so every step has a
+real frame pair without rendering a second image. Eq. (22) penalises motion, which this fit does
+not learn (Δμ is tracked data); it acts on the motion model instead (``losses/feature_line.py``).
+Training views exclude the rig's held-out camera; the held-out camera gives PSNR with and without
+the learned opacity, so the effect of the feature line is measured, not assumed.
 
 Output: ``feature_line.safetensors`` (F + decoder) and ``feature_line.json`` in the rig directory,
 written atomically; ``load_feature_line(rig_dir)`` reads them back.
@@ -47,6 +51,7 @@ class MovingFrame:
     Ks: torch.Tensor  # (C, 3, 3)
     verts: torch.Tensor  # (V, 3)
     aus: torch.Tensor  # (17,) in [0, 1], invalid AUs zeroed
+    aus_next: torch.Tensor | None = None  # (17,) codes of the adjacent video frame (eq. 19 pair)
 
 
 def moving_frames(frames_samples: list[dict], seq_samples: dict[str, dict]) -> list[MovingFrame]:
@@ -61,13 +66,17 @@ def moving_frames(frames_samples: list[dict], seq_samples: dict[str, dict]) -> l
         if t >= seq["aus"].shape[0]:
             raise ValueError(f"{s['key']}: frame {t} beyond the clip's {seq['aus'].shape[0]} AU frames")
         aus = np.where(seq["au_mask"][t], seq["aus"][t], 0.0).astype(np.float32)
+        t2 = t + 1 if t + 1 < seq["aus"].shape[0] else t - 1  # the last frame pairs with the one before
+        aus_next = (torch.from_numpy(np.where(seq["au_mask"][t2], seq["aus"][t2], 0.0).astype(np.float32))
+                    if t2 >= 0 else None)
         names = [c["name"] for c in s["cameras"]]
         images = np.stack([s["images"][n] for n in names]).astype(np.float32) / 255.0
         out.append(MovingFrame(
             key=s["key"], images=torch.from_numpy(images),
             viewmats=torch.from_numpy(np.stack([c["viewmat"] for c in s["cameras"]]).astype(np.float32)),
             Ks=torch.from_numpy(np.stack([c["K"] for c in s["cameras"]]).astype(np.float32)),
-            verts=torch.from_numpy(np.asarray(s["verts"], np.float32)), aus=torch.from_numpy(aus)))
+            verts=torch.from_numpy(np.asarray(s["verts"], np.float32)), aus=torch.from_numpy(aus),
+            aus_next=aus_next))
     return out
 
 
@@ -116,10 +125,12 @@ def fit_feature_line(rig: GaussianRig, frames: list[MovingFrame], cfg: Config, s
     for step in steps:
         fr = frames[int(torch.randint(len(frames), (1,), generator=gen))]
         cam = train_cams[int(torch.randint(len(train_cams), (1,), generator=gen))]
-        delta_alpha, f = model(fr.aus[None], return_features=True)  # (1, Q), (1, Q, D)
+        codes = fr.aus[None] if fr.aus_next is None else torch.stack([fr.aus, fr.aus_next])
+        delta_alpha, f = model(codes, return_features=True)  # (1|2, Q), (1|2, Q, D): frames t[, t+1]
         rendered = _render(rig, fr, [cam], delta_alpha[0], cfg)
         delta_mu = (fr.verts - canon)[facial][None]  # (1, Q, 3)
-        terms = feature_line_step_losses(delta_mu, delta_alpha, rendered, fr.images[[cam]], fcfg, F=model.F, f=f)
+        terms = feature_line_step_losses(delta_mu, delta_alpha[:1], rendered, fr.images[[cam]], fcfg,
+                                         F=model.F, f=f)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

@@ -39,6 +39,15 @@ def test_demo_writes_the_results_folder(demo):
     metrics = json.loads((results / "metrics.json").read_text())
     for key in ("lve_mm", "fdd", "mod"):
         assert np.isfinite(metrics["motion_speech_pipeline"][key])
+    held = metrics["held_out_motion"]  # every held-out clip, with the template-only baseline
+    assert held["lve_mm"]["n"] == len(held["clips"]) >= 1
+    assert held["lve_mm_template_only"]["n"] == held["lve_mm"]["n"]
+    for group in ("guided", "unguided"):
+        assert set(held["au_edit_response"][group]) >= {"AU01", "AU12", "guidance_scale"}
+        assert np.isfinite(held["au_edit_response"][group]["AU01"]["gain"]["mean"])
+    pixels = metrics["edit_pixel_change"]  # the brow edit (0.8-3 s) is inside the 2 s clip
+    assert pixels["frames"]["inside"] > 0 and pixels["frames"]["outside"] > 0
+    assert pixels["inside_edit"]["upper_face"] >= 0
     anim = json.loads((results / "animation.json").read_text())
     assert anim["n_frames"] == 50 and anim["text"]["text"] and anim["feature_line"]
     assert metrics["held_out_clip"].split("__")[0] == anim["identity"]

@@ -1,7 +1,12 @@
 """A tiny packed data set for the motion task tests: AU-driven meshes on a small grid face.
 
 Meshes are template + Σ_k AU_k · D_k with smooth random displacement fields D_k (a few mm), so
-the AU → motion mapping is learnable in a handful of steps; audio is noise.
+the AU → motion mapping is learnable in a handful of steps; audio is noise. By default every identity
+has its own random fields. With ``regional=True`` the fields are shared by all identities (as a
+FACS action moves every face alike, so held-out identities are predictable) and each is confined
+to its AU's half of the grid (speech AUs: the lower, lip half; the others: the upper half), so an
+AU edit has a region it should move and a region it should leave alone.
+The true fields are saved as ``<identity>/au_fields.npy`` (17, V, 3) beside the raw data.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emodifftalk.au import SPEECH_AU_MASK
 from emodifftalk.config import build_config
 from emodifftalk.data.audio import write_wav
 from emodifftalk.data.openface import write_openface_csv
@@ -35,9 +41,15 @@ def grid_template(rng, rows=GRID[0], cols=GRID[1]):
     return verts, np.asarray(faces, np.int32), sets
 
 
+def upper_half(verts: np.ndarray) -> np.ndarray:
+    """(V,) bool: the grid's upper (brow/eye) half; the lips are in the lower half."""
+    return verts[:, 1] > 0
+
+
 def make_motion_raw(root: Path, n_identities: int = 5, n_clips: int = 3, n_frames: int = 30,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, regional: bool = False) -> Path:
     rng = np.random.default_rng(seed)
+    shared_dirs = np.random.default_rng(seed + 1).normal(0, 0.004, (17, 1, 3))
     ids = [f"id{i}" for i in range(n_identities)]
     root.mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps(
@@ -54,7 +66,13 @@ def make_motion_raw(root: Path, n_identities: int = 5, n_clips: int = 3, n_frame
         (root / ident / "cameras.json").write_text(json.dumps({"cameras": cams}))
         # smooth displacement fields: a few mm, varying with position
         basis = np.stack([np.sin(verts[:, 0] * 30 + k) * np.cos(verts[:, 1] * 20 - k) for k in range(17)])
-        fields = basis[:, :, None] * rng.normal(0, 0.004, (17, 1, 3))
+        dirs = rng.normal(0, 0.004, (17, 1, 3))
+        fields = basis[:, :, None] * dirs
+        if regional:  # every vertex of the AU's half moves (1 ± 0.5 of the shared direction)
+            upper = upper_half(verts)
+            fields = (1.0 + 0.5 * basis[:, :, None]) * shared_dirs
+            fields *= np.where(np.asarray(SPEECH_AU_MASK)[:, None], ~upper, upper)[:, :, None]
+        np.save(root / ident / "au_fields.npy", fields.astype(np.float32))
         for c in range(n_clips):
             d = root / ident / f"clip{c}"
             d.mkdir()

@@ -1,5 +1,5 @@
 """Tiny RenderMe-360-style ``.smc`` files, following the "Minimal fixture recipe" of
-``/work/shared/formats/renderme360-smc.md`` (h5py + numpy + PIL; no real data).
+``docs/formats/renderme360-smc.md`` (h5py + numpy + PIL; no real data).
 
 World: y-down, metres, the head centre at ``HEAD`` and the face looking toward -z; camera
 ``25`` is frontal at (0, -0.5, -1.2), camera ``00`` is off to the side. ``RT`` is camera-to-world

@@ -58,11 +58,11 @@ def test_opacity_motion_and_distance_values():
     mu[0, 0] = torch.tensor([0.003, 0.004, 0.0])  # 5 mm
     mu[0, 1] = torch.tensor([0.0, 0.0, 0.02])  # 20 mm
     alpha = torch.tensor([[0.2, -1.0]])
-    # gamma 0.01: (0.005 - 0.002)^2 and (0.02 - 0.01)^2 -> mean
-    expected = 0.1 * ((0.003 ** 2 + 0.01 ** 2) / 2)
+    # gamma 0.01 m per unit opacity, in opacity units: (0.5 - 0.2)^2 and (2.0 - 1.0)^2 -> mean
+    expected = 0.1 * ((0.3 ** 2 + 1.0 ** 2) / 2)
     assert float(opacity_motion_loss(mu, alpha, gamma=0.01, weight=0.1)) == pytest.approx(expected)
-    # tau 0.005: min(0.005, .005) + min(0.02, .005) -> mean 0.005
-    assert float(distance_loss(mu, tau=0.005, weight=0.01)) == pytest.approx(0.01 * 0.005)
+    # tau 0.01, divided by tau: min(0.005, .01) / .01 = 0.5 and min(0.02, .01) / .01 = 1 -> mean 0.75
+    assert float(distance_loss(mu, tau=0.01, weight=0.2)) == pytest.approx(0.2 * 0.75)
 
 
 def test_step_losses_plug_in():
@@ -74,10 +74,11 @@ def test_step_losses_plug_in():
     img = torch.rand(2, 16, 16, 3)
     target = img.clone()
     out = feature_line_step_losses(mu, delta, img, target, cfg, F=fl.F, f=f)
-    for key in ("l1", "ssim", "recon", "opcmotion", "dist", "reg", "loss"):
+    for key in ("l1", "ssim", "recon", "opcmotion", "reg", "loss"):
         assert key in out
+    assert "dist" not in out  # eq. (22) acts on the motion model's offsets, not on data
     assert float(out["recon"]) == pytest.approx(0.0, abs=1e-6)  # identical images
-    total = out["recon"] + out["opcmotion"] + out["dist"] + out["reg"]
+    total = out["recon"] + out["opcmotion"] + out["reg"]
     assert float(out["loss"].detach()) == pytest.approx(float(total.detach()))
     out["loss"].backward()
     assert fl.F.grad is not None

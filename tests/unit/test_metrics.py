@@ -80,6 +80,11 @@ def test_motion_metrics_bundle_matches_single_functions():
     assert out["mod"] == pytest.approx(mod(pred, gt, [0, 1]))
     assert out["fdd"] == pytest.approx(fdd(pred, gt, tpl, [2]))
     assert out["n_frames"] == 2 and out["n_sequences"] == 1
+    assert out["lve_mm_seq_std"] == 0 and out["lve_mm_seq_min"] == out["lve_mm_seq_max"] == out["lve_mm"]
+    two = motion_metrics([pred, gt], [gt, gt], [tpl, tpl], [[0, 1]] * 2, [[2]] * 2)  # errors e and 0
+    e = lve_mm(pred, gt, [0, 1])
+    assert two["lve_mm_seq_std"] == pytest.approx(e / 2) and two["lve_mm_seq_min"] == 0
+    assert two["lve_mm_seq_max"] == pytest.approx(e)
 
 
 def test_metric_input_errors():

@@ -12,7 +12,8 @@ Data: ``seq`` shards of ``cfg.data.root`` (split ``train``) with tracked meshes,
 * diffusion: t ~ U{0..N−1}, x_t = q_sample(x0, t, ε), condition dropped with probability
   ``diffusion.cond_dropout`` (classifier-free guidance), the audio alone with probability
   ``diffusion.audio_dropout`` (so the AU codes must explain the motion too: edits then work), the
-  network predicts x0, loss = eq. 17.
+  network predicts x0, loss = eq. 17 plus eq. (22) L_dist on the prediction in metres (the
+  predicted offsets are what moves the rig's facial Gaussians; ``diffusion.lambda_move``).
 
 ``offset_scale`` (metres per diffusion unit) is ``diffusion.offset_scale`` or, when that is 0, the
 RMS offset over the ``face`` vertices of the first training clips in manifest order (the same on
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 
 from emodifftalk.config import Config
 from emodifftalk.diffusion.schedule import NoiseSchedule
+from emodifftalk.losses.feature_line import distance_loss
 from emodifftalk.losses.geometry import deformation_loss, geometry_loss, laplacian_matrix, mesh_edges
 from emodifftalk.models.denoiser import Denoiser
 from emodifftalk.train.task import Task, register_task
@@ -345,7 +347,9 @@ class MotionTask(Task):
         pred = model(x_n, batch["template_unique"], aus, feats, n, drop_cond=drop, frame_mask=fmask,
                      template_index=batch["template_index"], drop_audio=drop_audio)
         terms = self._geometry(pred.float(), x0, batch, fmask, cfg)
-        out = {"loss": terms.pop("geometry")}
+        # eq. (22) on the real frames' predicted offsets in metres, (N, V, 3); logged unweighted
+        terms["move"] = distance_loss((pred.float() * scale)[fmask.bool()], d.move_tau, weight=1.0)
+        out = {"loss": terms.pop("geometry") + d.lambda_move * terms["move"]}
         out.update({k: v.detach() for k, v in terms.items()})
         return out
 
