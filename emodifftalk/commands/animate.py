@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--s2au", default=None, help="Speech-to-AU export dir (overrides --model)")
     p.add_argument("--motion", default=None, help="motion diffusion export dir (overrides --model)")
     p.add_argument("--text2au", default=None, help="Text-to-AU export dir (overrides --model)")
-    p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile"')
+    p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile" (an empty prompt is an error)')
+    p.add_argument("--text-strength", type=float, default=None, metavar="S",
+                   help="scale of the text's AU request (default text2au.modulation_strength = 1.0; 0 = off)")
     p.add_argument("--edits", default=None, help="per-AU edit curves (JSON/YAML, see emodifftalk/edits.py)")
     p.add_argument("--camera", default="0", help="capture camera index, 'orbit', or a cameras JSON file")
     p.add_argument("--ply", action="store_true", help="also write a PLY per frame")
@@ -48,12 +50,16 @@ def _export(explicit: str | None, model_root: str | None, name: str, required: b
 
 def run(args: argparse.Namespace) -> int:
     from emodifftalk.cli import config_from_args
-    from emodifftalk.pipeline.animate import animate, load_models
+    from emodifftalk.pipeline.animate import animate, check_text, load_models
 
+    check_text(args.text)  # before loading anything: --text "" and --text "  " fail alike
     cfg = config_from_args(args)
+    if args.text_strength is not None:
+        cfg.text2au.modulation_strength = args.text_strength
+        cfg.validate()
     s2au = _export(args.s2au, args.model, "s2au", True)
     motion = _export(args.motion, args.model, "motion", True)
-    t2a = _export(args.text2au, args.model, "text2au", bool(args.text))
+    t2a = _export(args.text2au, args.model, "text2au", args.text is not None)
     models = load_models(s2au, motion, t2a)
     res = animate(args.rig, args.wav, models, args.out, cfg, text=args.text, edits_path=args.edits,
                   camera=args.camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)

@@ -4,6 +4,11 @@
 ``text2au.json``) or a run directory that contains ``export/``. The text encoder is rebuilt from
 the exported config (or passed in) and must be the one the model was trained on: its
 ``encoder_id`` is compared with the one recorded in ``text2au.json``.
+
+Probabilities are calibrated: the per-AU thresholds found on out-of-concept predictions at
+training time (``text2au.json`` ``au_thresholds``) are applied as a logit shift, so one decision
+threshold (``threshold``, 0.5) holds for every AU and the probabilities that drive modulation
+agree with the decisions.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Text2AU:
         self.threshold = float(threshold)
         self.info = info
         self.model_dir = model_dir
+        self.au_thresholds = info.get("au_thresholds")  # (17,) or None: no calibration
 
     @property
     def encoder_id(self) -> str:
@@ -74,6 +80,10 @@ class Text2AU:
         feats = self.encoder.encode(texts)
         device = next(self.model.parameters()).device
         probs = torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
+        if self.au_thresholds is not None:
+            from emodifftalk.text2au.calibration import apply_thresholds
+
+            probs = apply_thresholds(probs, self.au_thresholds, self.threshold)
         assert probs.shape == (feats.shape[0], NUM_AUS)
         return probs
 
