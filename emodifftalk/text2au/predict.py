@@ -60,6 +60,9 @@ class Text2AU:
 
         d = resolve_model_dir(model_dir)
         info = json.loads((d / INFO_FILE).read_text())
+        if "members" not in info:
+            raise ValueError(f"{d} was exported by an older Text-to-AU version (a single head, data v1); "
+                             "retrain it with `emodifftalk text2au train --out DIR`")
         recorded = info.get("encoder_id")
         if encoder is None:
             cfg = load_config(d / "config.json")
