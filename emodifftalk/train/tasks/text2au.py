@@ -19,13 +19,15 @@ are dealt into that many concept folds and member k is trained on all rows but f
 Loss, per member on its rows: eq. (25) = focal BCE (eq. 23) on the anchors -- and, with
 ``text2au.bce_on_positives``, on the 3 paraphrases too, which carry the same labels -- plus the
 structured InfoNCE (eq. 24) of each anchor against its 3 positives and 3 negatives; each term is
-averaged over the (member, row) pairs a member may see. Text features get Gaussian noise (``text2au.feature_noise``) and are re-normalised:
-embedding-space augmentation, so nearby phrasings the data set lacks map to the same AUs.
+averaged over the (member, row) pairs a member may see. Text features get Gaussian noise
+(``text2au.feature_noise``) and are re-normalised: embedding-space augmentation, so nearby
+phrasings the data set lacks map to the same AUs.
 
 The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
 encoder id the features came from, the decision threshold, the thresholds calibrated on the
-out-of-concept predictions (``au_thresholds``, per ``text2au.calibration``), the data file fingerprint, the split seed, the
-val/test (paraphrase split) metrics and the concept cross-validation (``concept_cv``).
+out-of-concept predictions (``au_thresholds``, per ``text2au.calibration``), the data file
+fingerprint, the split seed, the val/test (paraphrase split) metrics and the concept
+cross-validation (``concept_cv``).
 """
 
 from __future__ import annotations
