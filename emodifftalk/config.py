@@ -278,6 +278,8 @@ class Text2AUConfig:
     open_clip_model: str = "ViT-B-32"
     open_clip_checkpoint: str = ""  # local path
     max_text_chars: int = 300
+    # subject put before subject-free prompts ("furious" -> "a person furious"), train and test  # choice
+    prompt_subject: str = "a person"
     proj_dim: int = 128
     hidden_dim: int = 256
     dropout: float = 0.1
@@ -286,15 +288,24 @@ class Text2AUConfig:
     infonce_tau: float = 0.07  # eq. (24)
     lambda_bce: float = 1.0  # eq. (25)
     lambda_infonce: float = 0.005  # eq. (25)
-    epochs: int = 300
-    # `emodifftalk text2au train` uses this instead of train.lr (0 = use train.lr): the focal loss
-    # (gamma=3) needs a larger step than the shared default; paper: 1e-4 at batch 128  # choice
-    lr: float = 3e-3
+    epochs: int = 300  # the optimiser (lr, betas, weight decay) is train.*, as for every task
     bce_on_positives: bool = True  # eq. (23) also on the 3 paraphrases (same labels)  # choice
-    threshold: float = 0.5
+    # Cross-fitted ensemble: member k never sees concept fold k, so its predictions there are
+    # out-of-concept; they calibrate the per-AU thresholds and give the concept cross-validation.
+    members: int = 5  # 1 = a single head, no calibration  # choice
+    feature_noise: float = 0.3  # expected norm of Gaussian noise on the unit text features while training  # choice
+    # decision thresholds from the out-of-concept predictions: "global" | "per_au" | "none"  # choice
+    calibration: str = "global"
+    threshold: float = 0.5  # decision threshold on the (calibrated) probabilities
     modulation_alpha: float = 1.0  # boost of requested AUs
     modulation_beta: float = 0.5  # attenuation of the others
     modulation_target: float = 0.6  # level of a requested AU that speech leaves at 0  # choice
+    # dynamics (animate): the request follows the speech loudness (text2au.modulation)  # choice
+    modulation_strength: float = 1.0  # scales the text request (`animate --text-strength`)
+    modulation_onset_s: float = 0.15  # expression sets in over this time constant when speech starts
+    modulation_release_s: float = 0.6  # and relaxes over this one in pauses
+    modulation_ramp_s: float = 0.3  # fade-in / fade-out at the clip edges
+    modulation_pause_level: float = 0.4  # upper-face AUs keep this share of the request in pauses
     lip_lock: bool = True
 
     def validate(self) -> None:
@@ -304,9 +315,15 @@ class Text2AUConfig:
                "text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
         _check(0 < self.threshold < 1, "text2au.threshold must be in (0, 1)")
         _check(self.epochs >= 1, "text2au.epochs must be >= 1")
-        _check(self.lr >= 0, "text2au.lr must be >= 0 (0 = use train.lr)")
+        _check(1 <= self.members <= 20, "text2au.members must be in 1..20")
+        _check(self.feature_noise >= 0, "text2au.feature_noise must be >= 0")
+        _check(self.calibration in ("none", "global", "per_au"), "text2au.calibration must be none, global or per_au")
         _check(self.max_text_chars >= 1, "text2au.max_text_chars must be >= 1")
         _check(0 <= self.modulation_target <= 1, "text2au.modulation_target must be in [0, 1]")
+        _check(self.modulation_strength >= 0, "text2au.modulation_strength must be >= 0")
+        _check(min(self.modulation_onset_s, self.modulation_release_s, self.modulation_ramp_s) >= 0,
+               "text2au.modulation_onset_s / _release_s / _ramp_s must be >= 0")
+        _check(0 <= self.modulation_pause_level <= 1, "text2au.modulation_pause_level must be in [0, 1]")
 
 
 @dataclass

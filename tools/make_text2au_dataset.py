@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the Text-to-AU data set (``emodifftalk/text2au/data/text2au_v1.jsonl``).
+"""Generate the Text-to-AU data set (``emodifftalk/text2au/data/text2au_v<DATA_VERSION>.jsonl``).
 
 The paper asked GPT-5 for FACS-consistent entries and reviewed them by hand; no model is
 available here, so the set is authored as hand-curated concept tables (concept -> AU set, type,
@@ -14,7 +14,15 @@ conventions:
 * AU26 (jaw drop) always comes with AU25 (lips part): a dropped jaw parts the lips, and FACS
   co-scores 25+26 in that case. "Lips parted" alone is AU25.
 * Winking / closing the eyes map to AU45 (blink), the only eye-closure AU of the 17 (AU43 and
-  AU46 are not in the set).
+  AU46 are not in the set). Squeezing the eyes shut adds the orbicularis oculi: AU06 + AU07 + AU45.
+* Negated actions are absent ("frowning, not smiling" is AU04 only); a neutral face has no AU.
+
+Phrasings come in several registers so the model learns language, not one template: with a
+subject ("a man with raised brows"), subject-free ("raised brows", "furious", "lifts the brows"),
+everyday words and idioms ("on cloud nine"), intensity words and negations. Sources for the AU
+choices: Ekman, Friesen & Hager, *Facial Action Coding System* (2002) for single actions; EMFACS
+prototypes (Friesen & Ekman 1983; Matsumoto & Ekman 2008) for emotions; Du, Tao & Martinez,
+*Compound facial expressions of emotion* (PNAS 2014) for blends; Keltner (1995) for embarrassment.
 
 Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0]``
 """
@@ -65,6 +73,8 @@ SUBJECTS = (
 # "she"/"he" only take finite-verb sentences ("she winks", "he is furious"), never "with ..." phrases.
 PRONOUNS = (Subject("she", None, "her"), Subject("he", None, "his"))
 ALL_SUBJECTS = SUBJECTS + PRONOUNS
+# Subject-free phrasings ("raised brows", "lifts the brows", "furious"): what people type as prompts.
+BARE = Subject("", None, "the")
 
 SLIGHT_ADVERBS = ("slightly", "a little", "mildly", "somewhat", "a bit")
 STRONG_ADVERBS = ("very", "extremely", "intensely", "really", "deeply", "incredibly", "utterly")
@@ -98,69 +108,84 @@ ACTIONS = (
     Action("inner_brow_raise", ("AU01",), "brow",
            ("{i}raised inner brows", "inner eyebrow corners {i}lifted", "the inner ends of the brows {i}drawn up"),
            (("raises the inner corners of {p} eyebrows", "raising the inner corners of {p} eyebrows"),
-            ("lifts {p} inner brows", "lifting {p} inner brows"))),
+            ("lifts {p} inner brows", "lifting {p} inner brows"),
+            ("draws the middle of {p} brows upward", "drawing the middle of {p} brows upward"))),
     Action("outer_brow_raise", ("AU02",), "brow",
            ("{i}raised outer brows", "outer eyebrow corners {i}lifted", "the outer ends of the brows arched up"),
            (("raises the outer part of {p} brows", "raising the outer part of {p} brows"),
             ("arches the outer ends of {p} eyebrows", "arching the outer ends of {p} eyebrows"))),
     Action("brow_raise", ("AU01", "AU02"), "brow",
-           ("{i}raised eyebrows", "eyebrows {i}lifted high", "arched, raised brows", "brows {i}pulled upward"),
-           (("raises {p} eyebrows", "raising {p} eyebrows"), ("lifts both brows", "lifting both brows"))),
+           ("{i}raised eyebrows", "eyebrows {i}lifted high", "arched, raised brows", "brows {i}pulled upward",
+            "one eyebrow cocked", "a quizzically lifted brow"),
+           (("raises {p} eyebrows", "raising {p} eyebrows"), ("lifts both brows", "lifting both brows"),
+            ("cocks an eyebrow", "cocking an eyebrow"), ("arches {p} brows", "arching {p} brows"))),
     Action("brow_lower", ("AU04",), "brow",
            ("a {i}furrowed brow", "{i}knitted eyebrows", "brows {i}lowered and drawn together",
-            "a frown line between the brows"),
+            "a frown line between the brows", "brows drawn down", "a creased forehead"),
            (("furrows {p} brow", "furrowing {p} brow"), ("knits {p} eyebrows", "knitting {p} eyebrows"),
-            ("lowers {p} brows", "lowering {p} brows"))),
+            ("lowers {p} brows", "lowering {p} brows"), ("frowns", "frowning"))),
     Action("upper_lid_raise", ("AU05",), "eye",
-           ("{i}widened eyes", "eyes opened wide", "{i}raised upper eyelids", "a wide-eyed stare"),
-           (("widens {p} eyes", "widening {p} eyes"), ("opens {p} eyes wide", "opening {p} eyes wide"))),
+           ("{i}widened eyes", "eyes opened wide", "{i}raised upper eyelids", "a wide-eyed stare", "bulging eyes",
+            "saucer eyes"),
+           (("widens {p} eyes", "widening {p} eyes"), ("opens {p} eyes wide", "opening {p} eyes wide"),
+            ("stares wide-eyed", "staring wide-eyed"))),
     Action("cheek_raise", ("AU06",), "eye",
-           ("{i}raised cheeks", "cheeks pushed up under the eyes", "crow's feet at the eye corners"),
+           ("{i}raised cheeks", "cheeks pushed up under the eyes", "crow's feet at the eye corners",
+            "bunched-up cheeks", "laughter lines around the eyes"),
            (("raises {p} cheeks", "raising {p} cheeks"),
-            ("crinkles the corners of {p} eyes", "crinkling the corners of {p} eyes"))),
+            ("crinkles the corners of {p} eyes", "crinkling the corners of {p} eyes"),
+            ("lifts {p} cheeks", "lifting {p} cheeks"))),
     Action("lid_tighten", ("AU07",), "eye",
-           ("{i}narrowed eyes", "{i}tightened eyelids", "squinting eyes"),
+           ("{i}narrowed eyes", "{i}tightened eyelids", "squinting eyes", "eyes narrowed to slits", "a squint"),
            (("narrows {p} eyes", "narrowing {p} eyes"), ("squints", "squinting"),
-            ("tightens {p} eyelids", "tightening {p} eyelids"))),
+            ("tightens {p} eyelids", "tightening {p} eyelids"), ("peers through narrowed eyes",
+                                                                  "peering through narrowed eyes"))),
     Action("nose_wrinkle", ("AU09",), "nose",
-           ("a {i}wrinkled nose", "a scrunched-up nose"),
-           (("wrinkles {p} nose", "wrinkling {p} nose"), ("scrunches up {p} nose", "scrunching up {p} nose"))),
+           ("a {i}wrinkled nose", "a scrunched-up nose", "creases across the bridge of the nose"),
+           (("wrinkles {p} nose", "wrinkling {p} nose"), ("scrunches up {p} nose", "scrunching up {p} nose"),
+            ("crinkles {p} nose", "crinkling {p} nose"))),
     Action("upper_lip_raise", ("AU10",), "mouth",
-           ("a {i}raised upper lip", "an upper lip curled upward", "the upper lip lifted off the teeth"),
-           (("raises {p} upper lip", "raising {p} upper lip"), ("curls {p} upper lip", "curling {p} upper lip"))),
+           ("a {i}raised upper lip", "an upper lip curled upward", "the upper lip lifted off the teeth",
+            "a curled lip"),
+           (("raises {p} upper lip", "raising {p} upper lip"), ("curls {p} upper lip", "curling {p} upper lip"),
+            ("lifts {p} upper lip", "lifting {p} upper lip"))),
     Action("lip_corner_pull", ("AU12",), "mouth",
-           ("a slight smile", "a broad smile", "upturned lip corners", "lip corners {i}pulled up"),
-           (("smiles", "smiling"), ("pulls up the corners of {p} mouth", "pulling up the corners of {p} mouth"))),
+           ("a slight smile", "a broad smile", "upturned lip corners", "lip corners {i}pulled up",
+            "a closed-mouth smile", "a small grin"),
+           (("smiles", "smiling"), ("pulls up the corners of {p} mouth", "pulling up the corners of {p} mouth"),
+            ("grins", "grinning"))),
     Action("dimpler", ("AU14",), "mouth",
            ("dimpled mouth corners", "mouth corners {i}tucked in", "a one-sided tightening of the lip corner"),
            (("dimples the corners of {p} mouth", "dimpling the corners of {p} mouth"),
             ("tucks in one corner of {p} mouth", "tucking in one corner of {p} mouth"))),
     Action("lip_corner_depress", ("AU15",), "mouth",
-           ("{i}downturned lip corners", "a downturned mouth", "mouth corners {i}drooping"),
+           ("{i}downturned lip corners", "a downturned mouth", "mouth corners {i}drooping", "a frowning mouth",
+            "sagging mouth corners"),
            (("turns down the corners of {p} mouth", "turning down the corners of {p} mouth"),
             ("pulls {p} lip corners down", "pulling {p} lip corners down"))),
     Action("chin_raise", ("AU17",), "mouth",
-           ("a {i}bunched, wrinkled chin", "the lower lip pushed up by the chin", "a puckered chin"),
+           ("a {i}bunched, wrinkled chin", "the lower lip pushed up by the chin", "a puckered chin",
+            "a quivering chin"),
            (("pushes up {p} chin and lower lip", "pushing up {p} chin and lower lip"),
             ("bunches {p} chin", "bunching {p} chin"))),
     Action("lip_tighten", ("AU23",), "mouth",
-           ("{i}tightened lips", "thin, tense lips", "narrowed, tightened lips"),
+           ("{i}tightened lips", "thin, tense lips", "narrowed, tightened lips", "lips drawn thin"),
            (("tightens {p} lips", "tightening {p} lips"), ("thins {p} lips", "thinning {p} lips"))),
     Action("lip_press", ("AU24",), "mouth",
-           ("lips {i}pressed together", "{i}pressed lips", "lips pressed shut"),
+           ("lips {i}pressed together", "{i}pressed lips", "lips pressed shut", "lips clamped shut"),
            (("presses {p} lips together", "pressing {p} lips together"),
-            ("compresses {p} lips", "compressing {p} lips"))),
+            ("compresses {p} lips", "compressing {p} lips"), ("clamps {p} lips shut", "clamping {p} lips shut"))),
     Action("lips_part", ("AU25",), "mouth",
-           ("{i}parted lips", "lips slightly apart", "lips separated"),
+           ("{i}parted lips", "lips slightly apart", "lips separated", "a slightly open mouth"),
            (("parts {p} lips", "parting {p} lips"), ("opens {p} lips a little", "opening {p} lips a little"))),
     Action("jaw_drop", ("AU25", "AU26"), "mouth",
-           ("a dropped jaw", "a gaping mouth", "a mouth hanging wide open", "a wide-open mouth"),
+           ("a dropped jaw", "a gaping mouth", "a mouth hanging wide open", "a wide-open mouth", "a slack jaw"),
            (("drops {p} jaw", "dropping {p} jaw"), ("lets {p} jaw fall open", "letting {p} jaw fall open"),
-            ("opens {p} mouth wide", "opening {p} mouth wide"))),
+            ("opens {p} mouth wide", "opening {p} mouth wide"), ("gapes", "gaping"))),
     Action("blink", ("AU45",), "eye",
-           ("closed eyes", "eyes shut", "eyelids closed"),
+           ("closed eyes", "eyes shut", "eyelids closed", "a wink", "a slow blink", "eyelids fluttering down"),
            (("blinks", "blinking"), ("winks", "winking"), ("closes {p} eyes", "closing {p} eyes"),
-            ("shuts {p} eyes", "shutting {p} eyes"))),
+            ("shuts {p} eyes", "shutting {p} eyes"), ("blinks twice", "blinking twice"))),
 )
 ACTION = {a.key: a for a in ACTIONS}
 ACTION_INTENSITY = ("", "slightly ", "strongly ")
@@ -201,6 +226,14 @@ NAMED_COMBOS = (
      ("{np} staring wide-eyed with lips pressed together", "{np} with a tense, wide-eyed stare and pressed lips")),
     ("sneer", ("AU09", "AU10", "AU14"),
      ("{np} sneering", "{np} with a disdainful sneer", "{np} with a curled lip and wrinkled nose sneer")),
+    ("suppressed_smile", ("AU12", "AU24"),  # a smile held back by pressing the lips (Keltner 1995)
+     ("{np} suppressing a smile", "{np} fighting back a grin", "{np} stifling a giggle with pressed lips",
+      "{np} biting back a smile")),
+    ("crying", ("AU01", "AU04", "AU15", "AU17"),  # EMFACS sadness with the chin boss of crying
+     ("{np} sobbing", "{np} in tears", "{np} weeping with a trembling chin", "{np} crying")),
+    ("neutral", (),
+     ("{np} with a blank expression", "{np} with a poker face", "{np} showing no emotion at all",
+      "{np} with a relaxed, neutral expression", "{np} looking deadpan", "{np} with an impassive face")),
 )
 
 # --------------------------------------------------------------------------------------------
@@ -213,8 +246,13 @@ BASIC = {
         "levels": {"slight": ("AU12",), "base": ("AU06", "AU12"), "strong": ("AU06", "AU12", "AU25")},
         "adjs": (("happy", "base"), ("joyful", "base"), ("cheerful", "base"), ("glad", "base"),
                  ("pleased", "slight"), ("content", "slight"), ("delighted", "strong"), ("overjoyed", "strong"),
-                 ("ecstatic", "strong"), ("elated", "strong")),
-        "nouns": (("joy", "base"), ("happiness", "base"), ("delight", "strong"), ("glee", "strong")),
+                 ("ecstatic", "strong"), ("elated", "strong"), ("cheery", "base"), ("jolly", "base"),
+                 ("joyous", "base"), ("amused", "slight"), ("satisfied", "slight"), ("gleeful", "strong"),
+                 ("jubilant", "strong")),
+        "nouns": (("joy", "base"), ("happiness", "base"), ("delight", "strong"), ("glee", "strong"),
+                  ("amusement", "slight"), ("cheer", "base")),
+        "idioms": (("on cloud nine", "strong"), ("over the moon", "strong"), ("tickled pink", "base"),
+                   ("in high spirits", "base"), ("all smiles", "base")),
         "contrast": ("sadness", "anger", "disgust", "pout"),
     },
     "sadness": {
@@ -222,8 +260,13 @@ BASIC = {
                    "strong": ("AU01", "AU04", "AU15", "AU17")},
         "adjs": (("sad", "base"), ("unhappy", "base"), ("sorrowful", "base"), ("downcast", "base"),
                  ("gloomy", "base"), ("melancholic", "base"), ("glum", "slight"), ("heartbroken", "strong"),
-                 ("devastated", "strong"), ("grief-stricken", "strong"), ("miserable", "strong")),
-        "nouns": (("sadness", "base"), ("sorrow", "base"), ("grief", "strong"), ("despair", "strong")),
+                 ("devastated", "strong"), ("grief-stricken", "strong"), ("miserable", "strong"),
+                 ("depressed", "base"), ("dejected", "base"), ("crestfallen", "base"), ("mournful", "base"),
+                 ("upset", "base"), ("disappointed", "slight"), ("tearful", "strong")),
+        "nouns": (("sadness", "base"), ("sorrow", "base"), ("grief", "strong"), ("despair", "strong"),
+                  ("heartache", "base"), ("disappointment", "slight"), ("misery", "strong")),
+        "idioms": (("in a blue mood", "base"), ("down in the mouth", "base"), ("close to tears", "strong"),
+                   ("heavy-hearted", "base")),
         "contrast": ("happiness", "surprise", "laugh", "duchenne_smile"),
     },
     "anger": {
@@ -231,8 +274,13 @@ BASIC = {
                    "strong": ("AU04", "AU05", "AU07", "AU10", "AU23")},
         "adjs": (("angry", "base"), ("mad", "base"), ("cross", "base"), ("hostile", "base"),
                  ("annoyed", "slight"), ("irritated", "slight"), ("furious", "strong"), ("enraged", "strong"),
-                 ("livid", "strong"), ("irate", "strong")),
-        "nouns": (("anger", "base"), ("irritation", "slight"), ("rage", "strong"), ("fury", "strong")),
+                 ("livid", "strong"), ("irate", "strong"), ("fuming", "strong"), ("seething", "strong"),
+                 ("infuriated", "strong"), ("grumpy", "slight"), ("frustrated", "slight"), ("bad-tempered", "base"),
+                 ("aggressive", "base")),
+        "nouns": (("anger", "base"), ("irritation", "slight"), ("rage", "strong"), ("fury", "strong"),
+                  ("annoyance", "slight"), ("frustration", "slight"), ("wrath", "strong")),
+        "idioms": (("hot under the collar", "base"), ("up in arms", "base"), ("ready to explode", "strong"),
+                   ("fit to be tied", "strong"), ("in a foul temper", "base")),
         "contrast": ("happiness", "fear", "sadness", "duchenne_smile"),
     },
     "surprise": {
@@ -240,7 +288,10 @@ BASIC = {
                    "strong": ("AU01", "AU02", "AU05", "AU25", "AU26")},
         "adjs": (("surprised", "base"), ("amazed", "base"), ("astonished", "base"), ("startled", "base"),
                  ("stunned", "strong"), ("astounded", "strong"), ("dumbfounded", "strong"),
-                 ("flabbergasted", "strong")),
+                 ("flabbergasted", "strong"), ("shocked", "strong"), ("gobsmacked", "strong"), ("awestruck", "base"),
+                 ("speechless", "strong")),
+        "idioms": (("caught off guard", "base"), ("taken by surprise", "base"), ("thunderstruck", "strong"),
+                   ("lost for words", "strong")),
         "nouns": (("surprise", "base"), ("astonishment", "base"), ("amazement", "base"), ("shock", "strong")),
         "contrast": ("anger", "sadness", "scowl", "squeeze_eyes"),
     },
@@ -248,30 +299,38 @@ BASIC = {
         "levels": {"slight": ("AU01", "AU02", "AU04", "AU05"), "base": ("AU01", "AU02", "AU04", "AU05", "AU25"),
                    "strong": ("AU01", "AU02", "AU04", "AU05", "AU25", "AU26")},
         "adjs": (("afraid", "base"), ("scared", "base"), ("frightened", "base"), ("fearful", "base"),
-                 ("terrified", "strong"), ("petrified", "strong"), ("panic-stricken", "strong")),
+                 ("terrified", "strong"), ("petrified", "strong"), ("panic-stricken", "strong"),
+                 ("nervous", "slight"), ("apprehensive", "slight"), ("spooked", "base"), ("panicked", "strong"),
+                 ("horror-struck", "strong")),
         "nouns": (("fear", "base"), ("fright", "base"), ("dread", "base"), ("terror", "strong"),
-                  ("panic", "strong")),
+                  ("panic", "strong"), ("horror", "strong")),
+        "idioms": (("scared stiff", "strong"), ("frozen with fear", "strong"), ("white as a sheet", "base"),
+                   ("trembling like a leaf", "base")),
         "contrast": ("happiness", "anger", "contempt", "smirk"),
     },
     "disgust": {
         "levels": {"slight": ("AU09",), "base": ("AU09", "AU10", "AU15"), "strong": ("AU09", "AU10", "AU15", "AU17")},
         "adjs": (("disgusted", "base"), ("grossed out", "base"), ("repulsed", "strong"), ("revolted", "strong"),
-                 ("sickened", "strong"), ("nauseated", "strong")),
-        "nouns": (("disgust", "base"), ("distaste", "slight"), ("revulsion", "strong"), ("loathing", "strong")),
+                 ("sickened", "strong"), ("nauseated", "strong"), ("repelled", "strong"), ("put off", "slight"),
+                 ("queasy", "base")),
+        "nouns": (("disgust", "base"), ("distaste", "slight"), ("revulsion", "strong"), ("loathing", "strong"),
+                  ("repugnance", "strong"), ("aversion", "slight")),
+        "idioms": (("sick to the stomach", "strong"), ("utterly grossed out", "strong")),
         "contrast": ("happiness", "surprise", "duchenne_smile", "brow_raise"),
     },
     "contempt": {  # unilateral AU14 (FACS R14); the 17-AU code has no side, so it is AU14
         "levels": {"base": ("AU14",)},
         "adjs": (("contemptuous", "base"), ("scornful", "base"), ("disdainful", "base"),
-                 ("condescending", "base"), ("dismissive", "base")),
-        "nouns": (("contempt", "base"), ("scorn", "base"), ("disdain", "base")),
+                 ("condescending", "base"), ("dismissive", "base"), ("snide", "base"), ("haughty", "base"),
+                 ("derisive", "base"), ("mocking", "base"), ("supercilious", "base")),
+        "nouns": (("contempt", "base"), ("scorn", "base"), ("disdain", "base"), ("derision", "base")),
         "contrast": ("fear", "surprise", "sadness", "laugh"),
     },
 }
 
 # Per emotion and level, how many anchor descriptions to emit.
-BASIC_COUNTS = {"slight": 4, "base": 9, "strong": 5}
-CONTEMPT_COUNT = 9
+BASIC_COUNTS = {"slight": 7, "base": 16, "strong": 10}
+CONTEMPT_COUNT = 14
 
 # --------------------------------------------------------------------------------------------
 # Mixed emotions: blends of basic emotions (AU unions pruned to what co-occurs anatomically)
@@ -351,12 +410,12 @@ MIXED = {
                    "names": ("determined", "resolute", "stern"),
                    "nouns": (("determination", "resolve"),), "contrast": ("happiness", "surprise", "fear")},
 }
-MIXED_COUNT = 6  # anchors per mixed concept (fewer when phrasings run out)
+MIXED_COUNT = 8  # anchors per mixed concept (fewer when phrasings run out)
 
-SIMPLE_COUNT = 4  # anchors per single action
-NAMED_COUNT = 3  # anchors per named combination
-PAIR_COUNT = 85  # generated two-action combinations
-TRIPLE_COUNT = 30  # generated three-action combinations
+SIMPLE_COUNT = 9  # anchors per single action
+NAMED_COUNT = 4  # anchors per named combination
+PAIR_COUNT = 110  # generated two-action combinations
+TRIPLE_COUNT = 45  # generated three-action combinations
 
 NEUTRAL_NEGATIVES = ("a completely neutral, relaxed face", "an expressionless face at rest",
                      "a blank face showing no emotion", "a calm face with no visible muscle movement")
@@ -411,6 +470,30 @@ def emotion_texts(spec: dict, level: str, rng: random.Random) -> list[tuple[str,
     for s in PRONOUNS:
         out += [(f"{s.np} is {adj}", "P1") for adj in adjs] + [(f"{s.np} looks {adj}", "P2") for adj in adjs]
         out += [(f"{s.np} feels {adj}", "P3") for adj in adjs] + [(f"{s.np} shows {noun}", "P4") for noun in nouns]
+    for adj in adjs:  # subject-free
+        out += [(adj, "B1"), (f"looking {adj}", "B2"), (f"feeling {adj}", "B3")]
+        if not adj.startswith("a "):
+            out += [(f"{with_article(adj)} look", "B4"), (f"{with_article(adj)} face", "B5")]
+    for noun in nouns:
+        out += [(f"{noun} written all over the face", "B6"), (f"showing {noun}", "B7")]
+        if " " not in noun:
+            out.append((f"a look of {noun}", "B8"))
+    for idiom, il in spec.get("idioms", ()):
+        if il == level:
+            out += [(f"{s.np} who is {idiom}", "I1") for s in SUBJECTS]
+            out += [(f"{s.np} is {idiom}", "I2") for s in PRONOUNS] + [(idiom, "I3")]
+    return out
+
+
+def negated_texts(spec: dict, others: list[str]) -> list[tuple[str, str]]:
+    """"X, not Y" phrasings of a base-level emotion: only X's AUs are active."""
+    adjs = [w for w, wl in spec["adjs"] if wl == "base"]
+    out = []
+    for adj in adjs:
+        for other in others:
+            out += [(f"{adj}, not {other}", "NG1"), (f"{adj} rather than {other}", "NG2")]
+            out += [(f"{s.np} who is not {other} but {adj}", "NG3") for s in SUBJECTS]
+            out += [(f"{s.np} looking {adj} and not at all {other}", "NG4") for s in SUBJECTS]
     return out
 
 
@@ -439,6 +522,12 @@ def mixed_texts(spec: dict) -> list[tuple[str, str]]:
         out += [(f"{s.np} is both {a1} and {a2}", "P1") for a1, a2 in spec["pairs"]]
         out += [(f"{s.np} is {adv} {adj}", "P2") for adv, adj in spec["adv_pairs"]]
         out += [(f"{s.np} looks {name}", "P3") for name in spec["names"]]
+    # subject-free
+    out += [(f"{a1} and {a2}", "B1") for a1, a2 in spec["pairs"]] + [(f"{adv} {adj}", "B2")
+                                                                       for adv, adj in spec["adv_pairs"]]
+    out += [(name, "B3") for name in spec["names"]] + [(f"looking {name}", "B4") for name in spec["names"]]
+    if spec.get("blend", True):
+        out += [(f"{n1} mixed with {n2}", "B5") for n1, n2 in spec["nouns"]]
     return out
 
 
@@ -460,11 +549,25 @@ def action_texts(action: Action) -> list[tuple[str, str]]:
             out += [(f"{s.np} {_fill(verb, s)}", f"V{vi}"), (f"{s.np} {_fill(ving, s)}", f"G{vi}")]
     for s in PRONOUNS:
         out += [(f"{s.np} {_fill(verb, s)}", f"P{vi}") for vi, (verb, _) in enumerate(action.verbs)]
+    for fi, feat in enumerate(action.features):  # subject-free
+        for inten in ACTION_INTENSITY if "{i}" in feat else ("",):
+            out.append((_fill(feat, BARE, inten), f"BF{fi}"))
+    for vi, (verb, ving) in enumerate(action.verbs):
+        out += [(_fill(verb, BARE), f"BV{vi}"), (_fill(ving, BARE), f"BG{vi}")]
+    # negated actions are absent: "..., not smiling" is this action only
+    for no_aus, clause in ((("AU12",), "not smiling"), (("AU45", "AU05"), "without blinking")):
+        if not set(no_aus) & set(action.aus):
+            out += [(f"{_fill(f, BARE)}, {clause}", "NG1") for f in action.features if "{i}" not in f]
+            out += [(f"{s.np} {_fill(ving, s)}, {clause}", "NG2") for s in SUBJECTS for _, ving in action.verbs]
     return out
 
 
 def named_texts(templates: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(_fill(t, s), f"T{ti}") for s in SUBJECTS for ti, t in enumerate(templates)]
+    out = [(_fill(t, s), f"T{ti}") for s in SUBJECTS for ti, t in enumerate(templates)]
+    for ti, t in enumerate(templates):  # subject-free: "{np} with a poker face" -> "a poker face"
+        bare = _fill(t.replace("{np} ", ""), BARE)
+        out.append((bare.removeprefix("with "), f"B{ti}"))
+    return out
 
 
 def combo_texts(actions: list[Action], rng: random.Random) -> list[tuple[str, str]]:
@@ -481,6 +584,11 @@ def combo_texts(actions: list[Action], rng: random.Random) -> list[tuple[str, st
     for s in PRONOUNS:
         verbs = [a.verbs[rng.randrange(len(a.verbs))] for a in actions]
         out.append((f"{s.np} {join_and([_fill(v[0], s) for v in verbs])}", "P1"))
+    for _ in range(2):  # subject-free
+        feats = [_feature(a, rng.randrange(len(a.features)), BARE, rng.choice(ACTION_INTENSITY)) for a in actions]
+        verbs = [a.verbs[rng.randrange(len(a.verbs))] for a in actions]
+        out += [(join_and(feats), "B1"), (join_and([_fill(v[0], BARE) for v in verbs]), "B2"),
+                (join_and([_fill(v[1], BARE) for v in verbs]), "B3")]
     return out
 
 
@@ -537,14 +645,18 @@ class Builder:
             for level, aus in spec["levels"].items():
                 count = CONTEMPT_COUNT if name == "contempt" else BASIC_COUNTS[level]
                 key = name if level == "base" else f"{name}@{level}"
-                self.add(Concept(key, "basic emotion", aus, emotion_texts(spec, level, rng), count,
-                                 spec["contrast"]))
+                texts = emotion_texts(spec, level, rng)
+                if level == "base":
+                    others = [w for c in spec["contrast"] if c in BASIC for w, wl in BASIC[c]["adjs"][:3]
+                              if wl == "base"]
+                    texts += negated_texts(spec, others)
+                self.add(Concept(key, "basic emotion", aus, texts, count, spec["contrast"]))
         for name, spec in MIXED.items():
             self.add(Concept(name, "mixed emotion", spec["aus"], mixed_texts(spec), MIXED_COUNT, spec["contrast"]))
         for a in ACTIONS:
             self.add(Concept(a.key, "simple expression", a.aus, action_texts(a), SIMPLE_COUNT))
         for key, aus, templates in NAMED_COMBOS:
-            typ = "complex combination"
+            typ = "complex combination" if len(aus) > 1 else "simple expression"
             self.add(Concept(key, typ, aus, named_texts(templates), NAMED_COUNT))
         for i, acts in enumerate(self.sample_combos(2, PAIR_COUNT) + self.sample_combos(3, TRIPLE_COUNT)):
             aus = tuple(sorted({u for a in acts for u in a.aus}))

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--s2au", default=None, help="Speech-to-AU export dir (overrides --model)")
     p.add_argument("--motion", default=None, help="motion diffusion export dir (overrides --model)")
     p.add_argument("--text2au", default=None, help="Text-to-AU export dir (overrides --model)")
-    p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile"')
+    p.add_argument("--text", default=None, help='text prompt, e.g. "a nervous smile" (an empty prompt is an error)')
+    p.add_argument("--text-strength", type=float, default=None, metavar="S",
+                   help="scale of the text's AU request (default text2au.modulation_strength = 1.0; 0 = off)")
     p.add_argument("--edits", default=None, help="per-AU edit curves, JSON/YAML (format: examples/README.md, "
                    "example: examples/edits.json)")
     p.add_argument("--camera", default=None,
@@ -51,16 +53,20 @@ def _export(explicit: str | None, model_root: str | None, name: str, required: b
 
 def run(args: argparse.Namespace) -> int:
     from emodifftalk.cli import config_from_args
-    from emodifftalk.pipeline.animate import animate, check_inputs, load_models
+    from emodifftalk.pipeline.animate import animate, check_inputs, check_text, load_models
 
+    check_text(args.text)  # before loading anything: --text "" and --text "  " fail alike
     cfg = config_from_args(args)
+    if args.text_strength is not None:
+        cfg.text2au.modulation_strength = args.text_strength
+        cfg.validate()
     camera = args.camera or cfg.infer.camera
     # every input checked before the models load (seconds) and the render starts (minutes)
     check_inputs(args.rig, args.wav, args.out, edits_path=args.edits, camera=camera, overwrite=args.overwrite)
     s2au = _export(args.s2au, args.model, "s2au", True)
     motion = _export(args.motion, args.model, "motion", True)
     # the Text-to-AU controller (and its sentence encoder, ~10 s to load) only when there is a prompt
-    t2a = _export(args.text2au, args.model, "text2au", True) if args.text else None
+    t2a = _export(args.text2au, args.model, "text2au", True) if args.text is not None else None
     models = load_models(s2au, motion, t2a)
     res = animate(args.rig, args.wav, models, args.out, cfg, text=args.text, edits_path=args.edits,
                   camera=camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)

@@ -1,9 +1,11 @@
-"""``emodifftalk text2au {check-data,train,predict,eval}``: the Text-to-AU emotion controller.
+"""``emodifftalk text2au {check-data,train,cv,predict,eval}``: the Text-to-AU emotion controller.
 
   check-data [--data FILE] [--json]                         validate a data file (exit 1 on errors)
   train --out DIR [--data FILE] [--config tiny] [k=v ...]   train on the shipped data (epoch schedule)
+  cv --out DIR [--folds 5] [--data FILE] [k=v ...]          concept cross-validation (+ paraphrase split)
   predict --model DIR --text T [--text T2] [--input FILE] [--json]
   eval --model DIR [--data FILE] [--split test] [--out FILE]
+  eval --model DIR --texts [FILE]                           labelled texts (default: the hold-out set)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     c = sub.add_parser("check-data", help="validate a Text-to-AU JSONL data file")
-    c.add_argument("--data", default=None, help="JSONL file (default: the shipped text2au_v1.jsonl)")
+    c.add_argument("--data", default=None, help="JSONL file (default: the shipped data set)")
     c.add_argument("--split-seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=run_check_data)
@@ -37,6 +39,15 @@ def register(subparsers) -> None:
     add_config_args(t)
     t.set_defaults(func=run_train)
 
+    v = sub.add_parser("cv", help="cross-validation over concepts: train a K-fold cross-fitted model, print the "
+                                  "out-of-concept metrics next to the paraphrase split")
+    v.add_argument("--out", required=True, help="run directory")
+    v.add_argument("--folds", type=int, default=5, help="concept folds (= ensemble members, text2au.members)")
+    v.add_argument("--data", default=None, help="JSONL file (default: the shipped data set)")
+    v.add_argument("--threads", type=int, default=1)
+    add_config_args(v)
+    v.set_defaults(func=run_cv)
+
     r = sub.add_parser("predict", help="AU probabilities for text prompts")
     r.add_argument("--model", required=True, help="export dir (or run dir) of a trained controller")
     r.add_argument("--text", action="append", default=[], help="a description; repeat for several")
@@ -49,6 +60,9 @@ def register(subparsers) -> None:
     e.add_argument("--model", required=True)
     e.add_argument("--data", default=None, help="JSONL file (default: the one the model was trained on)")
     e.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    e.add_argument("--texts", nargs="?", const="", default=None, metavar="FILE",
+                   help="evaluate on labelled texts instead (JSONL text/aus/style; no FILE: the shipped "
+                        "hand-written hold-out set)")
     e.add_argument("--out", default=None, help="also write the JSON here")
     e.set_defaults(func=run_eval)
 
@@ -67,6 +81,19 @@ def run_train(args) -> int:
     cfg = config_from_args(args)
     summary = train_text2au(cfg, args.out, data=args.data, resume=args.resume, threads=args.threads)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_cv(args) -> int:
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    if args.folds < 2:
+        raise ValueError(f"--folds must be >= 2, got {args.folds}")
+    args.overrides = list(args.overrides) + [f"text2au.members={args.folds}"]
+    cfg = config_from_args(args)
+    summary = train_text2au(cfg, args.out, data=args.data, threads=args.threads)
+    cv, para = summary["concept_cv"], summary["metrics"]
+    print(json.dumps({"concept_cv": cv, "paraphrase_split": para, "export_dir": summary["export_dir"]}, indent=2))
     return 0
 
 
@@ -101,7 +128,12 @@ def run_eval(args) -> int:
     from emodifftalk.text2au.evaluate import evaluate_model
     from emodifftalk.utils import atomic_write_text
 
-    result = evaluate_model(args.model, data=args.data, split=args.split)
+    if args.texts is not None:
+        from emodifftalk.text2au.evaluate import evaluate_texts
+
+        result = evaluate_texts(args.model, args.texts or None)
+    else:
+        result = evaluate_model(args.model, data=args.data, split=args.split)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")

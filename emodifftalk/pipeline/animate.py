@@ -3,7 +3,8 @@
 Pipeline, one stage a function so the viewer and benchmarks reuse them:
 
 1. ``speech_aus``   audio → Speech-to-AU → AU codes E (T, 17) at ``fps``
-2. ``edit_aus``     Text-to-AU probabilities modulate E (lip lock), then per-AU edit curves
+2. ``edit_aus``     Text-to-AU probabilities modulate E (lip lock), rising and falling with the
+                    speech (``text2au.modulation.modulate_with_dynamics``), then per-AU edit curves
 3. ``motion``       AU codes + audio features → DDIM/DDPM sampler (windowed) → offsets ΔP (T, V, 3)
 4. ``render_frames`` deformed Gaussians (μ follow the mesh, free points follow structurally,
                      α0 + Δα from the identity's feature line) → frames, streamed to the encoder
@@ -171,22 +172,31 @@ def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
     return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au)
 
 
-def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edits, cfg: Config) -> tuple[np.ndarray, dict]:
-    """Text modulation then explicit edit curves; returns final AUs and what the text asked for."""
+def check_text(text: str | None) -> str | None:
+    """``None`` = no prompt; an empty or blank prompt (``--text ""`` or ``--text "  "``) is an error."""
+    if text is not None and not text.strip():
+        raise AnimateError('--text is empty: give a description (e.g. --text "a nervous smile") or leave --text out')
+    return text
+
+
+def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edits, cfg: Config,
+             audio: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Text modulation (following the speech in ``audio``, 16 kHz; else the speech AU codes), then
+    explicit edit curves; returns final AUs and what the text asked for."""
     from emodifftalk.edits import apply_edits
 
     info: dict = {}
     out = aus
-    if text:
+    if check_text(text) is not None:
         if models.text2au is None:
             raise AnimateError("--text needs a Text-to-AU model (--text2au DIR)")
-        from emodifftalk.text2au.modulation import modulate_aus
+        from emodifftalk.text2au.modulation import modulate_with_dynamics
 
         probs = models.text2au.predict_probs([text])[0].cpu().numpy()
-        t = cfg.text2au
-        out = modulate_aus(out, probs, alpha=t.modulation_alpha, beta=t.modulation_beta, lip_lock=t.lip_lock)
+        out = modulate_with_dynamics(out, probs, fps, cfg.text2au, audio=audio, sample_rate=16000)
         info = {"text": text, "probs": {n: round(float(p), 4) for n, p in zip(au.AU_NAMES, probs)},
-                "aus": au.au_names_from_vector(probs, models.text2au.threshold)}
+                "aus": au.au_names_from_vector(probs, models.text2au.threshold),
+                "strength": cfg.text2au.modulation_strength}
     if edits:
         out = apply_edits(out, edits, fps, lip_lock=cfg.text2au.lip_lock)
     return np.asarray(out, np.float32), info
@@ -343,6 +353,7 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     from emodifftalk.rig.feature_line_fit import load_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
 
+    check_text(text)
     if models.s2au is None or models.motion is None:
         raise AnimateError("animate needs a Speech-to-AU and a motion model (--s2au, --motion or --model)")
     rig_dir = Path(rig_dir)
@@ -360,7 +371,7 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     t0 = time.perf_counter()
     speech = speech_aus(models, audio, fps)
     timings["aus"] = time.perf_counter() - t0
-    final, text_info = edit_aus(models, speech, fps, text, edits, cfg)
+    final, text_info = edit_aus(models, speech, fps, text, edits, cfg, audio=audio)
     n = final.shape[0]
 
     t0 = time.perf_counter()

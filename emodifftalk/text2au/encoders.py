@@ -19,6 +19,12 @@ tokenise unknown scripts into sub-words / bytes; the result is just less meaning
 
 ``encoder_id`` names the weights exactly (open_clip: model name + checkpoint sha256 prefix), so a
 feature cache or an exported model can refuse features from another encoder.
+
+Prompt template (``text2au.prompt_subject``, e.g. "a person"): a text that does not start with a
+subject ("furious", "raises the inner brows") is encoded as "a person furious" / "a person raises
+the inner brows", in training and at inference alike. Prompts are typed subject-free while most
+descriptions are written about someone; on a frozen sentence encoder the two registers land in
+different places, and a shared subject closes that gap. The template is part of ``encoder_id``.
 """
 
 from __future__ import annotations
@@ -68,24 +74,42 @@ def prepare_texts(texts: list[str] | str, max_chars: int) -> list[str]:
     return out
 
 
-class TextEncoder:
-    """Frozen text encoder. Subclasses set ``encoder_id`` and ``dim`` and implement ``_encode``."""
+# First words that already name who is making the face (no template needed).
+SUBJECT_WORDS = frozenset("""a an the this that one someone somebody anyone everyone nobody he she they i we you
+his her their my our your its him them me us people person man woman boy girl child kid""".split())
 
-    encoder_id: str = ""
+
+def with_subject(text: str, subject: str) -> str:
+    """``subject + " " + text`` unless ``text`` already starts with a subject word (or ``subject`` is empty)."""
+    words = text.split(maxsplit=1)
+    if not subject or not words or words[0].lower().strip("'\",.") in SUBJECT_WORDS:
+        return text
+    return f"{subject} {text}"
+
+
+class TextEncoder:
+    """Frozen text encoder. Subclasses set ``_base_id`` and ``dim`` and implement ``_encode``."""
+
+    _base_id: str = ""
     dim: int = 0
 
-    def __init__(self, max_chars: int = 300, batch_size: int = 64):
+    def __init__(self, max_chars: int = 300, batch_size: int = 64, prompt_subject: str = ""):
         if max_chars < 1:
             raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         self.max_chars = max_chars
         self.batch_size = batch_size
+        self.prompt_subject = " ".join(prompt_subject.split())
+
+    @property
+    def encoder_id(self) -> str:
+        return self._base_id + (f"|subject={self.prompt_subject}" if self.prompt_subject else "")
 
     @torch.no_grad()
     def encode(self, texts: list[str] | str) -> Tensor:
         """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised."""
         from tqdm.auto import tqdm
 
-        texts = prepare_texts(texts, self.max_chars)
+        texts = [with_subject(t, self.prompt_subject) for t in prepare_texts(texts, self.max_chars)]
         starts = range(0, len(texts), self.batch_size)
         # a data set's worth takes tens of seconds on a CPU: show it (one prompt stays silent)
         chunks = [self._encode(texts[i:i + self.batch_size])
@@ -120,11 +144,11 @@ def minilm_model_path() -> Path:
 
 
 class MiniLMEncoder(TextEncoder):
-    encoder_id = MINILM_ID
+    _base_id = MINILM_ID
     dim = 384
 
-    def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu"):
-        super().__init__(max_chars, batch_size)
+    def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu", prompt_subject: str = ""):
+        super().__init__(max_chars, batch_size, prompt_subject)
         # never reach the hub: the weights are a local directory
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -161,8 +185,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 class OpenCLIPEncoder(TextEncoder):
     def __init__(self, model_name: str, checkpoint: str | Path, max_chars: int = 300, batch_size: int = 64,
-                 device: str = "cpu"):
-        super().__init__(max_chars, batch_size)
+                 device: str = "cpu", prompt_subject: str = ""):
+        super().__init__(max_chars, batch_size, prompt_subject)
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"open_clip checkpoint {checkpoint} does not exist "
@@ -182,7 +206,7 @@ class OpenCLIPEncoder(TextEncoder):
             p.requires_grad_(False)
         self.model = model
         self.device = device
-        self.encoder_id = f"open_clip:{model_name}:{file_sha256(checkpoint)[:16]}"
+        self._base_id = f"open_clip:{model_name}:{file_sha256(checkpoint)[:16]}"
         with torch.no_grad():
             self.dim = int(model.encode_text(self.tokenizer(["probe"]).to(device)).shape[-1])
 
@@ -198,10 +222,10 @@ class OpenCLIPEncoder(TextEncoder):
 class HashingEncoder(TextEncoder):
     """Signed feature hashing of word 1-2-grams and char 3-5-grams (blake2b; process-independent)."""
 
-    def __init__(self, dim: int = 1024, max_chars: int = 300, batch_size: int = 256):
-        super().__init__(max_chars, batch_size)
+    def __init__(self, dim: int = 1024, max_chars: int = 300, batch_size: int = 256, prompt_subject: str = ""):
+        super().__init__(max_chars, batch_size, prompt_subject)
         self.dim = dim
-        self.encoder_id = f"hashing:v{HASHING_VERSION}:d{dim}"
+        self._base_id = f"hashing:v{HASHING_VERSION}:d{dim}"
 
     def _features(self, text: str) -> list[str]:
         words = text.lower().split()
@@ -228,15 +252,16 @@ class HashingEncoder(TextEncoder):
 def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:
     """Encoder for a ``Text2AUConfig`` (``cfg.text2au``)."""
     kind = t2a_cfg.encoder
+    subject = t2a_cfg.prompt_subject
     if kind == "minilm":
-        return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device)
+        return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject)
     if kind == "open_clip":
         if not t2a_cfg.open_clip_checkpoint:
             raise ValueError("text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
         return OpenCLIPEncoder(t2a_cfg.open_clip_model, t2a_cfg.open_clip_checkpoint,
-                               max_chars=t2a_cfg.max_text_chars, device=device)
+                               max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject)
     if kind == "hashing":
-        return HashingEncoder(max_chars=t2a_cfg.max_text_chars)
+        return HashingEncoder(max_chars=t2a_cfg.max_text_chars, prompt_subject=subject)
     raise ValueError(f"unknown text encoder {kind!r}; expected minilm, open_clip or hashing")
 
 

@@ -11,13 +11,24 @@ Definitions (binary predictions ``prob >= threshold``, default 0.5; N entries x 
   how many AUs entered each mean. ``micro``: the same ratios on TP/FP/FN summed over all AUs.
 * ``exact_match``: fraction of entries whose whole 17-AU vector is right (stricter; not in the paper).
 
+The threshold may be one number or one per AU (17,), as calibrated by training.
+
+Two kinds of evaluation data: a split of the training data set (:func:`evaluate_model`), and a
+file of labelled texts (:func:`evaluate_texts`, ``text2au eval --texts FILE``): JSONL lines
+``{"text": ..., "aus": ["AU06", "AU12"], "style": "idiom"}``. The shipped
+``data/holdout_eval.jsonl`` is such a file: hand-written apart from the training data and never
+used for training, model selection or threshold calibration (see its README section).
+
 The paper reports accuracy 0.9753, mean F1 0.9030, mean precision 0.8958, mean recall 0.9386; we
 read its "mean" as the macro average over AUs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +51,8 @@ def multilabel_metrics(probs, labels, threshold: float = 0.5) -> dict:
         raise ValueError(f"probs {p.shape} and labels {y.shape} must both be (N, {NUM_AUS})")
     if p.shape[0] == 0:
         raise ValueError("no entries to evaluate")
-    pred = p >= threshold
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (NUM_AUS,))
+    pred = p >= thr
     gt = y >= 0.5
     tp = (pred & gt).sum(0).astype(np.float64)
     fp = (pred & ~gt).sum(0).astype(np.float64)
@@ -60,7 +72,8 @@ def multilabel_metrics(probs, labels, threshold: float = 0.5) -> dict:
     T, F, N_ = tp.sum(), fp.sum(), fn.sum()
     micro = {"precision": _ratio(T, T + F), "recall": _ratio(T, T + N_), "f1": _ratio(2 * T, 2 * T + F + N_)}
     return {
-        "n_entries": int(n), "threshold": float(threshold),
+        "n_entries": int(n),
+        "threshold": float(thr[0]) if np.ndim(threshold) == 0 else [round(float(t), 4) for t in thr],
         "accuracy": float((tp + tn).sum() / (n * NUM_AUS)),
         "exact_match": float((pred == gt).all(1).mean()),
         "macro": macro, "micro": micro, "n_aus": n_aus, "per_au": per_au,
@@ -96,4 +109,80 @@ def evaluate_model(model_dir, data=None, split: str = "test", encoder=None) -> d
     out = multilabel_metrics(probs, labels, t2a.threshold)
     out.update(split=split, encoder_id=t2a.encoder_id, data_sha256=sha, paper=PAPER_RESULTS,
                weakest_aus=[{"au": a, "f1": f} for a, f in weak_aus(out)])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled-text files (the hand-written hold-out set)
+# --------------------------------------------------------------------------------------------
+
+HOLDOUT_DATA = Path(__file__).resolve().parent / "data" / "holdout_eval.jsonl"
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    aus: tuple[int, ...]  # (17,) 0/1 in AU_NAMES order
+    style: str = ""
+
+
+def load_labelled_texts(path: str | Path | None = None) -> list[LabelledText]:
+    """Read ``{"text", "aus": [AU names], "style"?}`` JSONL (default: the shipped hold-out set)."""
+    from emodifftalk.au import au_vector_from_names
+    from emodifftalk.text2au.dataset import DataError
+
+    path = Path(path) if path else HOLDOUT_DATA
+    if not path.is_file():
+        raise FileNotFoundError(f"labelled-text file {path} does not exist")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise DataError(f"{where}: need a non-empty 'text' string")
+        if not isinstance(obj.get("aus"), list):
+            raise DataError(f"{where}: 'aus' must be a list of AU names, e.g. [\"AU06\", \"AU12\"]")
+        try:
+            vec = au_vector_from_names(obj["aus"])
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+        out.append(LabelledText(obj["text"], tuple(vec), str(obj.get("style", ""))))
+    if not out:
+        raise DataError(f"{path}: no labelled texts")
+    return out
+
+
+def texts_metrics(probs, items: list[LabelledText], threshold) -> dict:
+    """Metrics over all items, micro-F1 per style, and the items whose AU set is wrong."""
+    labels = np.array([it.aus for it in items], dtype=np.float64)
+    out = multilabel_metrics(probs, labels, threshold)
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (NUM_AUS,))
+    pred = np.asarray(probs) >= thr
+    styles = sorted({it.style for it in items})
+    out["per_style"] = {}
+    for st in styles:
+        idx = [i for i, it in enumerate(items) if it.style == st]
+        m = multilabel_metrics(np.asarray(probs)[idx], labels[idx], threshold)
+        out["per_style"][st] = {"n": len(idx), "f1_micro": m["micro"]["f1"], "exact_match": m["exact_match"]}
+    out["mistakes"] = [
+        {"text": it.text, "expected": [a for a, v in zip(AU_NAMES, it.aus) if v],
+         "predicted": [a for a, v in zip(AU_NAMES, pred[i]) if v]}
+        for i, it in enumerate(items) if (pred[i] != (labels[i] >= 0.5)).any()]
+    return out
+
+
+def evaluate_texts(model_dir, path: str | Path | None = None, encoder=None) -> dict:
+    """Evaluate an exported model on a labelled-text file (default: the shipped hold-out set)."""
+    from emodifftalk.text2au.predict import Text2AU
+
+    items = load_labelled_texts(path)
+    t2a = Text2AU.load(model_dir, encoder=encoder)
+    probs = t2a.predict_probs([it.text for it in items]).numpy()
+    out = texts_metrics(probs, items, t2a.threshold)
+    out.update(data=str(Path(path) if path else HOLDOUT_DATA), encoder_id=t2a.encoder_id)
     return out

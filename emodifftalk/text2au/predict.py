@@ -4,6 +4,11 @@
 ``text2au.json``) or a run directory that contains ``export/``. The text encoder is rebuilt from
 the exported config (or passed in) and must be the one the model was trained on: its
 ``encoder_id`` is compared with the one recorded in ``text2au.json``.
+
+Probabilities are calibrated: the per-AU thresholds found on out-of-concept predictions at
+training time (``text2au.json`` ``au_thresholds``) are applied as a logit shift, so one decision
+threshold (``threshold``, 0.5) holds for every AU and the probabilities that drive modulation
+agree with the decisions.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Text2AU:
         self.threshold = float(threshold)
         self.info = info
         self.model_dir = model_dir
+        self.au_thresholds = info.get("au_thresholds")  # (17,) or None: no calibration
 
     @property
     def encoder_id(self) -> str:
@@ -54,6 +60,9 @@ class Text2AU:
 
         d = resolve_model_dir(model_dir)
         info = json.loads((d / INFO_FILE).read_text())
+        if "members" not in info:
+            raise ValueError(f"{d} was exported by an older Text-to-AU version (a single head, data v1); "
+                             "retrain it with `emodifftalk text2au train --out DIR`")
         recorded = info.get("encoder_id")
         if encoder is None:
             cfg = load_config(d / "config.json")
@@ -74,6 +83,10 @@ class Text2AU:
         feats = self.encoder.encode(texts)
         device = next(self.model.parameters()).device
         probs = torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
+        if self.au_thresholds is not None:
+            from emodifftalk.text2au.calibration import apply_thresholds
+
+            probs = apply_thresholds(probs, self.au_thresholds, self.threshold)
         assert probs.shape == (feats.shape[0], NUM_AUS)
         return probs
 

@@ -9,11 +9,14 @@ from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.cli import main
 from emodifftalk.text2au import validate as validate_mod
 from emodifftalk.text2au.dataset import (
+    DATA_VERSION,
     DEFAULT_DATA,
     TYPES,
     DataError,
     Entry,
     assign_splits,
+    concept_folds,
+    concept_key,
     load_entries,
     near_duplicate_pairs,
     normalize_text,
@@ -49,7 +52,7 @@ def _filler(n=30):
 
 
 def test_shipped_data_is_valid_and_large_enough(shipped):
-    assert len(shipped) >= 350
+    assert len(shipped) >= 600
     report = check_data(DEFAULT_DATA)
     assert report.ok, report.errors[:5]
     assert set(report.per_type) == set(TYPES) and all(v >= 40 for v in report.per_type.values())
@@ -64,7 +67,8 @@ def test_shipped_descriptions_unique_and_not_near_duplicates(shipped):
     for e in shipped:
         assert len(e.positives) == 3 and len(e.negatives) == 3
         assert not {normalize_text(p) for p in e.positives} & {normalize_text(n) for n in e.negatives}
-        assert e.version == 1 and len(e.aus) == NUM_AUS and sum(e.aus) >= 1
+        assert e.version == DATA_VERSION and len(e.aus) == NUM_AUS
+        assert sum(e.aus) >= 1 or concept_key(e) == "act-neutral"  # a neutral face has no AU
 
 
 def test_shipped_au_sets_follow_facs_prototypes(shipped):
@@ -79,7 +83,8 @@ def test_shipped_au_sets_follow_facs_prototypes(shipped):
     assert emo["emo-surprise-01"] >= {"AU01", "AU02", "AU05", "AU26"}
     # convention: a dropped jaw (AU26) always parts the lips (AU25)
     assert all("AU25" in s for s in by_desc.values() if "AU26" in s)
-    winks = [e for e in shipped if "wink" in e.description or "blink" in e.description]
+    winks = [e for e in shipped if ("wink" in e.description or "blink" in e.description)
+             and "without blinking" not in e.description]
     assert winks and all("AU45" in e.au_names for e in winks)
     assert all(e.au_names == ["AU45"] for e in winks if e.type == "simple expression")
 
@@ -165,3 +170,27 @@ def test_load_entries_errors_name_file_and_line(tmp_path):
         load_entries(p)
     with pytest.raises(FileNotFoundError):
         load_entries(tmp_path / "nope.jsonl")
+
+
+def test_concept_folds_share_no_concept_or_au_vector_and_are_balanced(shipped):
+    train = split_entries(shipped, 0)["train"]
+    folds = concept_folds(train, 5, seed=0)
+    assert folds == concept_folds(train, 5, seed=0) and set(folds) == set(range(5))
+    where_concept, where_aus = {}, {}
+    for e, f in zip(train, folds):
+        assert where_concept.setdefault(concept_key(e), f) == f, concept_key(e)
+        assert where_aus.setdefault(e.aus, f) == f, e.au_names
+    sizes = [folds.count(k) for k in range(5)]
+    assert max(sizes) - min(sizes) <= 0.1 * len(train), sizes
+    assert concept_key(train[0]) == train[0].id.rsplit("-", 1)[0].removesuffix("-slight").removesuffix("-strong")
+    with pytest.raises(ValueError):
+        concept_folds(train, 1)
+
+
+def test_holdout_set_is_kept_apart_from_the_training_data(shipped):
+    from emodifftalk.text2au.evaluate import load_labelled_texts
+
+    held = load_labelled_texts()
+    assert len(held) >= 80 and len({h.style for h in held}) >= 6
+    seen = {normalize_text(t) for e in shipped for t in (e.description, *e.positives, *e.negatives)}
+    assert not [h.text for h in held if normalize_text(h.text) in seen]

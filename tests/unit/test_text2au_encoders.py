@@ -115,4 +115,18 @@ def test_open_clip_text_tower_from_local_checkpoint(tmp_path):
     cfg = build_config("tiny", ["text2au.encoder=open_clip", f"text2au.open_clip_model={name}",
                                 f"text2au.open_clip_checkpoint={ckpt}"])
     from_cfg = make_encoder(cfg.text2au)
-    assert from_cfg.encoder_id == enc.encoder_id and encoder_dim(cfg.text2au) == enc.dim == 24
+    assert from_cfg.encoder_id == f"{enc.encoder_id}|subject=a person" and encoder_dim(cfg.text2au) == enc.dim == 24
+
+
+def test_prompt_subject_template_applies_to_subject_free_texts_only():
+    from emodifftalk.text2au.encoders import with_subject
+
+    assert with_subject("furious", "a person") == "a person furious"
+    assert with_subject("raises the inner brows", "a person") == "a person raises the inner brows"
+    for t in ("a furious man", "She winks", "his jaw drops", "someone sighs"):
+        assert with_subject(t, "a person") == t
+    assert with_subject("furious", "") == "furious"
+    plain, templ = HashingEncoder(dim=64), HashingEncoder(dim=64, prompt_subject="a person")
+    assert templ.encoder_id == plain.encoder_id + "|subject=a person"
+    assert torch.allclose(templ.encode(["furious"]), plain.encode(["a person furious"]))
+    assert torch.allclose(templ.encode(["a furious man"]), plain.encode(["a furious man"]))

@@ -6,12 +6,15 @@ import torch
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.cli import main
 from emodifftalk.config import build_config
-from emodifftalk.models.text_to_au import TextToAU
+from emodifftalk.models.text_to_au import TextToAU, TextToAUEnsemble
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
 from emodifftalk.text2au.evaluate import evaluate_model, multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.train.task import get_task
 from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, intra_op_threads, steps_per_epoch
+
+
+HASH_ID = "hashing:v1:d1024|subject=a person"  # the default prompt template is part of the id
 
 
 def test_model_shapes_and_unit_norm_embedding():
@@ -21,6 +24,20 @@ def test_model_shapes_and_unit_norm_embedding():
     assert torch.allclose(out["z"].norm(dim=1), torch.ones(5), atol=1e-5)
     with pytest.raises(AssertionError):
         m(torch.randn(5, 31))
+
+
+def test_ensemble_members_are_independent_and_averaged():
+    torch.manual_seed(0)
+    m = TextToAUEnsemble(32, members=3, hidden_dim=16, proj_dim=8)
+    x = torch.randn(5, 32)
+    out = m.eval()(x)
+    assert out["member_logits"].shape == (3, 5, NUM_AUS) and out["member_z"].shape == (3, 5, 8)
+    assert torch.allclose(out["member_z"].norm(dim=-1), torch.ones(3, 5), atol=1e-5)
+    assert torch.allclose(torch.sigmoid(out["logits"]), torch.sigmoid(out["member_logits"]).mean(0), atol=1e-5)
+    # a loss on member 0 only leaves the other members' weights without gradient
+    out = m.train()(x)
+    out["member_logits"][0].sum().backward()
+    assert m.weights[0].grad[1:].abs().sum() == 0 and m.weights[0].grad[0].abs().sum() > 0
 
 
 def test_metrics_by_hand():
@@ -109,9 +126,13 @@ def test_cli_train_exports_model_and_encoder_info(trained):
     for name in ("model.safetensors", "config.json", INFO_FILE):
         assert (export / name).is_file(), name
     info = json.loads((export / INFO_FILE).read_text())
-    assert info["encoder_id"] == "hashing:v1:d1024" and info["threshold"] == 0.5
+    assert info["encoder_id"] == HASH_ID and info["threshold"] == 0.5
     assert info["au_names"] == list(AU_NAMES) and len(info["data_sha256"]) == 64
     assert set(info["metrics"]) == {"val", "test"}
+    # cross-fitted ensemble: out-of-concept metrics and a calibrated (global) threshold
+    assert info["members"] == 5 and info["concept_cv"]["n_folds"] == 5
+    assert 0 <= info["concept_cv"]["calibrated"]["f1_macro"] <= 1
+    assert len(info["au_thresholds"]) == NUM_AUS and len(set(info["au_thresholds"])) == 1
     # epoch schedule: 3 epochs of ceil(n_train / 32) steps
     n_train = info["n_entries"]["train"]
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -146,7 +167,7 @@ def test_predict_bad_inputs(trained, tmp_path, caplog):
     out = t2a.predict([long])
     assert "truncated" in caplog.text and len(out) == 1
     assert out[0]["probs"] == t2a.predict([long[:300]])[0]["probs"]
-    with pytest.raises(EncoderMismatchError, match="hashing:v1:d1024"):
+    with pytest.raises(EncoderMismatchError, match=HASH_ID):
         Text2AU.load(trained, encoder=HashingEncoder(dim=512))
     with pytest.raises(FileNotFoundError):
         Text2AU.load(tmp_path)
@@ -171,8 +192,38 @@ def test_eval_cli_reports_paper_metrics(trained, capsys, tmp_path):
     assert main(["text2au", "eval", "--model", str(trained), "--out", str(out_file)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res == json.loads(out_file.read_text())
-    assert res["split"] == "test" and res["encoder_id"] == "hashing:v1:d1024"
+    assert res["split"] == "test" and res["encoder_id"] == HASH_ID
     assert 0 <= res["accuracy"] <= 1 and set(res["macro"]) == {"precision", "recall", "f1"}
     assert set(res["per_au"]) == set(AU_NAMES)
     direct = evaluate_model(trained, split="test")
     assert direct["accuracy"] == res["accuracy"]
+
+
+def test_eval_on_labelled_texts_and_holdout_default(trained, capsys, tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"text": "a furious man", "aus": ["AU04", "AU05", "AU07", "AU23"], "style": "emotion"}\n'
+                 '{"text": "keeps a blank face", "aus": []}\n')
+    capsys.readouterr()
+    assert main(["text2au", "eval", "--model", str(trained), "--texts", str(f)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_entries"] == 2 and set(res["per_style"]) == {"emotion", ""} and "mistakes" in res
+    assert main(["text2au", "eval", "--model", str(trained), "--texts"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_entries"] >= 80  # the shipped hold-out set
+    f.write_text('{"text": "x", "aus": ["AU99"]}\n')
+    assert main(["text2au", "eval", "--model", str(trained), "--texts", str(f)]) == 1
+
+
+def test_one_place_owns_the_learning_rate(tmp_path):
+    from emodifftalk.config import Text2AUConfig
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    assert not hasattr(Text2AUConfig(), "lr")
+    paper = build_config("paper")
+    assert (paper.train.lr, paper.train.weight_decay, paper.train.betas) == (1e-4, 0.01, (0.9, 0.999))
+    assert (paper.text2au.epochs, paper.data.batch_size) == (300, 128)
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=1", "data.batch_size=64",
+                                "train.lr=1e-4", "text2au.members=1"])
+    summary = train_text2au(cfg, tmp_path / "run")
+    assert cfg.train.lr == 1e-4 and summary["concept_cv"] == {}
+    saved = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+    assert saved["config"]["train"]["lr"] == 1e-4

@@ -5,18 +5,29 @@ entry) is encoded once before training; batches are rows of those feature tables
 
     {"anchor": (B, D), "positives": (B, 3, D), "negatives": (B, 3, D), "labels": (B, 17)}
 
-Epoch-based schedule: ``text2au.epochs`` epochs of ``ceil(n_train / data.batch_size)`` steps;
-:func:`train_text2au` (used by ``emodifftalk text2au train``) sets ``train.max_steps`` from it and
-``train.lr`` from ``text2au.lr`` (when > 0). ``emodifftalk train text2au`` runs the generic path
-and takes ``train.max_steps`` / ``train.lr`` as given.
+plus ``"fold"`` (B,): the concept fold of each row (-1 outside the training split).
 
-Loss: eq. (25) = focal BCE (eq. 23) on the anchors -- and, with ``text2au.bce_on_positives``, on
-the 3 paraphrases too, which carry the same labels -- plus the structured InfoNCE (eq. 24) of
-each anchor against its 3 positives and 3 negatives.
+Epoch-based schedule: ``text2au.epochs`` epochs of ``ceil(n_train / data.batch_size)`` steps;
+:func:`train_text2au` (used by ``emodifftalk text2au train``) sets ``train.max_steps`` from it.
+The optimiser is ``train.*`` (lr, betas, weight decay) like every task: one place owns the
+learning rate. ``emodifftalk train text2au`` runs the generic path and takes ``train.max_steps``
+as given.
+
+Model: a cross-fitted ensemble of ``text2au.members`` heads (``TextToAUEnsemble``). Training rows
+are dealt into that many concept folds and member k is trained on all rows but fold k's.
+
+Loss, per member on its rows: eq. (25) = focal BCE (eq. 23) on the anchors -- and, with
+``text2au.bce_on_positives``, on the 3 paraphrases too, which carry the same labels -- plus the
+structured InfoNCE (eq. 24) of each anchor against its 3 positives and 3 negatives; each term is
+averaged over the (member, row) pairs a member may see. Text features get Gaussian noise
+(``text2au.feature_noise``) and are re-normalised: embedding-space augmentation, so nearby
+phrasings the data set lacks map to the same AUs.
 
 The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
-encoder id the features came from, the decision threshold, the data file fingerprint, the split
-seed and the val/test metrics at the end of training.
+encoder id the features came from, the decision threshold, the thresholds calibrated on the
+out-of-concept predictions (``au_thresholds``, per ``text2au.calibration``), the data file
+fingerprint, the split seed, the val/test (paraphrase split) metrics and the concept
+cross-validation (``concept_cv``).
 """
 
 from __future__ import annotations
@@ -36,8 +47,17 @@ from torch import Tensor, nn
 from emodifftalk.au import AU_NAMES
 from emodifftalk.config import Config
 from emodifftalk.distributed.seed import torch_generator
-from emodifftalk.models.text_to_au import TextToAU
-from emodifftalk.text2au.dataset import DATA_VERSION, SPLITS, Entry, data_fingerprint, load_entries, split_entries
+from emodifftalk.models.text_to_au import TextToAUEnsemble
+from emodifftalk.text2au.calibration import apply_thresholds, calibrate_thresholds, concept_cv
+from emodifftalk.text2au.dataset import (
+    DATA_VERSION,
+    SPLITS,
+    Entry,
+    concept_folds,
+    data_fingerprint,
+    load_entries,
+    split_entries,
+)
 from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, build_encoder
 from emodifftalk.text2au.evaluate import multilabel_metrics
 from emodifftalk.text2au.losses import text2au_loss
@@ -71,7 +91,7 @@ def make_encoder(t2a_cfg) -> TextEncoder:
     if t2a_cfg.encoder == "hashing":
         from emodifftalk.text2au.encoders import HashingEncoder
 
-        return HashingEncoder(dim=HASHING_DIM, max_chars=t2a_cfg.max_text_chars)
+        return HashingEncoder(dim=HASHING_DIM, max_chars=t2a_cfg.max_text_chars, prompt_subject=t2a_cfg.prompt_subject)
     return build_encoder(t2a_cfg)
 
 
@@ -82,6 +102,7 @@ class SplitTensors:
     positives: Tensor  # (N, 3, D)
     negatives: Tensor  # (N, 3, D)
     labels: Tensor  # (N, 17) float 0/1
+    fold: Tensor  # (N,) long: concept fold (training split), -1 elsewhere
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,11 +158,17 @@ class Text2AUTask(Task):
         t0 = time.perf_counter()
         cache = FeatureCache(self.cache_dir, enc) if self.cache_dir else _MemoryCache(enc)
         out = {}
+        members = cfg.text2au.members
         for split, entries in self.entries().items():
             if not entries:
                 out[split] = SplitTensors([], *(torch.zeros(0, *s) for s in
-                                                ((enc.dim,), (3, enc.dim), (3, enc.dim), (len(AU_NAMES),))))
+                                                ((enc.dim,), (3, enc.dim), (3, enc.dim), (len(AU_NAMES),))),
+                                          fold=torch.zeros(0, dtype=torch.long))
                 continue
+            if split == "train" and members > 1:
+                fold = torch.tensor(concept_folds(entries, members, self.split_seed), dtype=torch.long)
+            else:
+                fold = torch.full((len(entries),), -1, dtype=torch.long)
             n = len(entries)
             texts = [e.description for e in entries]
             texts += [p for e in entries for p in e.positives]
@@ -150,7 +177,7 @@ class Text2AUTask(Task):
             out[split] = SplitTensors(
                 ids=[e.id for e in entries], anchor=feats[:n],
                 positives=feats[n:4 * n].reshape(n, 3, enc.dim), negatives=feats[4 * n:].reshape(n, 3, enc.dim),
-                labels=torch.tensor([e.aus for e in entries], dtype=torch.float32))
+                labels=torch.tensor([e.aus for e in entries], dtype=torch.float32), fold=fold)
         cache.save()
         log.info("text2au: encoded %s with %s in %.1fs", {k: len(v) for k, v in out.items()}, enc.encoder_id,
                  time.perf_counter() - t0)
@@ -163,7 +190,8 @@ class Text2AUTask(Task):
         self.cfg = cfg
         t = cfg.text2au
         dim = self.encoder.dim if self.encoder is not None else encoder_dim(t)
-        return TextToAU(dim, hidden_dim=t.hidden_dim, proj_dim=t.proj_dim, dropout=t.dropout)
+        return TextToAUEnsemble(dim, members=t.members, hidden_dim=t.hidden_dim, proj_dim=t.proj_dim,
+                                dropout=t.dropout)
 
     def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
                       start_step: int) -> Iterator[dict]:
@@ -190,30 +218,59 @@ class Text2AUTask(Task):
             if idx.numel() == 0:  # last partial batch smaller than the world: repeat a row
                 idx = chunk[rank % chunk.numel():][:1]
             yield {"anchor": data.anchor[idx], "positives": data.positives[idx],
-                   "negatives": data.negatives[idx], "labels": data.labels[idx]}
+                   "negatives": data.negatives[idx], "labels": data.labels[idx], "fold": data.fold[idx]}
             i += 1
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
-        a, pos, neg, y = batch["anchor"], batch["positives"], batch["negatives"], batch["labels"]
+        t = self.cfg.text2au
+        a, pos, neg, y, fold = batch["anchor"], batch["positives"], batch["negatives"], batch["labels"], batch["fold"]
         B, P, D = pos.shape
         M = neg.shape[1]
-        out = model(torch.cat([a, pos.reshape(B * P, D), neg.reshape(B * M, D)]))
-        z = out["z"]
-        z_a, z_p, z_n = z[:B], z[B:B + B * P].reshape(B, P, -1), z[B + B * P:].reshape(B, M, -1)
-        if self.cfg.text2au.bce_on_positives:  # paraphrases share the anchor's labels: 4x the labelled text
-            logits, labels = out["logits"][:B + B * P], torch.cat([y, y.repeat_interleave(P, dim=0)])
-        else:
-            logits, labels = out["logits"][:B], y
-        return text2au_loss(logits, labels, z_a, z_p, z_n, self.cfg.text2au)
+        feats = torch.cat([a, pos.reshape(B * P, D), neg.reshape(B * M, D)])
+        if t.feature_noise > 0:  # noise of expected norm feature_noise on unit vectors
+            noise = torch.randn_like(feats) * (t.feature_noise / D ** 0.5)
+            feats = nn.functional.normalize(feats + noise, dim=-1)
+        out = model(feats)
+        logits, z = out["member_logits"], out["member_z"]  # (K, rows, 17), (K, rows, proj)
+        K = logits.shape[0]
+        n_lab = B + B * P if t.bce_on_positives else B  # paraphrases share the anchor's labels
+        labels = torch.cat([y, y.repeat_interleave(P, dim=0)])[:n_lab]
+        row_fold = torch.cat([fold, fold.repeat_interleave(P)])[:n_lab]
+        members = torch.arange(K, device=fold.device)[:, None]
+        # member k never sees concept fold k; members are folded into the batch dimension
+        return text2au_loss(
+            logits[:, :n_lab].reshape(K * n_lab, -1), labels.repeat(K, 1),
+            z[:, :B].reshape(K * B, -1), z[:, B:B + B * P].reshape(K * B, P, -1),
+            z[:, B + B * P:].reshape(K * B, M, -1), t,
+            label_weight=(row_fold[None] != members).reshape(-1), anchor_weight=(fold[None] != members).reshape(-1))
 
     @torch.no_grad()
-    def split_metrics(self, model: nn.Module, cfg: Config, split: str) -> dict | None:
+    def split_metrics(self, model: nn.Module, cfg: Config, split: str, thresholds=None) -> dict | None:
+        """Metrics of the ensemble on a split (``thresholds``: per-AU calibration, else the plain threshold)."""
         data = self.prepare(cfg)[split]
         if len(data) == 0:
             return None
         device = next(model.parameters()).device
-        probs = torch.sigmoid(model(data.anchor.to(device))["logits"].float()).cpu()
-        return multilabel_metrics(probs.numpy(), data.labels.numpy(), cfg.text2au.threshold)
+        probs = torch.sigmoid(model(data.anchor.to(device))["logits"].float()).cpu().numpy()
+        if thresholds is not None:
+            probs = apply_thresholds(probs, thresholds, cfg.text2au.threshold)
+        return multilabel_metrics(probs, data.labels.numpy(), cfg.text2au.threshold)
+
+    @torch.no_grad()
+    def out_of_fold(self, model: nn.Module, cfg: Config) -> tuple | None:
+        """(probs, labels, folds) of the training anchors and paraphrases, each row predicted by
+        the member that never saw its concept fold; ``None`` for a single-member model."""
+        data = self.prepare(cfg)["train"]
+        if cfg.text2au.members < 2 or len(data) == 0:
+            return None
+        device = next(model.parameters()).device
+        n, P, D = data.positives.shape
+        feats = torch.cat([data.anchor, data.positives.reshape(n * P, D)]).to(device)
+        folds = torch.cat([data.fold, data.fold.repeat_interleave(P)])
+        logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
+        probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
+        labels = torch.cat([data.labels, data.labels.repeat_interleave(P, dim=0)]).numpy()
+        return probs, labels, folds.numpy()
 
     def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
         m = self.split_metrics(model, cfg, "val")
@@ -222,15 +279,26 @@ class Text2AUTask(Task):
     def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
         enc = self._encoder(cfg)
         entries = self.entries()
-        metrics = {s: _flat_metrics(self.split_metrics(model, cfg, s)) for s in ("val", "test")
+        oof = self.out_of_fold(model, cfg)
+        thresholds = None
+        if oof is not None and cfg.text2au.calibration != "none":
+            thresholds = calibrate_thresholds(oof[0], oof[1], cfg.text2au.threshold, mode=cfg.text2au.calibration)
+        metrics = {s: _flat_metrics(self.split_metrics(model, cfg, s, thresholds)) for s in ("val", "test")
                    if self._splits is not None and len(self._splits[s])}
+        cv = None
+        if oof is not None:
+            res = concept_cv(*oof, mode="global" if cfg.text2au.calibration == "none" else cfg.text2au.calibration)
+            cv = {"n_folds": res["n_folds"], "n_rows": len(oof[0]), "at_0.5": _flat_metrics(res["at_0.5"]),
+                  "calibrated": _flat_metrics(res["calibrated"]), "per_fold": res["per_fold"]}
         path = self.data_path.resolve() if self.data_path else None
         info = {
             "encoder": cfg.text2au.encoder, "encoder_id": enc.encoder_id, "encoder_dim": enc.dim,
             "threshold": cfg.text2au.threshold, "au_names": list(AU_NAMES),
+            "au_thresholds": None if thresholds is None else [round(float(v), 4) for v in thresholds],
+            "members": cfg.text2au.members,
             "data_path": str(path) if path else None, "data_sha256": self.data_sha256,
             "data_version": DATA_VERSION, "split_seed": self.split_seed,
-            "n_entries": {s: len(v) for s, v in entries.items()}, "metrics": metrics,
+            "n_entries": {s: len(v) for s, v in entries.items()}, "metrics": metrics, "concept_cv": cv,
         }
         atomic_write_text(Path(out_dir) / INFO_FILE, json.dumps(info, indent=2, sort_keys=True))
 
@@ -292,11 +360,6 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
     out_dir = Path(out_dir)
     task = Text2AUTask(data_path=data, cache_dir=out_dir / "features", encoder=encoder)
     cfg.train.max_steps = cfg.text2au.epochs * steps_per_epoch(task.n_train(), cfg.data.batch_size)
-    if cfg.text2au.lr > 0:
-        if cfg.train.lr != cfg.text2au.lr:
-            log.info("text2au: using text2au.lr=%g instead of train.lr=%g (set text2au.lr=0 to use train.lr)",
-                     cfg.text2au.lr, cfg.train.lr)
-        cfg.train.lr = cfg.text2au.lr
     cfg.validate()
     t0 = time.perf_counter()
     with intra_op_threads(threads):
@@ -308,7 +371,8 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
     return {"export_dir": str(export_dir), "steps": cfg.train.max_steps, "epochs": cfg.text2au.epochs,
             "batch_size": cfg.data.batch_size, "seconds": round(seconds, 2),
             "encode_seconds": round(encode_seconds, 2),
-            "encoder_id": info.get("encoder_id"), "metrics": info.get("metrics", {})}
+            "encoder_id": info.get("encoder_id"), "metrics": info.get("metrics", {}),
+            "concept_cv": {k: v for k, v in (info.get("concept_cv") or {}).items() if k != "per_fold"}}
 
 
 __all__ = ["INFO_FILE", "SPLITS", "Text2AUTask", "encoder_dim", "steps_per_epoch", "train_text2au"]
