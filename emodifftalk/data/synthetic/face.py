@@ -24,7 +24,7 @@ import numpy as np
 from emodifftalk.au import AU_INDEX
 
 from .head import MOUTH_HALF_WIDTH, MOUTH_Y, Template, bump, lip_weights, smoothstep
-from .rig import JAW_ANGLE, jaw_hinge, jaw_weights, make_au_rig
+from .rig import JAW_ANGLE, _mouth_line_y, jaw_hinge, jaw_weights, make_au_rig
 from .visemes import A_CLOSE, A_LABIO, A_ROUND, A_SPREAD
 
 MM = 1e-3
@@ -82,7 +82,7 @@ def make_face(template: Template, rng: np.random.Generator, warp: bool = True) -
     # spreading: corners outward and slightly back, the lips thin
     art[A_SPREAD, :, 0] = sgn * 5.0 * MM * corners * amp[2]
     art[A_SPREAD, :, 2] = -1.5 * MM * corners * amp[2]
-    art[A_SPREAD, :, 1] = -0.12 * (v[:, 1] - np.median(v[np.abs(d[:, 1] - MOUTH_Y) < 0.02, 1])) * lips * amp[2]
+    art[A_SPREAD, :, 1] = -0.12 * (v[:, 1] - _mouth_line_y(v, d)) * lips * amp[2]
     smile_open = np.stack([sgn * 2.5 * MM * corners, -3.5 * MM * corners, np.zeros(len(v))], 1) * amp[3]
     front = smoothstep(0.3, 0.6, d[:, 2])
     return Face(template=template, au_fields=fields.astype(np.float32), art_fields=art.astype(np.float32),

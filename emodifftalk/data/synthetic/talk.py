@@ -19,7 +19,17 @@ from emodifftalk.data.audio import resample
 
 from .head import Voice
 from .sentences import LANGUAGES, random_sentence
-from .speech import EMOTION_AUS, EMOTION_VOICE, EMOTIONS, _blinks, _emotion_aus, _gesture_aus
+from .speech import (
+    EMOTION_AUS,
+    EMOTION_VOICE,
+    EMOTIONS,
+    PHONES,
+    _blinks,
+    _emotion_aus,
+    _gesture_aus,
+    _synth_audio,
+    sample_phones,
+)
 from .tts import Prosody, speak
 from .visemes import A_CLOSE, A_JAW, A_LABIO, articulation, viseme_of
 
@@ -27,6 +37,7 @@ LANGUAGE_ORDER: tuple[str, ...] = ("en", "cmn", "es", "ja", "de", "ru")
 NATIVE_SHARE = 0.75  # clips in the identity's own language
 PAUSE_S = (0.12, 0.45)
 ACCENT_PROB = 0.3
+BLINK_S = (0.25, 0.4)  # closing + reopening; v1's 0.15-0.25 s were fast for 25 fps
 
 
 @dataclass(frozen=True)
@@ -106,14 +117,29 @@ def _speak_until(duration: float, lead: float, language: str, prosody: Prosody, 
     return audio, [(p, s, min(e, duration)) for p, s, e in phones], " ".join(texts)
 
 
+_FORMANT_IPA = {"sil": "", "sh": "ʃ"}  # v1 phone classes that are not already IPA letters
+
+
+def _formant_until(duration: float, lead: float, voice: Voice, emotion: str, sr: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, list, str]:
+    """Fallback without espeak-ng: v1's formant synthesis of random phone classes, as IPA."""
+    ev = EMOTION_VOICE[emotion]
+    n = int(round(duration * sr))
+    segs = sample_phones(n / sr, rng, rate=voice.rate * ev.tempo, lead=lead)
+    audio, _ = _synth_audio(segs, n, sr, rng, voice, ev)
+    phones = [(_FORMANT_IPA.get(PHONES[i].name, PHONES[i].name), s, e) for i, s, e in segs]
+    return audio, phones, ""
+
+
 def _accents(phones, rng) -> list[tuple[float, float]]:
     return [(s, e) for p, s, e in phones if p and viseme_of(p)[0].name not in ("rest", "p", "f", "w", "t")
             and rng.uniform() < ACCENT_PROB]
 
 
 def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voice: TTSVoice,
-              emotion: str = "neutral", gestures: bool = True) -> TalkClip:
-    """One v2 clip of ``round(seconds * fps)`` frames (see the module docstring)."""
+              emotion: str = "neutral", gestures: bool = True, formant_voice: Voice | None = None) -> TalkClip:
+    """One v2 clip of ``round(seconds * fps)`` frames (see the module docstring); with
+    ``formant_voice`` the audio is v1's formant synthesis instead of espeak-ng (the fallback)."""
     if emotion not in EMOTION_AUS:
         raise ValueError(f"unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
     n_frames = int(round(seconds * fps))
@@ -121,7 +147,11 @@ def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voi
     intensity = 0.0 if emotion == "neutral" else float(rng.uniform(0.55, 0.95))
     lead = float(rng.uniform(0.28, 0.34))
     language = voice.language if rng.uniform() < NATIVE_SHARE else str(rng.choice(LANGUAGE_ORDER))
-    audio, phones, text = _speak_until(duration, lead, language, _prosody(voice, emotion, rng), sr, rng)
+    if formant_voice is not None:
+        language = "formant"
+        audio, phones, text = _formant_until(duration, lead, formant_voice, emotion, sr, rng)
+    else:
+        audio, phones, text = _speak_until(duration, lead, language, _prosody(voice, emotion, rng), sr, rng)
     times = np.arange(n_frames) / fps
     art = articulation(phones, times)
     gesture_rng = rng.spawn(1)[0]
@@ -130,7 +160,7 @@ def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voi
     if gestures:
         emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng))
     aus = 1.0 - (1.0 - speech_aus(art)) * (1.0 - emo)
-    blink, blink_starts = _blinks(times, lead, emotion, rng)
+    blink, blink_starts = _blinks(times, lead, emotion, rng, duration=BLINK_S)
     aus[:, AU_INDEX["AU45"]] = np.maximum(aus[:, AU_INDEX["AU45"]], blink)
     quiet = times < lead - 0.15  # the neutral moment
     aus[quiet] = 0.0
