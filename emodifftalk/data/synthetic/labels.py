@@ -20,7 +20,7 @@ import numpy as np
 
 from emodifftalk.au import AU_INDEX, AU_NAMES, NUM_AUS
 
-from .face import linear_au_fields, make_face
+from .face import deform, linear_au_fields, make_face
 from .head import make_template, sample_identity
 from .visemes import A_LABIO, A_ROUND, A_SPREAD
 
@@ -31,7 +31,7 @@ LAG1_SHARE = 0.7  # clips whose labels lag by 1 frame; the others lag by 2  # on
 # Measurement noise per AU on the [0, 1] scale: subtle AUs (dimpler, lid tightener, chin raiser)
 # are estimated worst, as in OpenFace's published per-AU results.
 NOISE: dict[str, float] = {
-    "AU01": 0.10, "AU02": 0.09, "AU04": 0.11, "AU05": 0.05, "AU06": 0.08, "AU07": 0.06, "AU09": 0.08,
+    "AU01": 0.12, "AU02": 0.09, "AU04": 0.13, "AU05": 0.05, "AU06": 0.11, "AU07": 0.06, "AU09": 0.10,
     "AU10": 0.06, "AU12": 0.05, "AU14": 0.03, "AU15": 0.05, "AU17": 0.025, "AU23": 0.05, "AU24": 0.05,
     "AU25": 0.06, "AU26": 0.05, "AU45": 0.05,
 }
@@ -46,13 +46,38 @@ class Labels:
 
 
 @lru_cache(maxsize=4)
+def _reference_face(resolution: int):
+    rng = np.random.default_rng(REFERENCE_SEED)
+    params = sample_identity(rng, index=-1, n_free_points=0)
+    return make_face(make_template(resolution, params=params), rng, warp=False)
+
+
+def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray:
+    """(T,) opening of the mouth: mean height of the upper half of the lip vertices minus that of
+    the lower half (halves split at the template's median lip height), relative to the template."""
+    lips = np.asarray(lips)
+    y0 = template_verts[lips, 1]
+    up, lo = lips[y0 >= np.median(y0)], lips[y0 < np.median(y0)]
+    gap = verts[:, up, 1].mean(1) - verts[:, lo, 1].mean(1)
+    return gap - (template_verts[up, 1].mean() - template_verts[lo, 1].mean())
+
+
+@lru_cache(maxsize=4)
+def _full_aperture(resolution: int) -> float:
+    """The reference face's lip aperture when its lips are fully apart (AU25 = 1: jaw at 1/1.6)."""
+    face = _reference_face(resolution)
+    aus = np.zeros((1, NUM_AUS), np.float32)
+    aus[0, AU_INDEX["AU26"]] = 1 / 1.6
+    verts = deform(face, aus, np.zeros((1, 5), np.float32))
+    return float(lip_aperture(verts, face.template.verts, face.template.vertex_sets["lips"])[0])
+
+
+@lru_cache(maxsize=4)
 def reference_basis(resolution: int) -> np.ndarray:
     """(17 + 4, V, 3) shape basis of the reference face at mesh ``resolution``: its linear AU
     fields, then non-AU lip modes (rounding, labiodental, spreading, closure against an open
     jaw), as a tracker's shape model has modes beyond the AUs (OpenFace's PDM has 34)."""
-    rng = np.random.default_rng(REFERENCE_SEED)
-    params = sample_identity(rng, index=-1, n_free_points=0)
-    face = make_face(make_template(resolution, params=params), rng, warp=False)
+    face = _reference_face(resolution)
     aus = linear_au_fields(face)
     closure = -aus[AU_INDEX["AU26"]] * face.lower_lip[:, None]
     lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure]
@@ -81,13 +106,16 @@ def tracker_traits(rng: np.random.Generator) -> TrackerTraits:
     return TrackerTraits(gain=rng.uniform(0.75, 1.25, NUM_AUS), bias=rng.normal(0.0, 0.04, NUM_AUS))
 
 
-def estimate_labels(verts: np.ndarray, template_verts: np.ndarray, face_idx, traits: TrackerTraits,
+def estimate_labels(verts: np.ndarray, template_verts: np.ndarray, vertex_sets: dict, traits: TrackerTraits,
                     rng: np.random.Generator, failure_rate: float) -> Labels:
-    """OpenFace-like labels (see the module docstring) of registered meshes ``verts`` (T, V, 3)."""
-    idx = np.asarray(face_idx)
-    proj = _projector(reference_basis(int(round(np.sqrt(template_verts.shape[0])))), idx)
+    """OpenFace-like labels (see the module docstring) of registered meshes ``verts`` (T, V, 3).
+    AU25 (lips part) is read from the lip aperture, as landmark-based detectors do."""
+    idx = np.asarray(vertex_sets["face"])
+    resolution = int(round(np.sqrt(template_verts.shape[0])))
+    proj = _projector(reference_basis(resolution), idx)
     disp = (verts[:, idx] - template_verts[idx][None]).reshape(len(verts), -1).astype(np.float64)
     est = disp @ proj.T  # (T, 17)
+    est[:, AU_INDEX["AU25"]] = lip_aperture(verts, template_verts, vertex_sets["lips"]) / _full_aperture(resolution)
     est = est * traits.gain + traits.bias + rng.normal(0.0, 0.02, NUM_AUS)  # clip-level offset
     lag = 1 if rng.uniform() < LAG1_SHARE else 2
     est = np.concatenate([np.repeat(est[:1], lag, 0), est[:-lag]]) if len(est) > lag else est

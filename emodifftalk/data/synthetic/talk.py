@@ -77,14 +77,13 @@ class TalkClip:
 
 def speech_aus(art: np.ndarray) -> np.ndarray:
     """The AU activations (T, 17) that the lip articulators show: jaw drop, lips part, lip press
-    and chin raise on closures. Rounding/protrusion (AU18/AU22), lip stretching (AU20) and the
+    on closures. Rounding/protrusion (AU18/AU22), lip stretching (AU20) and the
     labiodental tuck have no AU among the 17, so they appear in the meshes only."""
     aus = np.zeros((art.shape[0], NUM_AUS))
     jaw, close, labio = art[:, A_JAW], art[:, A_CLOSE], art[:, A_LABIO]
     aus[:, AU_INDEX["AU26"]] = jaw
     aus[:, AU_INDEX["AU25"]] = np.clip(1.6 * jaw, 0, 1) * (1 - close) * (1 - 0.6 * labio)
     aus[:, AU_INDEX["AU24"]] = 0.5 * close * np.clip(1 - 2 * jaw, 0, 1)
-    aus[:, AU_INDEX["AU17"]] = 0.15 * close
     return np.clip(aus, 0, 1)
 
 

@@ -165,7 +165,7 @@ def _make_clip_v2(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> Syn
     verts += rng.normal(0.0, TRACKING_NOISE_M, verts.shape).astype(np.float32)
     times = np.arange(len(verts)) / cfg.fps
     pose = head_pose_track(times, talk.lead, talk.accents, _rng(cfg.seed, _S_POSE, i, c))
-    labels = estimate_labels(verts, ident.template.verts, ident.template.vertex_sets["face"], ident.traits,
+    labels = estimate_labels(verts, ident.template.verts, ident.template.vertex_sets, ident.traits,
                              _rng(cfg.seed, _S_OBS, i, c), cfg.openface_failure_rate)
     return SynthClip(speech=talk, verts=verts, aus_observed=labels.aus, success=labels.success,
                      confidence=labels.confidence, aus_true=talk.aus, head_pose=pose, label_lag=labels.lag)
