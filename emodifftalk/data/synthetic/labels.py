@@ -52,24 +52,30 @@ def _reference_face(resolution: int):
     return make_face(make_template(resolution, params=params), rng, warp=False)
 
 
-def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray:
+def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray | None:
     """(T,) opening of the mouth: mean height of the upper half of the lip vertices minus that of
-    the lower half (halves split at the template's median lip height), relative to the template."""
-    lips = np.asarray(lips)
+    the lower half (halves split at the template's median lip height), relative to the template;
+    None when the mesh is too coarse to have both halves."""
+    lips = np.asarray(lips, dtype=np.int64)
+    if len(lips) < 2:
+        return None
     y0 = template_verts[lips, 1]
-    up, lo = lips[y0 >= np.median(y0)], lips[y0 < np.median(y0)]
+    up, lo = lips[y0 > np.median(y0)], lips[y0 < np.median(y0)]
+    if len(up) == 0 or len(lo) == 0:
+        return None
     gap = verts[:, up, 1].mean(1) - verts[:, lo, 1].mean(1)
     return gap - (template_verts[up, 1].mean() - template_verts[lo, 1].mean())
 
 
 @lru_cache(maxsize=4)
-def _full_aperture(resolution: int) -> float:
+def _full_aperture(resolution: int) -> float | None:
     """The reference face's lip aperture when its lips are fully apart (AU25 = 1: jaw at 1/1.6)."""
     face = _reference_face(resolution)
     aus = np.zeros((1, NUM_AUS), np.float32)
     aus[0, AU_INDEX["AU26"]] = 1 / 1.6
     verts = deform(face, aus, np.zeros((1, 5), np.float32))
-    return float(lip_aperture(verts, face.template.verts, face.template.vertex_sets["lips"])[0])
+    full = lip_aperture(verts, face.template.verts, face.template.vertex_sets["lips"])
+    return float(full[0]) if full is not None and full[0] > 0 else None
 
 
 @lru_cache(maxsize=4)
@@ -115,7 +121,9 @@ def estimate_labels(verts: np.ndarray, template_verts: np.ndarray, vertex_sets: 
     proj = _projector(reference_basis(resolution), idx)
     disp = (verts[:, idx] - template_verts[idx][None]).reshape(len(verts), -1).astype(np.float64)
     est = disp @ proj.T  # (T, 17)
-    est[:, AU_INDEX["AU25"]] = lip_aperture(verts, template_verts, vertex_sets["lips"]) / _full_aperture(resolution)
+    aperture, full = lip_aperture(verts, template_verts, vertex_sets["lips"]), _full_aperture(resolution)
+    if aperture is not None and full is not None:
+        est[:, AU_INDEX["AU25"]] = aperture / full
     est = est * traits.gain + traits.bias + rng.normal(0.0, 0.02, NUM_AUS)  # clip-level offset
     lag = 1 if rng.uniform() < LAG1_SHARE else 2
     est = np.concatenate([np.repeat(est[:1], lag, 0), est[:-lag]]) if len(est) > lag else est

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
+import os
 import threading
 from dataclasses import dataclass
 
@@ -78,15 +80,15 @@ class _Engine:
                                           ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, str]] = []
+        self._callback = _Callback(self._on_audio)  # keep a reference: ctypes does not
+        self.lock = threading.Lock()
         self.sample_rate = int(self.lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA))
         if self.sample_rate <= 0:
             raise RuntimeError("espeak_Initialize failed (espeak-ng-data missing?); " + INSTALL_HINT)
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, str]] = []
-        self._callback = _Callback(self._on_audio)  # keep a reference: ctypes does not
         self.lib.espeak_SetSynthCallback(self._callback)
-        self.lock = threading.Lock()
 
     def _on_audio(self, wav, n, events) -> int:
         if n > 0:
@@ -99,21 +101,56 @@ class _Engine:
             i += 1
         return 0
 
-    def speak(self, text: str, voice: str, prosody: Prosody) -> Utterance:
+    def _synth_here(self, text: str, voice: str, prosody: Prosody) -> tuple[np.ndarray, list]:
         name = voice + (f"+{prosody.variant}" if prosody.variant else "")
+        if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {name!r} (see `espeak-ng --voices`)")
+        for param, value in ((_PARAM_RATE, prosody.rate), (_PARAM_VOLUME, prosody.volume),
+                             (_PARAM_PITCH, prosody.pitch), (_PARAM_RANGE, prosody.pitch_range)):
+            self.lib.espeak_SetParameter(param, int(value), 0)
+        self._chunks, self._events = [], []
+        data = text.encode("utf-8") + b"\0"
+        self.lib.espeak_Synth(data, len(data), 0, 0, 0, _CHARS_UTF8, None, None)
+        pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return pcm.astype(np.int16), self._events
+
+    def speak(self, text: str, voice: str, prosody: Prosody) -> Utterance:
+        """Synthesize in a forked child. espeak-ng carries noise and glottal state from one
+        utterance to the next (the same call gives different samples and even lengths depending
+        on what was said before, and neither espeak_Cancel nor re-initialising resets it); a
+        child forked from this never-used, freshly initialised engine always starts from the
+        same state, so a data set is reproducible from its seed. Costs a few ms per call."""
         with self.lock:
-            if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {name!r} (see `espeak-ng --voices`)")
-            for param, value in ((_PARAM_RATE, prosody.rate), (_PARAM_VOLUME, prosody.volume),
-                                 (_PARAM_PITCH, prosody.pitch), (_PARAM_RANGE, prosody.pitch_range)):
-                self.lib.espeak_SetParameter(param, int(value), 0)
-            self._chunks, self._events = [], []
-            data = text.encode("utf-8") + b"\0"
-            self.lib.espeak_Synth(data, len(data), 0, 0, 0, _CHARS_UTF8, None, None)
-            chunks, events = self._chunks, self._events
-        audio = (np.concatenate(chunks).astype(np.float32) / 32768.0) if chunks else np.zeros(0, np.float32)
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: synthesize, send (header JSON line, PCM16 bytes), exit
+                status = 0
+                try:
+                    os.close(read_fd)
+                    try:
+                        pcm, events = self._synth_here(text, voice, prosody)
+                        head = {"events": events, "n": int(len(pcm))}
+                    except Exception as e:  # reported to the parent, raised there
+                        pcm, head = np.zeros(0, np.int16), {"error": f"{type(e).__name__}: {e}"}
+                    with os.fdopen(write_fd, "wb") as out:
+                        out.write(json.dumps(head).encode() + b"\n" + pcm.tobytes())
+                except BaseException:
+                    status = 1
+                finally:
+                    os._exit(status)
+            os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as inp:
+                payload = inp.read()
+            os.waitpid(pid, 0)
+        line, _, body = payload.partition(b"\n")
+        if not line:
+            raise RuntimeError(f"espeak-ng worker died synthesizing {text!r} with voice {voice!r}")
+        head = json.loads(line)
+        if "error" in head:
+            raise ValueError(head["error"])
+        audio = np.frombuffer(body, dtype=np.int16, count=head["n"]).astype(np.float32) / 32768.0
         return Utterance(audio=audio, sample_rate=self.sample_rate,
-                         phones=_spans(events, len(audio), self.sample_rate))
+                         phones=_spans([tuple(e) for e in head["events"]], len(audio), self.sample_rate))
 
 
 def _spans(events: list[tuple[int, str]], n_samples: int, sr: int) -> list[tuple[str, float, float]]:
