@@ -31,8 +31,8 @@ LAG1_SHARE = 0.7  # clips whose labels lag by 1 frame; the others lag by 2  # on
 # Measurement noise per AU on the [0, 1] scale: subtle AUs (dimpler, lid tightener, chin raiser)
 # are estimated worst, as in OpenFace's published per-AU results.
 NOISE: dict[str, float] = {
-    "AU01": 0.12, "AU02": 0.09, "AU04": 0.13, "AU05": 0.05, "AU06": 0.11, "AU07": 0.06, "AU09": 0.10,
-    "AU10": 0.06, "AU12": 0.05, "AU14": 0.03, "AU15": 0.05, "AU17": 0.025, "AU23": 0.05, "AU24": 0.05,
+    "AU01": 0.12, "AU02": 0.11, "AU04": 0.13, "AU05": 0.10, "AU06": 0.13, "AU07": 0.12, "AU09": 0.10,
+    "AU10": 0.08, "AU12": 0.09, "AU14": 0.03, "AU15": 0.09, "AU17": 0.025, "AU23": 0.09, "AU24": 0.05,
     "AU25": 0.06, "AU26": 0.05, "AU45": 0.05,
 }
 

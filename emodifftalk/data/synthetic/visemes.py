@@ -11,7 +11,7 @@ Five articulators, each in [0, 1]:
 Co-articulation follows Cohen & Massaro's dominance model: every phone pulls each articulator
 toward its target with a dominance that peaks at the phone's centre and decays exponentially
 with time; the track is the dominance-weighted mean of the targets. Bilabial closure and
-labiodental contact get high dominance (they must be reached), vowels' lip shape spreads into
+labiodental contact get a dominance several times a vowel's (they must be reached), vowels' lip shape spreads into
 neighbouring consonants (anticipatory rounding in "screw"), alveolar/velar consonants barely
 constrain the lips. Lips move ``ANTICIPATION_S`` before the sound, as in real speech.
 """
@@ -77,9 +77,9 @@ def viseme_of(phone: str) -> list[Viseme]:
             out.append(Viseme(v, (jaw, 0.0, 0.0, rnd, spr), (0.5, 0.3, 0.3, 0.5, 0.5)))
         return out
     if any(s in _BILABIAL for s in syms):
-        return [Viseme("p", (0.08, 1.0, 0.0, 0.0, 0.0), (0.4, 1.0, 0.6, 0.15, 0.15))]
+        return [Viseme("p", (0.08, 1.0, 0.0, 0.0, 0.0), (0.4, 3.0, 0.6, 0.15, 0.15))]
     if any(s in _LABIODENTAL for s in syms):
-        return [Viseme("f", (0.12, 0.0, 1.0, 0.0, 0.0), (0.4, 0.6, 1.0, 0.15, 0.15))]
+        return [Viseme("f", (0.12, 0.0, 1.0, 0.0, 0.0), (0.4, 0.6, 3.0, 0.15, 0.15))]
     rnd = max((_ROUNDED_CONS.get(s, 0.0) for s in syms), default=0.0)
     if rnd > 0:
         return [Viseme("w", (0.12, 0.0, 0.0, rnd, 0.0), (0.3, 0.2, 0.2, 0.7, 0.5))]
