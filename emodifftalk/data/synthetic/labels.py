@@ -80,13 +80,13 @@ def _full_aperture(resolution: int) -> float | None:
 
 @lru_cache(maxsize=4)
 def reference_basis(resolution: int) -> np.ndarray:
-    """(17 + 4, V, 3) shape basis of the reference face at mesh ``resolution``: its linear AU
-    fields, then non-AU lip modes (rounding, labiodental, spreading, closure against an open
-    jaw), as a tracker's shape model has modes beyond the AUs (OpenFace's PDM has 34)."""
+    """(17 + 5, V, 3) shape basis of the reference face at mesh ``resolution``: its linear AU
+    fields, then non-AU lip modes (rounding, labiodental, spreading, closure against an open jaw,
+    smile on an open jaw), as a tracker's shape model has modes beyond the AUs (OpenFace's PDM has 34)."""
     face = _reference_face(resolution)
     aus = linear_au_fields(face)
     closure = -aus[AU_INDEX["AU26"]] * face.lower_lip[:, None]
-    lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure]
+    lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure, face.smile_open]
     return np.concatenate([aus, np.stack(lip_modes)]).astype(np.float32)
 
 
