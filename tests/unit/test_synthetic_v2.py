@@ -15,7 +15,7 @@ from emodifftalk.data.augment import SAMPLE_RATES, augment_audio
 from emodifftalk.data.synthetic import make_identity
 from emodifftalk.data.synthetic.face import deform, head_pose_track
 from emodifftalk.data.synthetic.sentences import LANGUAGES, random_sentence
-from emodifftalk.data.synthetic.talk import identity_voice, talk_clip
+from emodifftalk.data.synthetic.talk import talk_clip
 from emodifftalk.data.synthetic.tts import Prosody, espeak_available, speak
 from emodifftalk.data.synthetic.visemes import A_CLOSE, A_JAW, A_LABIO, A_ROUND, A_SPREAD, articulation
 

@@ -117,7 +117,8 @@ def clip_emotion(cfg: SynthConfig, i: int, c: int) -> str:
 
 
 def synthetic_au_fields(cfg: SynthConfig, identity: str) -> np.ndarray:
-    """(17, V, 3) true per-unit AU displacement fields (metres) of a synthetic identity by name."""
+    """(17, V, 3) true per-unit AU displacement fields (metres) of a synthetic identity by name
+    (v2: the nonlinear face's fields at the neutral face, jaw rotation linearised)."""
     match = re.fullmatch(r"id(\d{3,})", identity)
     if match is None or int(match.group(1)) >= cfg.n_identities:
         raise ValueError(f"{identity!r} is not an identity of this synthetic data set "
