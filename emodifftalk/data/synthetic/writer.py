@@ -209,6 +209,11 @@ def make_cameras(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     return _arc_cameras(np.linspace(-span, span, n), [0.04 if k % 2 else -0.02 for k in range(n)], cfg)
 
 
+def frontal_camera(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(viewmats (1,4,4), Ks (1,3,3)) of one camera straight in front of the face."""
+    return _arc_cameras([0.0], [0.0], cfg)
+
+
 def make_eval_cameras(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     """The held-out ring: ``n_eval_cameras`` all around the head, above the training arc and
     between its azimuths, so every ring view is a novel view."""
