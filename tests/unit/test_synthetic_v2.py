@@ -248,3 +248,11 @@ def test_appearance_follows_expression():
         inside, outside = masks.masks[k] > 0.5, masks.masks.max(0) < 0.01
         assert inside.sum() >= 3, aus
         assert tint[inside].mean() < 0.92 and tint[outside].min() > 0.99, aus
+
+
+def test_labels_are_finite_on_coarse_meshes():
+    from emodifftalk.data.synthetic import make_clip
+
+    cfg = SynthConfig(mesh_resolution=10, clip_seconds=0.4)
+    clip = make_clip(cfg, make_identity(cfg, 0), 0, 0)
+    assert np.isfinite(clip.aus_observed).all() and clip.aus_observed.shape == (10, NUM_AUS)

@@ -103,10 +103,11 @@ def _projector(basis: np.ndarray, idx: np.ndarray) -> np.ndarray:
     n_faces, n_modes = basis.shape[:2]
     b = basis[:, :, idx].reshape(n_faces * n_modes, -1).astype(np.float64)
     norm = np.linalg.norm(b, axis=1, keepdims=True)
-    bn = b / norm
-    gram = bn @ bn.T + RIDGE * np.eye(len(b))
-    coef = (np.linalg.solve(gram, bn) / norm).reshape(n_faces, n_modes, -1)
-    return coef[:, :NUM_AUS].sum(0)
+    live = norm[:, 0] > 1e-9  # a coarse mesh may have no vertex where a mode acts
+    bn = b[live] / norm[live]
+    coef = np.zeros_like(b)
+    coef[live] = np.linalg.solve(bn @ bn.T + RIDGE * np.eye(len(bn)), bn) / norm[live]
+    return coef.reshape(n_faces, n_modes, -1)[:, :NUM_AUS].sum(0)
 
 
 @dataclass(frozen=True)
