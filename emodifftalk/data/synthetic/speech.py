@@ -283,8 +283,8 @@ def _accent_curve(accents, times) -> np.ndarray:
     return out
 
 
-def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
-    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events."""
+def _gesture_aus(times, accents, lead: float, rng, rate: float = GESTURE_RATE) -> np.ndarray:
+    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events (``rate``/s)."""
     aus = np.zeros((len(times), NUM_AUS))
     for s, _ in accents:
         if rng.uniform() >= BROW_FLASH_PROB:
@@ -294,24 +294,24 @@ def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
         aus[:, AU_INDEX["AU01"]] = np.maximum(aus[:, AU_INDEX["AU01"]], a1 * bump)
         aus[:, AU_INDEX["AU02"]] = np.maximum(aus[:, AU_INDEX["AU02"]], min(1.0, a1 * rng.uniform(0.5, 1.1)) * bump)
     end = float(times[-1]) if len(times) else 0.0
-    t = lead + 0.2 + rng.exponential(1.0 / GESTURE_RATE)
+    t = lead + 0.2 + rng.exponential(1.0 / rate)
     while t < end - 0.3:
         k = AU_INDEX[GESTURE_AUS[int(rng.integers(len(GESTURE_AUS)))]]
         bump = rng.uniform(0.3, 0.75) * _raised_cosine(times, t, rng.uniform(0.6, 1.6))
         aus[:, k] = np.maximum(aus[:, k], bump)
-        t += rng.exponential(1.0 / GESTURE_RATE)
+        t += rng.exponential(1.0 / rate)
     return aus
 
 
-def _blinks(times, lead, emotion, rng):
-    """AU45 track: raised-cosine blinks every 1.5-4.5 s (less often when surprised)."""
+def _blinks(times, lead, emotion, rng, duration=(0.15, 0.25)):
+    """AU45 track: raised-cosine blinks of ``duration`` s every 1.5-4.5 s (less often when surprised)."""
     track = np.zeros(len(times))
     starts = []
     slow = 1.8 if emotion == "surprised" else 1.0
     end = float(times[-1]) if len(times) else 0.0
     t = lead + 0.1 + rng.uniform(0.1, 2.5) * slow
     while t < end:
-        dur = rng.uniform(0.15, 0.25)
+        dur = rng.uniform(*duration)
         peak = rng.uniform(0.85, 1.0)
         x = np.clip((times - t) / dur, 0, 1)
         track = np.maximum(track, peak * 0.5 * (1 - np.cos(2 * np.pi * x)) * (x > 0) * (x < 1))
