@@ -41,7 +41,8 @@ def time_stages(models, rig, feature_line, clip: np.ndarray, sr: int, cfg, secon
     t["aus"] = time.perf_counter() - t0
     aus, _ = edit_aus(models, speech, fps, text, [], cfg)
     t0 = time.perf_counter()  # guided (two network calls per step) only where the prompt changed the codes
-    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg, reference_aus=guidance_reference(cfg, speech))
+    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg,
+                             reference_aus=guidance_reference(cfg, speech))
     sync()
     t["diffusion"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 # (name, budget in seconds on a GPU, runs in the background, waits for): 8 minutes in all with the
-# installs of gpu_check.sh; the foreground budgets sum to 405 s, the gsplat build overlaps them.
+# installs of gpu_check.sh; the foreground budgets sum to 425 s, the gsplat build overlaps them.
 PLAN = [
     ("env", 30, False, ()),
     ("gsplat_build", 330, True, ()),
@@ -53,9 +53,9 @@ PLAN = [
     ("train_text2au", 35, False, ()),
     ("zero2", 60, False, ()),
     ("loader", 40, False, ()),
-    ("render", 70, False, ("gsplat_build",)),
-    ("rig", 35, False, ()),
-    ("animate", 25, False, ("rig", "train_s2au", "train_motion")),
+    ("render", 90, False, ("gsplat_build",)),
+    ("rig", 35, False, ("gsplat_build",)),
+    ("animate", 25, False, ("gsplat_build",)),
 ]
 FAULT_ENV = "EMODIFFTALK_GPU_CHECK_FAULT"  # tests: "name=raise" | "name=hang" | "name=crash"
 
@@ -94,7 +94,7 @@ def run_child(name: str, ctx: dict, result_path: Path, log_path: Path) -> None:
     import gpu_check_cases as cases
 
     ctx = cases.Ctx(device=ctx["device"], dry_run=ctx["dry_run"], assets=Path(ctx["assets"]), work=Path(ctx["work"]),
-                    deadline=float(ctx["deadline"]))
+                    deadline=float(ctx["deadline"]), gsplat=bool(ctx.get("gsplat")))
     if ctx.dry_run:
         import torch
 
@@ -182,6 +182,7 @@ def run_all(ctx: dict, work: Path, budget: float, only: set[str] | None) -> dict
             if dep in background:
                 results[dep] = background.pop(dep).wait(end)
                 _print_line(dep, results[dep])
+        ctx = dict(ctx, gsplat=results.get("gsplat_build", {}).get("status") == "ok")
         left = end - time.time()
         if left < 10:
             results[name] = {"status": "skipped", "skipped": "total budget spent", "budget_s": check_budget}
@@ -217,7 +218,8 @@ def headline(name: str, r: dict) -> str:
         return (f"samples/s fp32 {r['fp32']['samples_per_s']} bf16 {r['bf16']['samples_per_s']}; {mem} "
                 f"{r['fp32'][mem]}/{r['bf16'][mem]}; first-window loss rel diff {r['first_window_loss_rel_diff']}")
     if name == "zero2":
-        return f"ZeRO-{r['zero_stage']} {r['mixed_precision']}: {r['samples_per_s']} samples/s, peak {r['peak_cuda_mb']} MB"
+        return (f"ZeRO-{r['zero_stage']} {r['mixed_precision']}: {r['samples_per_s']} samples/s, "
+                f"peak {r['peak_cuda_mb']} MB")
     if name == "loader":
         return "; ".join(f"{x['task']} w{x['num_workers']}: idle {x['gpu_idle_fraction']:.1%}" for x in r["runs"]
                          if "gpu_idle_fraction" in x)

@@ -35,7 +35,7 @@ TOL = {"rgb_max": 4e-3, "rgb_mean": 1e-4, "alpha_max": 4e-3, "alpha_mean": 1e-4,
        "loss_rel_bf16": 0.05}  # |mean loss of the first log window, bf16 vs fp32| / fp32
 
 SIZES = {
-    "cuda": {"render_sizes": (512, 1024), "render_gaussians": (50_000, 200_000), "render_runs": 10,
+    "cuda": {"render_sizes": (512, 1024), "render_gaussians": (50_000, 200_000), "render_runs": 5,
              "rig_steps": 100, "train_steps": 40, "log_every": 5, "preset": "paper", "batch": None,
              "zero2_steps": 30, "loader_steps": 40, "loader_workers": (0, 4), "animate_seconds": 10.0,
              "animate_size": 512},
@@ -53,6 +53,7 @@ class Ctx:
     assets: Path  # prepared by gpu_check.py --prepare: shards/
     work: Path  # this run's scratch folder (checks leave outputs for later checks here)
     deadline: float  # time.time() by which the check should have returned
+    gsplat: bool = False  # gsplat_build passed: later checks may use gsplat (else its lock could hang them)
 
     @property
     def sizes(self) -> dict:
@@ -122,12 +123,16 @@ def check_gsplat_build(ctx: Ctx) -> dict:
 
     from emodifftalk.render import rasterize
 
+    ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR")
+    stale = [p for p in Path(ext_dir).glob("*/*/lock")] if ext_dir else []
+    for lock in stale:  # left by a build that was killed: torch would wait on it for ever
+        lock.unlink()
     t0 = time.perf_counter()
     scene = head_scene(1000, 64, "cuda")
     out = rasterize(**scene, width=64, height=64, backend="gsplat")
     torch.cuda.synchronize()
     return {"first_render_s": round(time.perf_counter() - t0, 1), "alpha_mean": float(out.alpha.mean()),
-            "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR")}
+            "torch_extensions_dir": ext_dir, "stale_locks_removed": len(stale)}
 
 
 # ----------------------------------------------------------------------------------- render parity
@@ -228,6 +233,8 @@ def _fps(ctx: Ctx, fn, scene: dict) -> tuple[float, float]:
 def check_render(ctx: Ctx) -> dict:
     """gsplat vs the pure-torch renderer (CUDA), or the tile renderer vs the straightforward
     baseline design (dry run): images, alpha, depth, gradients, FPS."""
+    if ctx.device == "cuda" and not ctx.gsplat:
+        return {"skipped": "gsplat_build did not pass (see its record)"}
     backends = ("gsplat", "torch") if ctx.device == "cuda" else ("torch", "baseline")
     rows, errors = [], []
     for n in ctx.sizes["render_gaussians"]:
@@ -255,6 +262,7 @@ def check_render(ctx: Ctx) -> dict:
 
 def check_rig(ctx: Ctx) -> dict:
     """Rig reconstruction steps/s on this device: the run's preset and the paper's rig sizes."""
+    from emodifftalk.config import build_config
     from emodifftalk.distributed.ray_jobs import list_identities, load_identity
     from emodifftalk.rig.reconstruct import reconstruct_identity
 
@@ -264,16 +272,21 @@ def check_rig(ctx: Ctx) -> dict:
     out = {"identity": identity, "image_size": int(frames[0]["cameras"][0]["width"]), "runs": []}
     variants = [("tiny", []), ("paper", [] if not ctx.dry_run else ["rig.n_free_points=200"])]
     for preset, extra in variants:
-        from emodifftalk.config import build_config
-
-        cfg = build_config(preset, [f"rig.steps={ctx.sizes['rig_steps']}", "rig.log_images_every=0", *extra])
+        cfg = build_config(preset, [f"rig.steps={ctx.sizes['rig_steps']}", "rig.log_images_every=0",
+                                    f"render.backend={_backend(ctx)}", *extra])
         rig_dir = ctx.work / "rigs" / preset / identity
         res = reconstruct_identity(frames, template, cfg, rig_dir, overwrite=True, progress=False, device=ctx.device)
-        out["runs"].append({"preset": preset, "n_free_points": cfg.rig.n_free_points, "gaussians": res.n_bound + res.n_free,
+        out["runs"].append({
+            "preset": preset, "n_free_points": cfg.rig.n_free_points, "gaussians": res.n_bound + res.n_free,
             "steps": res.steps, "steps_per_second": round(res.steps_per_second, 2),
             "seconds": round(res.seconds, 1), "psnr_holdout": res.metrics.get("psnr_holdout")})
     out["rig_dir"] = str(ctx.work / "rigs" / "tiny" / identity)
+    out["render_backend"] = _backend(ctx)
     return out
+
+
+def _backend(ctx: Ctx) -> str:
+    return "gsplat" if ctx.gsplat else "torch"
 
 
 # ------------------------------------------------------------------------------------- training
@@ -442,7 +455,7 @@ def check_animate(ctx: Ctx) -> dict:
         [] if rigs else [str(rig_dir)])
     if missing:
         return {"skipped": f"needs the outputs of the train/rig checks: missing {missing}"}
-    cfg = _cfg(ctx, f"infer.image_size={ctx.sizes['animate_size']}")
+    cfg = _cfg(ctx, f"infer.image_size={ctx.sizes['animate_size']}", f"render.backend={_backend(ctx)}")
     models = load_models(exports["s2au"], exports["motion"], device=ctx.device)
     rig = GaussianRig.load(rigs[0], device=ctx.device)
     clip = next(iter(iter_dataset(ctx.assets / "shards", "seq", "train")))
@@ -453,6 +466,7 @@ def check_animate(ctx: Ctx) -> dict:
                             camera="orbit", size=ctx.sizes["animate_size"], encode=encode)
     total = sum(t.values())
     return {"seconds_audio": seconds, "frames": frames, "size": ctx.sizes["animate_size"],
+            "render_backend": cfg.render.backend,
             "gaussians": rig.n_points, "ddim_steps": cfg.infer.ddim_steps,
             "stage_seconds": {k: round(v, 3) for k, v in t.items()},
             "rtf": {k: round(v / seconds, 4) for k, v in t.items()}, "rtf_total": round(total / seconds, 4),

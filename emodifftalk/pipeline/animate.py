@@ -123,7 +123,8 @@ def load_audio_16k(wav) -> np.ndarray:
 def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
     from emodifftalk.models.speech_inference import predict_aus
 
-    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au)
+    device = next(models.s2au.model.parameters()).device  # predict_aus would move it to its default, the CPU
+    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au, device=device)
 
 
 def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edits, cfg: Config) -> tuple[np.ndarray, dict]:
