@@ -29,8 +29,13 @@ if [ -d "$GC/wheels" ] && ! cmp -s "$GC/wheels/pins.txt" "$SITE/pins.txt" 2>/dev
   rm -rf "$SITE"
   if timeout 60 "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$GC"/wheels/*.whl; then
     cp "$GC/wheels/pins.txt" "$SITE/pins.txt"
-  else
-    echo "gpu_check: offline install failed; checks that need the missing packages will record why"
+  else  # one bad wheel (e.g. another Python version) must not cost the others
+    echo "gpu_check: offline install failed; installing wheel by wheel (checks needing a missing one record why)"
+    rm -rf "$SITE"
+    for w in "$GC"/wheels/ninja-*.whl "$GC"/wheels/*.whl; do  # ninja first: pip --target keeps the first bin/
+      timeout 20 "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$w" >/dev/null 2>&1 \
+        || echo "gpu_check: could not install $(basename "$w")"
+    done
   fi
 fi
 [ -d "$SITE" ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}

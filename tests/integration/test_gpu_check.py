@@ -64,11 +64,17 @@ def test_dry_run_everything(tmp_path):
 def test_failing_crashing_and_hanging_checks_are_recorded_and_the_run_stops_in_budget(tmp_path):
     assets = tmp_path / "assets" / "shards"
     assets.mkdir(parents=True)
-    (assets / "manifest.json").write_text("{}")  # checks fail before they read it
-    faults = "env=raise,train_s2au=crash,render=hang"
-    rc, report, _ = run_check(tmp_path, "--dry-run", "--assets", str(assets.parent), "--budget", "16",
-                              "--only", "env,train_s2au,render,rig", env={"EMODIFFTALK_GPU_CHECK_FAULT": faults})
-    status = {n: c["status"] for n, c in report["checks"].items()}
-    assert status == {"env": "failed", "train_s2au": "crashed", "render": "timeout", "rig": "skipped"}, status
-    assert "injected fault" in report["checks"]["env"]["error"]
-    assert rc == 1 and report["total_s"] < 16 + 10  # stopped by itself
+    (assets / "manifest.json").write_text("{}")  # the checks fail before they read it
+    faults = {"EMODIFFTALK_GPU_CHECK_FAULT": "env=raise,train_s2au=crash,render=hang"}
+    # budget scale 0.1: render (90 s on a GPU) is stopped after 9 s
+    rc, report, _ = run_check(tmp_path, "--dry-run", "--assets", str(assets.parent), "--budget-scale", "0.1",
+                              "--only", "env,train_s2au,render", env=faults)
+    checks = report["checks"]
+    assert {n: c["status"] for n, c in checks.items()} == {"env": "failed", "train_s2au": "crashed",
+                                                           "render": "timeout"}
+    assert "injected fault" in checks["env"]["error"] and 9 <= checks["render"]["seconds"] < 9 + 10
+    assert rc == 1
+    # a total budget smaller than any check: nothing runs, every check says why, and the run fails
+    rc, report, _ = run_check(tmp_path, "--dry-run", "--assets", str(assets.parent), "--budget", "3",
+                              "--only", "env,rig")
+    assert [c["status"] for c in report["checks"].values()] == ["not_run", "not_run"] and rc == 1
