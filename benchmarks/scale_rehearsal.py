@@ -14,8 +14,8 @@ and writes JSON.
   one pass without resampling must hand ranks disjoint samples covering the split; resampled
   streams (what training uses) must differ per rank; Speech-to-AU batches/s per process.
 
-    python benchmarks/scale_rehearsal.py --scale 0.1 --json benchmarks/results/scale_rehearsal.json
-    python benchmarks/scale_rehearsal.py --scale 1.0      # the full shape: ~40 min synth + ~2 GB on 2 cores
+    python benchmarks/scale_rehearsal.py --scale 0.2 --json benchmarks/results/scale_rehearsal.json
+    python benchmarks/scale_rehearsal.py --scale 1.0      # the full shape: 30-60 min of synth, 2 GB of shards
 
 Extrapolation to full RenderMe-360 on N GPU nodes: launch/README.md ("Scale").
 """
