@@ -23,6 +23,40 @@ import numpy as np
 import torch
 
 
+def time_stages(models, rig, feature_line, clip: np.ndarray, sr: int, cfg, seconds: float, *, text: str | None = None,
+                camera: str = "1", size: int = 128, encode: bool = True) -> tuple[dict[str, float], int]:
+    """Seconds per stage of animating ``seconds`` of ``clip`` (looped real speech) with loaded models
+    and rig, on whatever device they are on; returns (stage seconds, frames). Also used by gpu_check."""
+    from emodifftalk.pipeline.animate import (camera_path, edit_aus, guidance_reference, motion_offsets, render_frames,
+                                              speech_aus)
+    from emodifftalk.render.video import write_video
+
+    n = int(seconds * sr)
+    audio = np.tile(clip, int(np.ceil(n / clip.size)))[:n].astype(np.float32)
+    fps = cfg.infer.fps
+    sync = torch.cuda.synchronize if rig.means.is_cuda else (lambda: None)
+    t = {}
+    t0 = time.perf_counter()
+    speech = speech_aus(models, audio, fps)
+    t["aus"] = time.perf_counter() - t0
+    aus, _ = edit_aus(models, speech, fps, text, [], cfg)
+    t0 = time.perf_counter()  # guided (two network calls per step) only where the prompt changed the codes
+    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg,
+                             reference_aus=guidance_reference(cfg, speech))
+    sync()
+    t["diffusion"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames = list(render_frames(rig, feature_line, offsets, aus, camera_path(rig, camera, aus.shape[0], size), cfg,
+                                progress=False))
+    t["render"] = time.perf_counter() - t0
+    if encode:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            write_video(Path(tmp) / "v.mp4", frames, fps, audio=audio, sample_rate=sr)
+            t["encode"] = time.perf_counter() - t0
+    return t, len(frames)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", required=True, help="folder written by `emodifftalk demo --out`")
@@ -36,9 +70,7 @@ def main() -> None:
 
     from emodifftalk.config import load_config
     from emodifftalk.data.audio import read_wav
-    from emodifftalk.pipeline.animate import (camera_path, edit_aus, guidance_reference, load_models,
-                                              motion_offsets, render_frames, speech_aus)
-    from emodifftalk.render.video import write_video
+    from emodifftalk.pipeline.animate import load_models
     from emodifftalk.rig.feature_line_fit import load_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
 
@@ -51,32 +83,13 @@ def main() -> None:
     rig = GaussianRig.load(rig_dir)
     feature_line = load_feature_line(rig_dir, rig)
     clip, sr = read_wav(demo / "results" / "input.wav")
-    n = int(args.seconds * sr)
-    audio = np.tile(clip, int(np.ceil(n / clip.size)))[:n].astype(np.float32)  # real speech, looped
-    fps = cfg.infer.fps
-
-    t = {}
-    t0 = time.perf_counter()
-    speech = speech_aus(models, audio, fps)
-    t["aus"] = time.perf_counter() - t0
-    aus, _ = edit_aus(models, speech, fps, args.text, [], cfg)
-    t0 = time.perf_counter()  # guided (two network calls per step) only where the prompt changed the codes
-    offsets = motion_offsets(models, rig.canonical_verts, aus, audio, cfg, reference_aus=guidance_reference(cfg, speech))
-    t["diffusion"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    frames = list(render_frames(rig, feature_line, offsets, aus, camera_path(rig, "1", aus.shape[0], 128), cfg,
-                                progress=False))
-    t["render"] = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        write_video(Path(tmp) / "v.mp4", frames, fps, audio=audio, sample_rate=sr)
-        t["encode"] = time.perf_counter() - t0
+    t, n_frames = time_stages(models, rig, feature_line, clip, sr, cfg, args.seconds, text=args.text)
     total = sum(t.values())
-    report = {"seconds_audio": args.seconds, "frames": len(frames), "device": "cpu", "threads": torch.get_num_threads(),
+    report = {"seconds_audio": args.seconds, "frames": n_frames, "device": "cpu", "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "n_gaussians": rig.n_points,
               "ddim_steps": cfg.infer.ddim_steps, "stage_seconds": {k: round(v, 3) for k, v in t.items()},
               "rtf": {k: round(v / args.seconds, 4) for k, v in t.items()}, "rtf_total": round(total / args.seconds, 4)}
-    print(f"{args.seconds:.0f} s of audio, {len(frames)} frames, {rig.n_points} Gaussians, DDIM-{cfg.infer.ddim_steps}")
+    print(f"{args.seconds:.0f} s of audio, {n_frames} frames, {rig.n_points} Gaussians, DDIM-{cfg.infer.ddim_steps}")
     for k, v in t.items():
         print(f"  {k:10s} {v:7.2f} s   RTF {v / args.seconds:.3f}")
     print(f"  {'total':10s} {total:7.2f} s   RTF {total / args.seconds:.3f}")

@@ -448,6 +448,29 @@ def shard_urls(root_or_manifest: str | Path, kind: str, split: str | None = None
             if s["kind"] == kind and (kind == "template" or s["split"] == split)]
 
 
+def identity_shard_urls(root_or_manifest: str | Path, identity: str, kind: str) -> list[str] | None:
+    """URLs of the ``seq`` or ``frames`` shards that hold ``identity``'s samples, from the
+    manifest's per-clip index (``seq_shard``, ``frames_shards``), so that a reader of one identity
+    opens a few shards instead of a whole split; None when the manifest has no index for ``kind``
+    (packed before it existed: scan the identity's splits instead)."""
+    if kind not in ("seq", "frames"):
+        raise ValueError(f"identity_shard_urls: kind must be seq or frames, got {kind!r}")
+    path = _manifest_path(root_or_manifest)
+    if path is None:
+        return None
+    names: set[str] = set()
+    for clip in load_manifest(path).get("clips", {}).values():
+        if clip.get("identity") != identity:
+            continue
+        if kind == "seq" and "seq_shard" in clip:
+            names.add(clip["seq_shard"])
+        elif kind == "frames" and clip.get("frames"):
+            if "frames_shards" not in clip:
+                return None
+            names.update(clip["frames_shards"])
+    return [str(path.parent / n) for n in sorted(names)]
+
+
 # --------------------------------------------------------------------------------------------
 # Streams
 # --------------------------------------------------------------------------------------------

@@ -427,11 +427,13 @@ def _write_clip(plan: dict, writers: _Writers) -> dict:
         entry["seq_shard"] = writers.write("seq", split, seq_key(clip.identity, clip.clip), members, meta)
         entry["n_audio_samples"] = meta["n_audio_samples"]
         packed += meta["modalities"]
+    frames_shards = set()
     for f in plan["frames"]:
         members, meta = frames_sample(clip, f, plan["cameras"], split, plan["verts"], plan["head_pose"])
-        writers.write("frames", split, frames_key(clip.identity, clip.clip, f), members, meta)
+        frames_shards.add(writers.write("frames", split, frames_key(clip.identity, clip.clip, f), members, meta))
     if plan["frames"]:
         packed.append("frames")
+        entry["frames_shards"] = sorted(frames_shards)  # readers of one identity open only these
     entry["modalities"] = [m for m in MODALITIES if m in packed]
     return entry
 

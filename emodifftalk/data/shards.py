@@ -28,6 +28,7 @@ from emodifftalk.data.shard_reader import (
     SkipStats,
     check_shard_folder,
     decode_sample,
+    identity_shard_urls,
     iter_dataset,
     load_manifest,
     load_templates,
@@ -38,7 +39,8 @@ from emodifftalk.data.shard_writer import MANIFEST, ShardSetWriter, pack_dataset
 
 __all__ = [
     "DECODERS", "MANIFEST", "Problem", "SampleError", "ShardSetWriter", "ShardStream", "SkipStats",
-    "check_shard_folder", "collate_sequences", "crop_sequence", "decode_sample", "format_report", "inspect_report",
+    "check_shard_folder", "collate_sequences", "crop_sequence", "decode_sample", "format_report",
+    "identity_shard_urls", "inspect_report",
     "iter_dataset", "load_manifest", "load_templates", "pack_dataset", "shard_urls", "stream_samples",
     "validate_shards", "verify_shard_checksums",
 ]

@@ -79,13 +79,15 @@ def _samples_with_prefix(urls: list[str], prefix: str, stats) -> Iterator[dict]:
 
 
 def _identity_samples(shards_root: str | Path, identity: str, kind: str, stats) -> list[dict]:
-    from emodifftalk.data.shards import load_manifest, shard_urls
+    """The identity's samples of ``kind``: from its own shards (manifest index), or, for manifests
+    without one, by scanning its splits (every task then reads the whole split: O(data set))."""
+    from emodifftalk.data.shards import identity_shard_urls, load_manifest, shard_urls
 
-    manifest = load_manifest(shards_root)
-    out = []
-    for split in _identity_splits(manifest, identity):
-        out += list(_samples_with_prefix(shard_urls(shards_root, kind, split), f"{identity}__", stats))
-    return out
+    urls = identity_shard_urls(shards_root, identity, kind)
+    if urls is None:
+        manifest = load_manifest(shards_root)
+        urls = [u for split in _identity_splits(manifest, identity) for u in shard_urls(shards_root, kind, split)]
+    return list(_samples_with_prefix(urls, f"{identity}__", stats))
 
 
 def load_identity(shards_root: str | Path, identity: str, stats=None) -> tuple[list[dict], dict | None]:

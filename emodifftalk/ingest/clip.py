@@ -492,6 +492,7 @@ def ingest_clip(source: ClipSource, out_root: str | Path, split: str, opts: Inge
     modalities: list[str] = []
     frames_written: list[int] = []
     seq_shard = None
+    frames_shards: list[dict] = []
     with atomic_dir(final, overwrite=True) as tmp:
         if aus is not None:
             w = ShardSetWriter(tmp, "seq", split, opts.shard_max_bytes, opts.shard_max_samples)
@@ -541,7 +542,8 @@ def ingest_clip(source: ClipSource, out_root: str | Path, split: str, opts: Inge
                 w.write(frames_key(identity, clip, j), members, meta)
                 counts["frames_samples"] += 1
                 frames_written.append(int(j))
-            shards += w.close()
+            frames_shards = w.close()
+            shards += frames_shards
             if counts["bad_images"] > 5:
                 source.note(f"{counts['bad_images']} undecodable image(s) skipped in total")
             if counts["frames_samples"]:
@@ -563,6 +565,8 @@ def ingest_clip(source: ClipSource, out_root: str | Path, split: str, opts: Inge
                  "dataset": source.dataset, "source_fps": src_fps, "cameras": cameras}
         if seq_shard is not None:
             entry["seq_shard"] = f"{CLIPS_DIR}/{key}/{seq_shard}"
+        if frames_shards:
+            entry["frames_shards"] = [f"{CLIPS_DIR}/{key}/{s['name']}" for s in frames_shards]
         part = {"version": PART_VERSION, "status": "ok", "key": key, "identity": identity, "clip": clip,
                 "split": split, "digest": digest, "options": opts.to_dict(), "clip_entry": entry,
                 "shards": [dict(s, name=f"{CLIPS_DIR}/{key}/{s['name']}") for s in shards],

@@ -169,7 +169,8 @@ def load_audio_16k(wav) -> np.ndarray:
 def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
     from emodifftalk.models.speech_inference import predict_aus
 
-    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au)
+    device = next(models.s2au.model.parameters()).device  # predict_aus would move it to its default, the CPU
+    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au, device=device)
 
 
 def check_text(text: str | None) -> str | None:
@@ -273,11 +274,13 @@ def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torc
 
 def render_frames(rig, feature_line, offsets: torch.Tensor, aus: np.ndarray, cameras, cfg: Config,
                   progress: bool = True) -> Iterator[np.ndarray]:
-    """Yield uint8 frames (H, W, 3), one at a time (memory stays one frame)."""
+    """Yield uint8 frames (H, W, 3), one at a time (memory stays one frame). Renders on the rig's
+    device (``GaussianRig.load(..., device="cuda")``; the feature line must be on it too)."""
     from emodifftalk.render import rasterize
     from emodifftalk.rig.deform import deform
 
     template = rig.canonical_verts
+    dev = template.device
     bg = torch.tensor(cfg.render.background, dtype=torch.float32)
     frames = range(offsets.shape[0])
     if progress:
@@ -287,12 +290,12 @@ def render_frames(rig, feature_line, offsets: torch.Tensor, aus: np.ndarray, cam
     cams = iter(cameras)
     with torch.no_grad():
         for t in frames:
-            delta = feature_line(torch.from_numpy(aus[t:t + 1]))[0] if feature_line is not None else None
-            g = deform(rig, template + offsets[t], delta)
+            delta = feature_line(torch.from_numpy(aus[t:t + 1]).to(dev))[0] if feature_line is not None else None
+            g = deform(rig, template + offsets[t].to(dev), delta)
             vm, k, w, h = next(cams)
-            out = rasterize(**g.render_args(), viewmats=vm, Ks=k, width=w, height=h, background=bg,
+            out = rasterize(**g.render_args(), viewmats=vm.to(dev), Ks=k.to(dev), width=w, height=h, background=bg,
                             backend=cfg.render.backend, tile_size=cfg.render.tile_size)
-            yield (out.rgb[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            yield (out.rgb[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -124,6 +124,8 @@ def test_folder_ingest_round_trip(tmp_path):
     m = load_manifest(tmp_path / "out")
     c = m["clips"]["0001__angry_1"]
     assert c["modalities"] == ["audio", "aus", "verts", "frames"] and c["emotion"] == "angry" and c["n_frames"] == N
+    frames_shards = [s["name"] for s in m["shards"] if s["kind"] == "frames"]
+    assert c["frames_shards"] == frames_shards and all((tmp_path / "out" / n).is_file() for n in frames_shards)
     (seq,) = _samples(tmp_path / "out", "seq")
     assert seq["verts"].shape == (N, 4, 3) and seq["audio"].shape == (int(16000 * N / FPS),)
     np.testing.assert_allclose(seq["verts"][2], TETRA + [0, 0.02, 0], atol=1e-6)

@@ -203,6 +203,32 @@ def test_manifest_counts_splits_and_modalities(packed):
     assert m["totals"]["audio_hours"] == pytest.approx(8 * N_FRAMES / FPS / 3600)
 
 
+def test_identity_shard_index_points_at_exactly_the_identitys_shards(packed, tmp_path):
+    from emodifftalk.data.shards import identity_shard_urls, shard_urls
+    from emodifftalk.distributed.ray_jobs import load_identity
+
+    m = load_manifest(packed)
+    for identity, split in m["identity_splits"].items():
+        for kind in ("seq", "frames"):
+            urls = identity_shard_urls(packed, identity, kind)
+            holding = set()
+            for url in shard_urls(packed, kind, split):
+                keys = {s["key"] for s in iter_dataset(url, kind)}
+                if any(k.startswith(f"{identity}__") for k in keys):
+                    holding.add(url)
+            assert set(urls) == holding and urls, (identity, kind)
+        frames, _ = load_identity(packed, identity)
+        assert len(frames) == 2 and {f["meta"]["identity"] for f in frames} == {identity}
+    # a manifest packed before the index: None, and rig tasks fall back to scanning the splits
+    old = _copy(packed, tmp_path / "old")
+    m_old = json.loads((old / "manifest.json").read_text())
+    for clip in m_old["clips"].values():
+        clip.pop("frames_shards", None)
+    (old / "manifest.json").write_text(json.dumps(m_old))
+    assert identity_shard_urls(old, "id0", "frames") is None
+    assert len(load_identity(old, "id0")[0]) == 2
+
+
 def test_frames_stride_selects_rendered_frames(raw, tmp_path):
     out = pack_dataset(raw, tmp_path / "s2", _cfg("data.frames_stride=2"))
     frames = sorted(int(s["meta"]["frame"]) for split in ("train", "val", "test")
