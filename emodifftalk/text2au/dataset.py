@@ -105,9 +105,9 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUP_JACCARD) 
     return pairs
 
 
-def near_duplicate_groups(entries: list[Entry], threshold: float = NEAR_DUP_JACCARD) -> list[int]:
-    """Group index per entry: connected components of the near-duplicate graph (union-find)."""
-    parent = list(range(len(entries)))
+def connected_components(n: int, edges) -> list[int]:
+    """Component index per node ``0..n-1`` of the undirected graph ``edges`` (union-find)."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -115,9 +115,14 @@ def near_duplicate_groups(entries: list[Entry], threshold: float = NEAR_DUP_JACC
             i = parent[i]
         return i
 
-    for i, j in near_duplicate_pairs([e.description for e in entries], threshold):
+    for i, j in edges:
         parent[find(i)] = find(j)
-    return [find(i) for i in range(len(entries))]
+    return [find(i) for i in range(n)]
+
+
+def near_duplicate_groups(entries: list[Entry], threshold: float = NEAR_DUP_JACCARD) -> list[int]:
+    """Group index per entry: connected components of the near-duplicate graph."""
+    return connected_components(len(entries), near_duplicate_pairs([e.description for e in entries], threshold))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,22 +260,12 @@ def concept_key(entry: Entry) -> str:
 
 def concept_groups(entries: list[Entry]) -> list[int]:
     """Group index per entry: connected components of "same concept or same AU vector"."""
-    parent = list(range(len(entries)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     first: dict[object, int] = {}
+    edges = []
     for i, e in enumerate(entries):
         for key in (("concept", concept_key(e)), ("aus", e.aus)):
-            if key in first:
-                parent[find(i)] = find(first[key])
-            else:
-                first[key] = i
-    return [find(i) for i in range(len(entries))]
+            edges.append((i, first.setdefault(key, i)))
+    return connected_components(len(entries), edges)
 
 
 def concept_folds(entries: list[Entry], k: int, seed: int = 0) -> list[int]:
