@@ -379,7 +379,9 @@ class InferConfig:
     overlap_frames: int = 10
     fps: float = 25.0
     image_size: int = 256
-    camera: str = "0"  # camera index from the data, "orbit", or a JSON path
+    # "front" (the capture camera facing the face most squarely), a capture camera index, "orbit",
+    # or a cameras JSON path  # choice: capture rigs number cameras arbitrarily; index 0 may be a profile
+    camera: str = "front"
     # classifier-free guidance when animating (diffusion.guidance_scale is the one validation and
     # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely
     # (the demo's metrics.json: held_out_motion.au_edit_response, guided vs unguided)  # choice

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--edits", default=None, help="per-AU edit curves, JSON/YAML (format: examples/README.md, "
                    "example: examples/edits.json)")
     p.add_argument("--camera", default=None,
-                   help="capture camera index, 'orbit', or a cameras JSON file (default: infer.camera)")
+                   help="'front' (the capture camera facing the face), a capture camera index, 'orbit', "
+                   "or a cameras JSON file (default: infer.camera, 'front')")
     p.add_argument("--ply", action="store_true", help="also write a 3DGS PLY per frame (OpenCV axes, y down; "
                    "render.ply_y_up=true for y-up)")
     p.add_argument("--seed", type=int, default=0)

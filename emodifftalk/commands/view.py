@@ -32,8 +32,8 @@ def register(subparsers) -> None:
                         "editor, without authentication, to the network")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--out", default=None, help="export folder (default: view_out/<identity>)")
-    p.add_argument("--camera", default=None, help="camera of the mp4 export: capture camera index, 'orbit', or a "
-                   "cameras JSON (default: 0, or orbit for a rig without cameras)")
+    p.add_argument("--camera", default=None, help="camera of the mp4 export: 'front', a capture camera index, 'orbit', "
+                   "or a cameras JSON (default: front, or orbit for a rig without cameras)")
     p.add_argument("--edit-steps", type=int, default=8, help="DDIM steps per AU edit (default 8)")
     p.add_argument("--seed", type=int, default=0)
     from emodifftalk.cli import add_config_args

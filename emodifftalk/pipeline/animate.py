@@ -27,6 +27,7 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
+from emodifftalk.render.cameras import most_frontal_camera
 from emodifftalk.utils import atomic_dir, ensure_writable
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def load_models(s2au_dir: str | Path | None, motion_dir: str | Path | None, text
 
 
 def check_inputs(rig_dir: str | Path, wav, out: str | Path, *, edits_path: str | Path | None = None,
-                 camera: str = "0", overwrite: bool = False) -> None:
+                 camera: str = "front", overwrite: bool = False) -> None:
     """Cheap checks of every ``animate`` input, before any model is loaded: each failure is an
     ``AnimateError``/``FileExistsError``/``OutputError`` naming the argument and the path."""
     from emodifftalk.edits import load_edits
@@ -123,12 +124,11 @@ def check_inputs(rig_dir: str | Path, wav, out: str | Path, *, edits_path: str |
     if camera.endswith(".json"):
         if not Path(camera).is_file():
             raise AnimateError(f"--camera {camera}: file does not exist")
-    elif camera != "orbit":
+    elif camera not in ("orbit", "front"):
         try:
             int(camera)
         except ValueError:
-            raise AnimateError(f"--camera {camera!r}: expected 'orbit', a cameras JSON file, or a capture "
-                               "camera index") from None
+            raise AnimateError(f"--camera {camera!r}: {CAMERA_SPECS}") from None
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} already exists; pass --overwrite to replace it")
@@ -228,11 +228,32 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
                          window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
 
 
+CAMERA_SPECS = "expected 'front', 'orbit', a cameras JSON file, or a capture camera index"
+
+
+def capture_camera_index(rig, spec: str) -> int:
+    """The rig's capture camera that ``spec`` names: an index ("0"), or "front", the camera that
+    looks most squarely at the face (``render.cameras.most_frontal_camera``; capture rigs number
+    their cameras arbitrarily, so index 0 is often a profile)."""
+    viewmats = rig.info.get("cameras", {}).get("viewmats") or []
+    if spec == "front" and viewmats:
+        return most_frontal_camera(torch.tensor(viewmats, dtype=torch.float32), rig.canonical_verts.detach().cpu(),
+                                   rig.faces.cpu(), rig.facial_idx.cpu())
+    try:
+        idx = int(spec)
+        if not -len(viewmats) <= idx < len(viewmats):
+            raise IndexError(idx)
+    except (ValueError, IndexError):
+        raise AnimateError(f"--camera {spec!r}: {CAMERA_SPECS} 0..{len(viewmats) - 1} of this rig") from None
+    return idx
+
+
 def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
     """Per-frame (viewmat (1,4,4), K (1,3,3), width, height) for a camera spec.
 
-    ``spec``: an index into the rig's capture cameras ("0"), "orbit" (one turn over the clip), or a
-    JSON file ``{"cameras": [{"K", "viewmat", "width", "height"}, ...]}`` (one per frame, or one for all).
+    ``spec``: "front" (the capture camera that faces the face most squarely), an index into the
+    rig's capture cameras ("0"), "orbit" (one turn over the clip), or a JSON file
+    ``{"cameras": [{"K", "viewmat", "width", "height"}, ...]}`` (one per frame, or one for all).
     """
     from emodifftalk.render.cameras import intrinsics, look_at
 
@@ -259,14 +280,9 @@ def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torc
                    int(c["width"]), int(c["height"]))
         return
     cams = rig.info.get("cameras", {})
-    try:
-        idx = int(spec)
-        vm = torch.tensor(cams["viewmats"][idx], dtype=torch.float32)
-        k = torch.tensor(cams["Ks"][idx], dtype=torch.float32)
-    except (ValueError, KeyError, IndexError):
-        n = len(cams.get("viewmats", []))
-        raise AnimateError(f"--camera {spec!r}: expected 'orbit', a cameras JSON file, or a capture camera index "
-                           f"0..{n - 1} of this rig") from None
+    idx = capture_camera_index(rig, spec)
+    vm = torch.tensor(cams["viewmats"][idx], dtype=torch.float32)
+    k = torch.tensor(cams["Ks"][idx], dtype=torch.float32)
     w, h = int(cams["width"]), int(cams["height"])
     for _ in range(n_frames):
         yield vm[None], k[None], w, h
@@ -349,7 +365,7 @@ def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray
 
 
 def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Config, *, text: str | None = None,
-            edits_path: str | Path | None = None, camera: str = "0", ply: bool = False, seed: int = 0,
+            edits_path: str | Path | None = None, camera: str = "front", ply: bool = False, seed: int = 0,
             overwrite: bool = False, progress: bool = True) -> AnimationResult:
     from emodifftalk.edits import load_edits
     from emodifftalk.render.video import write_video

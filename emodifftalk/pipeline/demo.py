@@ -155,7 +155,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     from emodifftalk.distributed.ray_jobs import format_summary, run_rig_jobs
     from emodifftalk.eval.metrics import motion_metrics
     from emodifftalk.eval.s2au import run_eval as eval_s2au
-    from emodifftalk.pipeline.animate import animate, load_models
+    from emodifftalk.pipeline.animate import animate, capture_camera_index, load_models
+    from emodifftalk.rig.gaussians import GaussianRig
     from emodifftalk.pipeline.preview import clip_frames
     from emodifftalk.text2au.evaluate import evaluate_model
     from emodifftalk.train.tasks.text2au import train_text2au
@@ -218,9 +219,10 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     cfg.infer.fps = float(meta["fps"])
     models = load_models(s2au_dir, motion_dir, t2a_dir)
     t0 = time.perf_counter()
-    plain = animate(rigs / identity, wav, models, work / "anim_speech", cfg, camera="1", overwrite=True)
+    cam = capture_camera_index(GaussianRig.load(rigs / identity), cfg.infer.camera)  # "front" by default
+    plain = animate(rigs / identity, wav, models, work / "anim_speech", cfg, camera=str(cam), overwrite=True)
     edited = animate(rigs / identity, wav, models, work / "anim_edited", cfg, text=text, edits_path=edits_path,
-                     camera="1", overwrite=True)
+                     camera=str(cam), overwrite=True)
     timings["animate"] = round(time.perf_counter() - t0, 1)
     shutil.copy(plain.out_dir / "video.mp4", results / "video_speech.mp4")
     for name in ("video.mp4", "aus.png", "aus.csv", "animation.json"):
@@ -230,9 +232,9 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
 
     tmpl = load_template_infos(shards)[identity]
     cams = json.loads((rigs / identity / "rig.json").read_text())["cameras"]
-    box = _face_box(tmpl.verts[tmpl.face_idx], np.asarray(cams["viewmats"][1]), np.asarray(cams["Ks"][1]),
+    box = _face_box(tmpl.verts[tmpl.face_idx], np.asarray(cams["viewmats"][cam]), np.asarray(cams["Ks"][cam]),
                     int(cams["width"]), int(cams["height"]))
-    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), cams["names"][1], box)
+    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), cams["names"][cam], box)
     pred = tmpl.verts[None] + np.load(plain.out_dir / "offsets.npy")
     gt = clip["verts"][: pred.shape[0]]
     motion = motion_metrics([pred[: gt.shape[0]]], [gt], [tmpl.verts], [tmpl.lip_idx], [tmpl.upper_idx])

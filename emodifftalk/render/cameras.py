@@ -110,6 +110,32 @@ def c2w_to_viewmat(c2w: Tensor) -> Tensor:
 viewmat_to_c2w = c2w_to_viewmat  # the rigid inverse is its own inverse
 
 
+def face_forward(verts: Tensor, faces: Tensor, face_vertices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(centre (3,), unit forward (3,)) of a face mesh: the area-weighted normal of the triangles
+    whose corners all lie in ``face_vertices`` (every triangle when None), oriented away from the
+    whole mesh's centroid so the answer does not depend on the triangles' winding."""
+    verts, faces = verts.float(), faces.long()
+    if face_vertices is not None and face_vertices.numel():
+        inside = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
+        inside[face_vertices.long()] = True
+        faces = faces[inside[faces].all(1)] if inside[faces].all(1).any() else faces
+    a, b, c = (verts[faces[:, i]] for i in range(3))
+    normal = torch.linalg.cross(b - a, c - a).sum(0)  # |cross| = 2 x area: area-weighted
+    centre = verts[faces.reshape(-1)].mean(0)
+    if torch.dot(normal, centre - verts.mean(0)) < 0:
+        normal = -normal
+    return centre, normal / normal.norm().clamp_min(1e-12)
+
+
+def most_frontal_camera(viewmats: Tensor, verts: Tensor, faces: Tensor, face_vertices: Tensor | None = None) -> int:
+    """Index of the camera (viewmats (C, 4, 4)) that looks most squarely at the face: the largest
+    cosine between the face's forward direction and the direction from the face to the camera."""
+    centre, forward = face_forward(verts, faces, face_vertices)
+    eyes = viewmat_to_c2w(viewmats.float())[:, :3, 3]
+    to_eye = torch.nn.functional.normalize(eyes - centre, dim=-1)
+    return int((to_eye @ forward).argmax())
+
+
 def opengl_to_opencv(c2w: Tensor) -> Tensor:
     """Camera-to-world (..., 4, 4) with OpenGL camera axes (x right, y up, looking down -z)
     -> OpenCV camera axes (x right, y down, z forward). Applying it twice gives the input back."""

@@ -101,7 +101,7 @@ class ViewerApp:
         self.out_dir = Path(out_dir)
         self.seed, self.source = int(seed), source
         has_cams = bool(rig.info.get("cameras", {}).get("viewmats"))
-        self.camera = camera or ("0" if has_cams else "orbit")
+        self.camera = camera or ("front" if has_cams else "orbit")
         t = cfg.text2au
         self.state = ViewerState(clip, lip_lock=t.lip_lock,
                                  text_params={"alpha": t.modulation_alpha, "beta": t.modulation_beta,
@@ -173,17 +173,20 @@ class ViewerApp:
             self._shown = (id(clip), t)
 
     def _setup_camera(self) -> None:
-        """Start the page at the rig's first capture camera (or a front view), scene up = camera up."""
+        """Start the page at the capture camera facing the face (or a front view), scene up = camera up."""
         verts = self.rig.canonical_verts.detach().cpu().numpy().astype(np.float64)
         center = (verts.max(0) + verts.min(0)) / 2
         cams = self.rig.info.get("cameras", {}) or {}
         fov = np.radians(30.0)
         try:
-            vm = np.asarray(cams["viewmats"][0], dtype=np.float64)
+            from emodifftalk.pipeline.animate import capture_camera_index
+
+            idx = capture_camera_index(self.rig, "front")
+            vm = np.asarray(cams["viewmats"][idx], dtype=np.float64)
             rot, trans = vm[:3, :3], vm[:3, 3]
             eye = -rot.T @ trans
             fwd, up = rot[2], -rot[1]  # OpenCV camera: z forward, y down
-            fy, h = float(np.asarray(cams["Ks"][0])[1, 1]), float(cams["height"])
+            fy, h = float(np.asarray(cams["Ks"][idx])[1, 1]), float(cams["height"])
             fov = 2 * np.arctan(h / 2 / fy)
         except (KeyError, IndexError, TypeError, ValueError):
             extent = float((verts.max(0) - verts.min(0)).max())

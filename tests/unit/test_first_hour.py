@@ -160,7 +160,7 @@ def test_animate_checks_inputs_before_loading_models(fake_runs, monkeypatch, cap
     elif problem == "out":
         (root / "anim").mkdir()
     elif problem == "camera":
-        argv += ["--camera", "front"]
+        argv += ["--camera", "sideways"]
     elif problem == "rig":
         argv[1] = str(root / "rigs")  # the parent, a common slip
     assert main(argv) == 1
