@@ -51,6 +51,11 @@ class SynthConfig:
     openface_failure_rate: float = 0.02  # fraction of CSV rows written with success=0
     gestures: bool = True  # brow flashes on pitch accents + random single-AU events (speech.py)
     seed: int = 0
+    version: int = 2  # 2: espeak-ng speech, visemes, nonlinear face, estimated labels; 1: the v1 world
+    speech: str = "tts"  # v2 audio: "tts" (espeak-ng; formant with a warning if missing) | "formant"
+    augment_prob: float = 0.5  # v2: share of clips whose audio.wav is written augmented (data/augment.py)
+    n_eval_cameras: int = 8  # v2: held-out ring of cameras (eval_images/), never packed for training
+    eval_image_stride: int = 25  # v2: render the held-out ring every k-th frame (frame 0 always)
 
     def validate(self) -> None:
         _check(self.n_identities >= 3, "synth.n_identities must be >= 3 (train/val/test by identity)")
@@ -64,6 +69,11 @@ class SynthConfig:
         _check(self.n_free_points >= 0, "synth.n_free_points must be >= 0")
         _check(self.image_stride >= 1, "synth.image_stride must be >= 1")
         _check(0 <= self.openface_failure_rate < 0.5, "synth.openface_failure_rate must be in [0, 0.5)")
+        _check(self.version in (1, 2), "synth.version must be 1 or 2")
+        _check(self.speech in ("tts", "formant"), "synth.speech must be 'tts' or 'formant'")
+        _check(0 <= self.augment_prob <= 1, "synth.augment_prob must be in [0, 1]")
+        _check(self.n_eval_cameras >= 0, "synth.n_eval_cameras must be >= 0")
+        _check(self.eval_image_stride >= 1, "synth.eval_image_stride must be >= 1")
 
 
 @dataclass

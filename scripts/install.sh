@@ -4,6 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# espeak-ng: the text-to-speech voices of the synthetic data (emodifftalk synth, v2). Best effort:
+# without it synth falls back to formant speech with a warning.
+if ! ldconfig -p 2>/dev/null | grep -q libespeak-ng; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+    { $SUDO apt-get install -y -qq espeak-ng >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq espeak-ng >/dev/null 2>&1; }; } \
+      || echo "install.sh: could not apt-get install espeak-ng; synth will use formant speech" >&2
+  else
+    echo "install.sh: espeak-ng not found (install it with your package manager); synth will use formant speech" >&2
+  fi
+fi
 EXTRAS=${EMODIFFTALK_EXTRAS:-test,viewer}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

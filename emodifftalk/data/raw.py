@@ -99,6 +99,26 @@ class RawClip:
         return self.path / "verts.npy"
 
     @property
+    def aus_true_path(self) -> Path:
+        """Optional (T, 17) true AU activations (synthetic data: evaluation only, never a label)."""
+        return self.path / "aus_true.npy"
+
+    @property
+    def head_pose_path(self) -> Path:
+        """Optional (T, 4, 4) world-from-registered rigid head pose of each frame: the images show
+        the posed head, ``verts.npy`` the registered one."""
+        return self.path / "head_pose.npy"
+
+    def load_frame_array(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        """An optional per-frame array ``(n_frames, *shape)`` float32, or None if the file is absent."""
+        if not path.is_file():
+            return None
+        arr = load_npy(path)
+        if arr.shape != (self.n_frames, *shape):
+            raise RawLayoutError(f"{path}: expected shape {(self.n_frames, *shape)} from meta.json, got {arr.shape}")
+        return np.asarray(arr, dtype=np.float32)
+
+    @property
     def modalities(self) -> tuple[str, ...]:
         """Modalities whose files are present (meta.json's list is checked against the files)."""
         present = {

@@ -27,6 +27,8 @@ Raw folder layout (what ``emodifftalk synth`` writes and ``emodifftalk pack`` re
           audio.wav                    16 kHz mono PCM16
           openface.csv                 OpenFace 2.x FeatureExtraction output (the AU source)
           verts.npy                    (T, V, 3) float32 tracked mesh vertices per frame, absolute
+          head_pose.npy                optional (T, 4, 4) rigid head pose; images show pose @ verts
+          aus_true.npy                 optional (T, 17) true AU activations (synthetic; evaluation only)
           images/<camera>/<frame:05d>.png   multi-view frames (a subset of frames may be present)
 
 Shard schema (WebDataset tar members of one sample; version ``SCHEMA_VERSION``)
@@ -36,9 +38,11 @@ Shard schema (WebDataset tar members of one sample; version ``SCHEMA_VERSION``)
     ``verts.npy`` (T,V,3) float32 (absent if the clip has no meshes), ``meta.json``
     (identity, clip, fps, n_frames, sample_rate, emotion, split, template=<identity>, modalities),
     optional ``feats.npy`` (Ta, D) float16 audio features + ``feats.json`` (encoder id) from
-    ``emodifftalk featurize``.
+    ``emodifftalk featurize``; optional ``aus_true.npy`` (T,17) true AU activations (synthetic data,
+    evaluation only) and ``head_pose.npy`` (T,4,4) rigid head pose (images = pose applied to verts).
 ``frames`` samples (rig reconstruction), key ``<identity>__<clip>__f<frame:05d>``:
-    ``<camera>.png`` per camera, ``cameras.json``, ``verts.npy`` (V,3) mesh of that moment,
+    ``<camera>.png`` per camera, ``cameras.json`` (the clip's head pose, if any, folded into each
+    ``viewmat``: ``viewmat @ pose``), ``verts.npy`` (V,3) mesh of that moment,
     ``meta.json`` (identity, clip, frame, split, cameras: [names]).
 ``template`` samples, key ``<identity>__template``:
     ``verts.npy`` (V,3), ``faces.npy`` (F,3) int32, ``vertex_sets.json``, ``meta.json``.
@@ -57,7 +61,7 @@ SAMPLE_KINDS = ("seq", "frames", "template")
 # Members that may appear in a sample, and how each must be decoded. Anything else is rejected:
 # no pickle-based extension (.pyd/.pickle/.pth) is ever decoded.
 SEQ_REQUIRED = ("audio.wav", "aus.npy", "au_mask.npy", "meta.json")
-SEQ_OPTIONAL = ("verts.npy", "feats.npy", "feats.json")
+SEQ_OPTIONAL = ("verts.npy", "feats.npy", "feats.json", "aus_true.npy", "head_pose.npy")
 FRAMES_REQUIRED = ("cameras.json", "meta.json")
 TEMPLATE_REQUIRED = ("verts.npy", "faces.npy", "vertex_sets.json", "meta.json")
 

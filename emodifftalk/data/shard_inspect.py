@@ -140,7 +140,7 @@ def inspect_report(root: str | Path) -> dict[str, Any]:
             if sample is not None:
                 shapes[kind] = _shapes(sample)
                 break
-    return {
+    report = {
         "root": str(root),
         "name": manifest.get("name"),
         "schema_version": manifest["schema_version"],
@@ -156,6 +156,39 @@ def inspect_report(root: str | Path) -> dict[str, Any]:
         "skipped_at_pack": manifest.get("skipped", []),
         "shapes": shapes,
     }
+    truth = synthetic_truth_report(root)
+    if truth is not None:
+        report["synthetic_truth"] = truth
+    return report
+
+
+def synthetic_truth_report(root: str | Path) -> dict[str, Any] | None:
+    """Label reliability per AU and AU-unexplained lip variance, from the seq samples that carry
+    ``aus_true`` (synthetic v2 data); None when none do. Reads every seq sample."""
+    from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
+
+    templates = {s["meta"]["identity"]: s for s in iter_dataset(root, "template", None, stats=SkipStats(max_logged=0))}
+    labels, masks, truths = [], [], []
+    per_identity: dict[str, tuple[list, list]] = {}
+    for split in SPLITS:
+        for s in iter_dataset(root, "seq", split, stats=SkipStats(max_logged=0)):
+            if s.get("aus_true") is None:
+                continue
+            labels.append(s["aus"])
+            masks.append(s["au_mask"])
+            truths.append(s["aus_true"])
+            if s["verts"] is not None and s["meta"]["template"] in templates:
+                v, t = per_identity.setdefault(s["meta"]["template"], ([], []))
+                v.append(s["verts"])
+                t.append(s["aus_true"])
+    if not truths:
+        return None
+    unexplained = {ident: lip_unexplained_variance(v, t, templates[ident]["verts"],
+                                                   templates[ident]["vertex_sets"]["lips"])
+                   for ident, (v, t) in sorted(per_identity.items())}
+    return {"n_clips": len(truths), "label_reliability": label_reliability(labels, masks, truths),
+            "lip_unexplained": {"mean": float(np.mean(list(unexplained.values()))) if unexplained else None,
+                                "per_identity": unexplained}}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -180,6 +213,10 @@ def format_report(r: dict[str, Any]) -> str:
     if r["skipped_at_pack"]:
         lines.append(f"  clips skipped when packing: {len(r['skipped_at_pack'])}")
         lines += [f"    {s['identity']}/{s['clip']}: {s['reason']}" for s in r["skipped_at_pack"]]
+    if r.get("synthetic_truth"):
+        from emodifftalk.eval.synthetic_truth import format_truth_report
+
+        lines += format_truth_report(r["synthetic_truth"])
     lines.append("  sample shapes:")
     for kind, shapes in r["shapes"].items():
         lines.append(f"    {kind}:")

@@ -324,11 +324,19 @@ def _decode_seq(key: str, members: dict, meta: dict) -> dict:
         _need(members, ("feats.npy", "feats.json"))
         feats = _array(decode_npy(members["feats.npy"]), "feats", 2, np.float32)
         feats_meta = decode_json(members["feats.json"])
+    optional = {}
+    if "aus_true.npy" in members:  # synthetic ground truth, for evaluation only
+        optional["aus_true"] = _array(decode_npy(members["aus_true.npy"]), "aus_true", 2, np.float32)
+        _check(optional["aus_true"].shape == aus.shape, f"aus_true is {optional['aus_true'].shape}, aus is {aus.shape}")
+    if "head_pose.npy" in members:
+        optional["head_pose"] = _array(decode_npy(members["head_pose.npy"]), "head_pose", 3, np.float32)
+        _check(optional["head_pose"].shape == (t, 4, 4), f"head_pose is {optional['head_pose'].shape}, "
+                                                         f"expected ({t}, 4, 4)")
     _check(int(meta.get("sample_rate", SAMPLE_RATE)) == SAMPLE_RATE,
            f"meta sample_rate {meta.get('sample_rate')} != {SAMPLE_RATE}")
     return _with_extras({"key": key, "kind": "seq", "audio": audio, "sample_rate": SAMPLE_RATE, "aus": aus,
                          "au_mask": au_mask, "verts": verts, "feats": feats, "feats_meta": feats_meta,
-                         "meta": meta}, members, set(SEQ_REQUIRED) | set(SEQ_OPTIONAL))
+                         "meta": meta, **optional}, members, set(SEQ_REQUIRED) | set(SEQ_OPTIONAL))
 
 
 def _decode_cameras(value: Any) -> list[dict]:

@@ -223,6 +223,11 @@ def seq_sample(clip: RawClip, split: str, n_vertices: int | None) -> tuple[dict[
                                  f"{n_vertices}")
         members["verts.npy"] = encode_npy(np.asarray(verts, dtype=np.float32))
         modalities.append("verts")
+    for name, path, shape in (("aus_true.npy", clip.aus_true_path, (NUM_AUS,)),
+                              ("head_pose.npy", clip.head_pose_path, (4, 4))):
+        arr = clip.load_frame_array(path, shape)
+        if arr is not None:
+            members[name] = encode_npy(arr)
     seconds = n_audio / SAMPLE_RATE
     if abs(seconds - clip.n_frames / clip.fps) > 2.0 / clip.fps:
         log.warning("%s: audio lasts %.3f s but %d frames at %g fps last %.3f s", clip.path, seconds,
@@ -272,13 +277,17 @@ def frame_images(clip: RawClip, frame: int, cameras: list[dict]) -> list[tuple[d
 
 
 def frames_sample(clip: RawClip, frame: int, cameras: list[dict], split: str,
-                  verts: np.ndarray | None) -> tuple[dict[str, bytes], dict]:
-    """Members + meta of the ``frames`` sample of ``clip`` at ``frame`` (image bytes copied as-is)."""
+                  verts: np.ndarray | None, head_pose: np.ndarray | None = None) -> tuple[dict[str, bytes], dict]:
+    """Members + meta of the ``frames`` sample of ``clip`` at ``frame`` (image bytes copied as-is).
+    With ``head_pose`` (T, 4, 4) each camera's viewmat becomes ``viewmat @ pose[frame]``: the
+    registered mesh seen through it projects where the posed head is in the image."""
     members: dict[str, bytes] = {}
     used = []
     for cam, path in frame_images(clip, frame, cameras):
         ext = ".jpg" if path.suffix.lower() == ".jpeg" else path.suffix.lower()
         members[cam["name"] + ext] = path.read_bytes()
+        if head_pose is not None:
+            cam = dict(cam, viewmat=np.asarray(cam["viewmat"], np.float64) @ head_pose[frame])
         used.append(cam)
     members["cameras.json"] = encode_json(used)
     if verts is not None:
@@ -401,6 +410,7 @@ def _plan_clip(clip: RawClip, split: str, identity: dict, data_cfg) -> dict:
             frame_images(clip, f, identity["cameras"])
         verts = clip.load_verts() if clip.verts_path.is_file() else None
     return {"clip": clip, "split": split, "seq": seq, "frames": frames, "verts": verts,
+            "head_pose": clip.load_frame_array(clip.head_pose_path, (4, 4)) if frames else None,
             "cameras": identity["cameras"]}
 
 
@@ -418,7 +428,7 @@ def _write_clip(plan: dict, writers: _Writers) -> dict:
         entry["n_audio_samples"] = meta["n_audio_samples"]
         packed += meta["modalities"]
     for f in plan["frames"]:
-        members, meta = frames_sample(clip, f, plan["cameras"], split, plan["verts"])
+        members, meta = frames_sample(clip, f, plan["cameras"], split, plan["verts"], plan["head_pose"])
         writers.write("frames", split, frames_key(clip.identity, clip.clip, f), members, meta)
     if plan["frames"]:
         packed.append("frames")

@@ -17,9 +17,12 @@ from emodifftalk.data.synthetic import (
     EMOTION_AUS,
     EMOTIONS,
     Voice,
+    apply_rig,
     gaussian_head,
     generate_dataset,
     make_au_rig,
+    make_clip,
+    make_identity,
     make_template,
     synthesize_clip,
     synthesize_speech,
@@ -31,8 +34,11 @@ UPPER_EMOTION_AUS = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09")
 
 
 def tiny_cfg(**kw) -> SynthConfig:
+    # augment_prob=0: the layout test checks the 16 kHz mono audio.wav (augmentation, which
+    # writes other rates/channels, is tested in test_synthetic_v2.py)
     base = dict(n_identities=3, clips_per_identity=1, clip_seconds=1.0, n_cameras=2, image_size=32,
-                mesh_resolution=12, n_free_points=200, image_stride=5, openface_failure_rate=0.1, seed=0)
+                mesh_resolution=12, n_free_points=200, image_stride=5, openface_failure_rate=0.1,
+                augment_prob=0.0, seed=0)
     base.update(kw)
     return SynthConfig(**base)
 
@@ -139,6 +145,21 @@ def test_refuses_to_overwrite(dataset, tmp_path):
     assert (out / "keep.txt").read_text() == "user data"
     generate_dataset(cfg, out, overwrite=True, progress=False)
     assert (out / "dataset.json").is_file() and not (out / "keep.txt").exists()
+
+
+def test_v1_world_is_still_reachable_and_exactly_linear(tmp_path):
+    """synth.version=1 writes the original world: linear rig meshes, labels = truth + 1 % noise,
+    no v2 extras."""
+    cfg = tiny_cfg(version=1, n_identities=3, image_stride=25)
+    root = generate_dataset(cfg, tmp_path / "v1", progress=False)
+    info = json.loads((root / "dataset.json").read_text())
+    assert info["generator"]["version"] == 1 and not (root / "gallery.png").exists()
+    cd = root / "id001" / "clip00"
+    assert not (cd / "aus_true.npy").exists() and not (cd / "head_pose.npy").exists()
+    ident = make_identity(cfg, 1)
+    clip = make_clip(cfg, ident, 1, 0)
+    linear = apply_rig(ident.template.verts, ident.rig, clip.speech.aus)
+    assert np.abs(np.load(cd / "verts.npy") - linear).max() < 1e-3  # tracking noise only
 
 
 def test_cli_synth(tmp_path):

@@ -177,8 +177,9 @@ def make_free_gaussians(template: Template, params: IdentityParams, n: int | Non
     return out
 
 
-def face_gaussians(template: Template, verts: np.ndarray) -> GaussianSet:
-    """One surface Gaussian per vertex of ``verts`` (V, 3): albedo × fixed light from current normals."""
+def face_gaussians(template: Template, verts: np.ndarray, tint: np.ndarray | None = None) -> GaussianSet:
+    """One surface Gaussian per vertex of ``verts`` (V, 3): albedo × fixed light from current
+    normals, times an optional per-vertex ``tint`` (V, 3) (expression-dependent appearance)."""
     assert verts.shape == template.verts.shape, (verts.shape, template.verts.shape)
     normals = vertex_normals(verts, template.faces)
     edge = mean_edge_length(template.verts, template.faces)
@@ -188,11 +189,12 @@ def face_gaussians(template: Template, verts: np.ndarray) -> GaussianSet:
         means=np.asarray(verts, np.float32), quats=quats_from_normals(normals),
         scales=np.stack([s, s, 0.2 * s], 1).astype(np.float32),
         opacities=np.full(v, 0.98, np.float32),
-        colors=np.clip(template.albedo * _shade(normals)[:, None], 0, 1).astype(np.float32))
+        colors=np.clip(template.albedo * (1.0 if tint is None else tint) * _shade(normals)[:, None],
+                       0, 1).astype(np.float32))
 
 
 def gaussian_head(template: Template, verts: np.ndarray, identity_params: IdentityParams | None = None,
-                  free: GaussianSet | None = None) -> GaussianSet:
+                  free: GaussianSet | None = None, tint: np.ndarray | None = None) -> GaussianSet:
     """All Gaussians of one frame: per-vertex face Gaussians for ``verts`` (V, 3) + the free ones.
 
     ``free`` (from ``make_free_gaussians``) can be passed to avoid rebuilding it every frame.
@@ -200,4 +202,4 @@ def gaussian_head(template: Template, verts: np.ndarray, identity_params: Identi
     params = identity_params or template.params
     if free is None:
         free = make_free_gaussians(template, params)
-    return GaussianSet.concat([face_gaussians(template, verts), free])
+    return GaussianSet.concat([face_gaussians(template, verts, tint), free])

@@ -29,6 +29,7 @@ from .head import (
 )
 
 MM = 1e-3
+JAW_ANGLE = 0.13  # rad of jaw rotation at AU26 = 1 (before the identity's ±10 %)
 
 
 def _rotation_x(angle: float) -> np.ndarray:
@@ -111,17 +112,28 @@ def make_au_rig(template: Template, rng: np.random.Generator) -> np.ndarray:
     put("AU25", lower_lip + 0.3 * bump(d, 0.0, MOUTH_Y - 0.12, 0.2, 0.06), [0, -4.0, 0.0])
     # jaw drop: rotate the jaw (everything below the mouth line, fading toward the ears) about a
     # hinge axis near the ears; linearised as one displacement field
-    # sharp at the lips (they separate), a broad stretch zone beyond the mouth corners so the
-    # cheeks deform smoothly instead of tearing along the mouth line
-    side = smoothstep(MOUTH_HALF_WIDTH - 0.05, MOUTH_HALF_WIDTH + 0.1, np.abs(x))
-    jaw = (smoothstep(MOUTH_Y + 0.005 + 0.12 * side, MOUTH_Y - 0.02 - 0.25 * side, y)
-           * smoothstep(-0.55, 0.15, d[:, 2]))
-    hinge = np.array([0.0, float(np.percentile(v[:, 1], 45)), float(v[:, 2].min() * 0.1)])
-    angle = 0.13 * rng.uniform(0.9, 1.1)
+    jaw = jaw_weights(d)
+    hinge = jaw_hinge(v)
+    angle = JAW_ANGLE * rng.uniform(0.9, 1.1)
     rotated = (v - hinge) @ _rotation_x(angle).T + hinge
     D[k["AU26"]] += (rotated - v) * jaw[:, None]
     D *= amp[:, None, None]
     return D.astype(np.float32)
+
+
+def jaw_weights(d: np.ndarray) -> np.ndarray:
+    """(V,) how much each vertex follows the jaw: 1 below the mouth line, sharp at the lips (they
+    separate), a broad stretch zone beyond the mouth corners so the cheeks deform smoothly
+    instead of tearing along the mouth line, fading toward the ears."""
+    x, y = d[:, 0], d[:, 1]
+    side = smoothstep(MOUTH_HALF_WIDTH - 0.05, MOUTH_HALF_WIDTH + 0.1, np.abs(x))
+    return (smoothstep(MOUTH_Y + 0.005 + 0.12 * side, MOUTH_Y - 0.02 - 0.25 * side, y)
+            * smoothstep(-0.55, 0.15, d[:, 2]))
+
+
+def jaw_hinge(v: np.ndarray) -> np.ndarray:
+    """(3,) a point on the jaw's rotation axis (parallel to x), near the ears."""
+    return np.array([0.0, float(np.percentile(v[:, 1], 45)), float(v[:, 2].min() * 0.1)])
 
 
 def _world_y_scale(v: np.ndarray, d: np.ndarray) -> float:

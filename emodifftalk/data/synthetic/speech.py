@@ -303,15 +303,15 @@ def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
     return aus
 
 
-def _blinks(times, lead, emotion, rng):
-    """AU45 track: raised-cosine blinks every 1.5-4.5 s (less often when surprised)."""
+def _blinks(times, lead, emotion, rng, duration=(0.15, 0.25)):
+    """AU45 track: raised-cosine blinks of ``duration`` s every 1.5-4.5 s (less often when surprised)."""
     track = np.zeros(len(times))
     starts = []
     slow = 1.8 if emotion == "surprised" else 1.0
     end = float(times[-1]) if len(times) else 0.0
     t = lead + 0.1 + rng.uniform(0.1, 2.5) * slow
     while t < end:
-        dur = rng.uniform(0.15, 0.25)
+        dur = rng.uniform(*duration)
         peak = rng.uniform(0.85, 1.0)
         x = np.clip((times - t) / dur, 0, 1)
         track = np.maximum(track, peak * 0.5 * (1 - np.cos(2 * np.pi * x)) * (x > 0) * (x < 1))

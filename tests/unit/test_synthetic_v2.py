@@ -1,0 +1,234 @@
+"""Synthetic world v2: espeak-ng speech with phoneme timings, visemes, nonlinear face, estimated
+labels, augmentation, and the two figures `inspect` reports (label reliability per AU and the
+lip variance the 17 true AUs leave unexplained) on a small packed set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emodifftalk.au import AU_INDEX, NUM_AUS
+from emodifftalk.config import Config, SynthConfig
+from emodifftalk.data.augment import SAMPLE_RATES, augment_audio
+from emodifftalk.data.synthetic import make_identity
+from emodifftalk.data.synthetic.face import deform, head_pose_track
+from emodifftalk.data.synthetic.sentences import LANGUAGES, random_sentence
+from emodifftalk.data.synthetic.talk import identity_voice, talk_clip
+from emodifftalk.data.synthetic.tts import Prosody, espeak_available, speak
+from emodifftalk.data.synthetic.visemes import A_CLOSE, A_JAW, A_LABIO, A_ROUND, A_SPREAD, articulation
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+
+def small_cfg(**kw) -> SynthConfig:
+    base = dict(n_identities=3, clips_per_identity=2, clip_seconds=3.0, n_cameras=3, image_size=32,
+                mesh_resolution=40, n_free_points=200, image_stride=25, openface_failure_rate=0.05,
+                n_eval_cameras=4, eval_image_stride=75, augment_prob=1.0, seed=3)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------
+# Speech
+# ------------------------------------------------------------------------------------------
+
+
+@needs_espeak
+def test_espeak_phoneme_spans_tile_the_audio_and_are_reproducible():
+    utt = speak("Maybe we should buy five blue boats.", "en-us", Prosody(variant="f2"))
+    assert utt.sample_rate > 8000 and len(utt.audio) > utt.sample_rate  # > 1 s of speech
+    starts = [s for _, s, _ in utt.phones]
+    ends = [e for _, _, e in utt.phones]
+    assert starts == sorted(starts) and all(e > s for s, e in zip(starts, ends))
+    assert np.allclose(starts[1:], ends[:-1]) and ends[-1] == pytest.approx(len(utt.audio) / utt.sample_rate)
+    names = [p for p, _, _ in utt.phones if p]
+    assert {"m", "b", "f", "v"} <= set(names)  # real IPA phonemes of the sentence
+    # the audio is loud inside the vowels and the phones line up with it: /aɪ/ of "five"
+    sr = utt.sample_rate
+    vowel = next((s, e) for p, s, e in utt.phones if p == "aɪ")
+    rms_vowel = np.sqrt(np.mean(utt.audio[int(vowel[0] * sr):int(vowel[1] * sr)] ** 2))
+    assert rms_vowel > 3 * np.sqrt(np.mean(utt.audio[-int(0.005 * sr):] ** 2) + 1e-12)
+    again = speak("Maybe we should buy five blue boats.", "en-us", Prosody(variant="f2"))
+    assert np.array_equal(utt.audio, again.audio) and utt.phones == again.phones
+
+
+@needs_espeak
+@pytest.mark.parametrize("language", sorted(LANGUAGES))
+def test_every_language_speaks_its_own_phonemes(language):
+    text = random_sentence(language, np.random.default_rng(0))
+    utt = speak(text, LANGUAGES[language].voice)
+    phones = [p for p, _, _ in utt.phones if p]
+    assert len(phones) >= 8, (language, text, phones)
+    assert not any(p.startswith("(") for p in phones)  # no switch to another language's rules
+
+
+@needs_espeak
+def test_emotion_prosody_changes_the_voice():
+    cfg = SynthConfig()
+    ident = make_identity(cfg, 0)
+    sad = talk_clip(3.0, 16000, 25.0, np.random.default_rng(1), ident.voice, "sad")
+    angry = talk_clip(3.0, 16000, 25.0, np.random.default_rng(1), ident.voice, "angry")
+    rate = lambda c: len([p for p, _, _ in c.phones if p]) / 3.0  # noqa: E731
+    assert rate(angry) > rate(sad)  # faster
+    assert np.sqrt(np.mean(angry.audio ** 2)) > 1.3 * np.sqrt(np.mean(sad.audio ** 2))  # louder
+
+
+def test_formant_fallback_drives_the_same_viseme_path():
+    cfg = SynthConfig()
+    ident = make_identity(cfg, 1)
+    clip = talk_clip(2.0, 16000, 25.0, np.random.default_rng(0), ident.voice, "happy",
+                     formant_voice=ident.params.voice)
+    assert clip.language == "formant" and clip.audio.shape == (32000,)
+    assert clip.aus.shape == (50, NUM_AUS) and clip.articulators[:, A_JAW].max() > 0.3
+    assert np.all(clip.aus[0] == 0)  # the neutral first frame
+
+
+# ------------------------------------------------------------------------------------------
+# Visemes and the face
+# ------------------------------------------------------------------------------------------
+
+
+def _track(phones, t):
+    return articulation(phones, np.array([t]))[0]
+
+
+def test_visemes_close_tuck_round_spread_and_coarticulate():
+    seq = [("", 0.0, 0.3), ("m", 0.3, 0.4), ("a", 0.4, 0.6), ("f", 0.6, 0.7), ("i", 0.7, 0.9),
+           ("s", 0.9, 0.98), ("uː", 0.98, 1.2), ("", 1.2, 1.6)]
+    at = {p or "rest": _track(seq, (s + e) / 2 - 0.03) for p, s, e in seq}  # lips lead the sound by 30 ms
+    assert at["m"][A_CLOSE] > 0.8 and at["f"][A_LABIO] > 0.8
+    assert at["a"][A_JAW] > at["i"][A_JAW] + 0.3 and at["uː"][A_ROUND] > 0.7 and at["i"][A_SPREAD] > 0.5
+    assert at["s"][A_ROUND] > 0.3  # anticipatory rounding of /s/ before /u/ ("soon")
+    assert np.abs(_track(seq, 1.55)).max() < 0.05  # rest
+
+
+def test_face_jaw_is_a_rotation_and_closure_holds_the_lips():
+    ident = make_identity(SynthConfig(mesh_resolution=40), 0)
+    face, tmpl = ident.face, ident.template
+    aus = np.zeros((3, NUM_AUS), np.float32)
+    art = np.zeros((3, 5), np.float32)
+    aus[1:, AU_INDEX["AU26"]] = 1.0
+    art[2, A_CLOSE] = 1.0
+    v = deform(face, aus, art)
+    assert np.abs(v[0] - tmpl.verts).max() < 1e-6  # neutral = template
+    chin = np.flatnonzero(face.jaw > 0.999)
+    a, b = chin[:1], chin[-1:]
+    d0 = np.linalg.norm(tmpl.verts[a] - tmpl.verts[b])
+    assert np.linalg.norm(v[1, a] - v[1, b]) == pytest.approx(d0, rel=1e-4)  # rigid: a true rotation
+    lower = np.flatnonzero(face.lower_lip > 0.5)
+    drop_open = (tmpl.verts[lower, 1] - v[1, lower, 1]).mean()
+    drop_closed = (tmpl.verts[lower, 1] - v[2, lower, 1]).mean()
+    assert drop_open > 3e-3 and drop_closed < 0.3 * drop_open  # p/b/m: the lower lip stays up
+    assert (tmpl.verts[chin, 1] - v[2, chin, 1]).mean() > 3e-3  # ... while the chin still drops
+
+
+def test_identities_have_their_own_au_shapes_not_scaled_copies():
+    cfg = SynthConfig(mesh_resolution=40)
+    f0, f1 = make_identity(cfg, 0).rig, make_identity(cfg, 1).rig
+    for au in ("AU01", "AU12", "AU15"):
+        a, b = f0[AU_INDEX[au]].ravel(), f1[AU_INDEX[au]].ravel()
+        cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+        assert cos < 0.97, (au, cos)
+
+
+def test_head_pose_is_rigid_small_and_neutral_at_frame_zero():
+    t = np.arange(100) / 25.0
+    poses = head_pose_track(t, 0.3, [(1.0, 1.2), (2.5, 2.7)], np.random.default_rng(0))
+    assert np.allclose(poses[0], np.eye(4), atol=1e-6)
+    r = poses[:, :3, :3]
+    assert np.allclose(r @ r.transpose(0, 2, 1), np.eye(3), atol=1e-5)
+    angle = np.degrees(np.arccos(np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert 0.3 < angle.max() < 6.0
+
+
+# ------------------------------------------------------------------------------------------
+# Augmentation
+# ------------------------------------------------------------------------------------------
+
+
+def test_augmentation_changes_format_and_adds_noise_at_the_drawn_snr():
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    clean = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+    seen_rates, stereo = set(), 0
+    for seed in range(12):
+        out = augment_audio(clean, sr, np.random.default_rng(seed))
+        seen_rates.add(out.sample_rate)
+        stereo += out.audio.ndim == 2
+        assert out.sample_rate in SAMPLE_RATES and np.abs(out.audio).max() <= 1.0
+        assert out.audio.shape[0] == pytest.approx(len(clean) * out.sample_rate / sr, abs=2)
+        assert out.effects and out.effects[-1 if "stereo" not in out.effects else -2].startswith(("level", "resampled"))
+    assert len(seen_rates) >= 3 and stereo >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# A small packed v2 data set: what `inspect` reports
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed_v2(tmp_path_factory):
+    from emodifftalk.data.shards import pack_dataset
+    from emodifftalk.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("v2")
+    cfg = small_cfg()
+    raw = generate_dataset(cfg, root / "raw", progress=False)
+    full = Config()
+    full.data.frames_stride = 1
+    return cfg, raw, pack_dataset(raw, root / "shards", full)
+
+
+def test_raw_v2_layout_gallery_and_ring(packed_v2):
+    from PIL import Image
+
+    cfg, raw, _ = packed_v2
+    info = json.loads((raw / "dataset.json").read_text())
+    assert info["generator"]["version"] == 2
+    gallery = Image.open(raw / "gallery.png")
+    assert gallery.size == (8 * cfg.image_size, 3 * 4 * cfg.image_size)
+    g = np.asarray(gallery, dtype=np.float32)
+    tiles = g.reshape(12, cfg.image_size, 8, cfg.image_size, 3)
+    assert np.abs(tiles[0, :, 1] - tiles[0, :, 0]).mean() > 0.5  # visemes differ ('a' vs rest)
+    clip = raw / "id000" / "clip00"
+    meta = json.loads((clip / "meta.json").read_text())
+    assert meta["language"] in {"en", "cmn", "es", "ja", "de", "ru"} and meta["text"]
+    assert meta["audio_effects"]  # augment_prob=1
+    assert np.load(clip / "aus_true.npy").shape == (meta["n_frames"], NUM_AUS)
+    ring = json.loads((raw / "id000" / "eval_cameras.json").read_text())["cameras"]
+    assert len(ring) == cfg.n_eval_cameras
+    assert sorted(p.name for p in (clip / "eval_images" / ring[0]["name"]).iterdir()) == ["00000.png"]
+
+
+def test_pack_folds_head_pose_into_cameras(packed_v2):
+    from emodifftalk.data.shard_reader import iter_dataset
+
+    _, raw, shards = packed_v2
+    sample = next(s for s in iter_dataset(shards, "frames", "train") if s["meta"]["frame"] > 0)
+    ident, clip, f = sample["meta"]["identity"], sample["meta"]["clip"], sample["meta"]["frame"]
+    pose = np.load(raw / ident / clip / "head_pose.npy")[f]
+    assert not np.allclose(pose, np.eye(4), atol=1e-4)
+    cams = {c["name"]: c for c in json.loads((raw / ident / "cameras.json").read_text())["cameras"]}
+    for cam in sample["cameras"]:
+        want = np.asarray(cams[cam["name"]]["viewmat"]) @ pose
+        assert np.allclose(np.asarray(cam["viewmat"]), want, atol=1e-5)
+
+
+def test_inspect_reports_label_reliability_and_unexplained_lip_variance(packed_v2, capsys):
+    from emodifftalk.cli import main
+    from emodifftalk.data.shards import inspect_report
+
+    _, _, shards = packed_v2
+    truth = inspect_report(shards)["synthetic_truth"]
+    assert truth["lip_unexplained"]["mean"] >= 0.30  # the 17 AUs cannot carry the lips
+    rel = truth["label_reliability"]
+    assert rel["AU24"]["r"] is None  # OpenFace 2.x has no AU24 column
+    rs = {k: v["r"] for k, v in rel.items() if v["r"] is not None}
+    assert len(rs) >= 10
+    assert max(rs.values()) < 0.97  # estimated, not copied from the truth
+    assert 0.6 <= float(np.median(list(rs.values()))) <= 0.9
+    assert main(["inspect", str(shards)]) == 0
+    out = capsys.readouterr().out
+    assert "leaves unexplained" in out and "AU26" in out and "label reliability" in out
