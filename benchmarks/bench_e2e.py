@@ -35,7 +35,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from emodifftalk.config import load_config
-    from emodifftalk.data.audio import read_wav
+    from emodifftalk.data.audio import read_audio
     from emodifftalk.pipeline.animate import (camera_path, edit_aus, guidance_reference, load_models,
                                               motion_offsets, render_frames, speech_aus)
     from emodifftalk.render.video import write_video
@@ -50,7 +50,7 @@ def main() -> None:
     rig_dir = next(p for p in sorted(rigs.iterdir()) if (p / "rig.json").is_file())
     rig = GaussianRig.load(rig_dir)
     feature_line = load_feature_line(rig_dir, rig)
-    clip, sr = read_wav(demo / "results" / "input.wav")
+    clip, sr = read_audio(demo / "results" / "input.wav")
     n = int(args.seconds * sr)
     audio = np.tile(clip, int(np.ceil(n / clip.size)))[:n].astype(np.float32)  # real speech, looped
     fps = cfg.infer.fps

@@ -492,9 +492,9 @@ class FolderClip(ClipSource):
         if not Path(path).is_file():
             self.note(f"audio file {path} not found: no audio")
             return None
-        from emodifftalk.data.audio import read_wav
+        from emodifftalk.data.audio import read_audio
 
-        return read_wav(path)
+        return read_audio(path)
 
     def verts_frame_ids(self) -> list[int]:
         return sorted(self._meshes)
