@@ -40,6 +40,7 @@ from emodifftalk.models.audio_frontend import (
     SAMPLE_RATE,
     WIN_LENGTH,
     AudioFrontend,
+    LevelFeatures,
     build_frontend,
     encoder_id,
 )
@@ -122,6 +123,11 @@ def extract_features(frontend: AudioFrontend, audio: torch.Tensor | np.ndarray, 
     if audio.numel() == 0:
         raise ValueError("audio is empty (0 samples)")
     frontend = frontend.to(device).eval()
+    if isinstance(frontend, LevelFeatures) and frontend.chunked:
+        # the level channels are relative to the whole utterance's peak and floor, never a chunk's
+        inner = extract_features(frontend.inner, audio, window_seconds, overlap_seconds, device)
+        levels = frontend.levels(audio[None].to(device), n_frames=inner.shape[0])[0].float().cpu()
+        return torch.cat([inner, levels], dim=-1)
     n = audio.shape[0]
     total = int(frontend.num_frames(n))
     window = max(1, round(window_seconds * frontend.rate))
