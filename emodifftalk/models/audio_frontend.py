@@ -241,7 +241,7 @@ def frame_levels_db(audio: torch.Tensor, n_frames: int) -> torch.Tensor:
     need = (n_frames - 1) * HOP_LENGTH + WIN_LENGTH
     x = F.pad(audio.float(), (0, max(0, need - audio.shape[1])))[:, :need]
     power = x.unfold(1, WIN_LENGTH, HOP_LENGTH).square().mean(dim=-1)
-    return 10.0 * torch.log10(power + 1e-10)
+    return 10.0 * torch.log10(power + 1e-12)  # -120 dB: far below any level the channels resolve
 
 
 def level_features(audio: torch.Tensor, audio_mask: torch.Tensor | None, n_frames: int,
