@@ -219,9 +219,19 @@ class S2AUConfig:
     window_seconds: float = 20.0  # long audio is processed in windows of this length
     overlap_seconds: float = 2.0  # and cross-faded over this overlap
     binarize_threshold: float = 0.2  # normalised intensity (= 1.0 on OpenFace's 0-5 scale)
+    # Silence gate at inference (speech_inference.speech_activity): the lips-apart/jaw-drop codes
+    # (AU25, AU26) are scaled by a speech-activity weight that is 0 where a frame is more than
+    # gate_closed_db below the file's loudest frame, 1 above gate_open_db, held open 2 frames
+    # around speech. A VAD in front of the learned model: lips close in pauses and lead-in silence
+    # whatever noise the model reads there; the other AUs (a smile, a frown) are untouched.  # choice
+    silence_gate: bool = True
+    gate_closed_db: float = -45.0
+    gate_open_db: float = -30.0
 
     def validate(self) -> None:
         _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
+        _check(self.gate_closed_db < self.gate_open_db <= 0,
+               "s2au.gate_closed_db must be below s2au.gate_open_db, both <= 0 dB")
         _check(self.local_layers + self.global_layers >= 1, "s2au needs at least one layer")
         _check(0 < self.overlap_seconds < self.window_seconds / 2,
                "s2au.overlap_seconds must be in (0, window_seconds / 2)")
@@ -496,7 +506,8 @@ def build_config(preset: str = "tiny", overrides: list[str] | None = None) -> Co
 
 # Options whose default changed what a model computes: a config written before the option
 # existed means the old behaviour, not today's default (so old exports keep loading).
-LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features"): False}
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features"): False,
+                                                ("S2AUConfig", "silence_gate"): False}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

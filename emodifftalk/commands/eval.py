@@ -123,7 +123,7 @@ def _register_speech(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     _add_common(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
-                   help="overrides of the motion export's config, e.g. infer.ddim_steps=25")
+                   help="overrides of both exports' configs, e.g. infer.ddim_steps=25 s2au.silence_gate=false")
     p.set_defaults(func=_run_speech)
 
 
@@ -144,8 +144,9 @@ def _run_speech(args: argparse.Namespace) -> int:
     motion = resolve_export(None, args.model, "motion", True)
     models = load_models(s2au, motion, device=args.device)
     cfg = models.motion_cfg
-    apply_overrides(cfg, list(args.overrides))
-    cfg.validate()
+    for c in (cfg, models.s2au.cfg):  # e.g. s2au.silence_gate=false reaches Speech-to-AU's config
+        apply_overrides(c, list(args.overrides))
+        c.validate()
     template = pick_template(args.data or cfg.data.root, args.identity)
     report = run_eval(models, files, template, out, cfg, seed=args.seed)
     print(report["table"])

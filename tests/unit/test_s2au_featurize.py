@@ -21,7 +21,7 @@ def test_featurize_roundtrip(tmp_path):
     out = featurize_shards(src, tmp_path / "feats", cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["features"]["encoder_id"] == encoder_id(cfg.audio)
-    assert manifest["features"]["dim"] == 24 and manifest["featurize_skipped"] == []
+    assert manifest["features"]["dim"] == 24 + 2 and manifest["featurize_skipped"] == []  # + 2 level channels
     for shard in manifest["shards"]:  # sizes and digests describe the rewritten files
         data = (out / shard["name"]).read_bytes()
         assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
@@ -47,7 +47,7 @@ def test_feature_source_checks_the_encoder(tmp_path):
     cfg.audio.n_mels = 24
     out = featurize_shards(src, tmp_path / "feats", cfg)
     sample = next(iter_dataset(out, "seq", "train"))
-    assert FeatureSource(cfg)(sample).shape == (50, 24)
+    assert FeatureSource(cfg)(sample).shape == (50, 24 + 2)
     other = Config()  # n_mels=80: a different encoder id
     with pytest.raises(FeatureCacheMismatch, match="featurize"):
         FeatureSource(other)(sample)
