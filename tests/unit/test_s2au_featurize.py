@@ -11,7 +11,7 @@ from s2au_data import write_tiny_shards
 from emodifftalk.config import Config
 from emodifftalk.data.shards import iter_dataset
 from emodifftalk.featurize import FeatureCacheMismatch, FeatureSource, featurize_shards
-from emodifftalk.models.audio_frontend import MelFrontend, encoder_id
+from emodifftalk.models.audio_frontend import build_frontend, encoder_id
 
 
 def test_featurize_roundtrip(tmp_path):
@@ -28,9 +28,9 @@ def test_featurize_roundtrip(tmp_path):
     before = {s["key"]: s for split in ("train", "val", "test") for s in iter_dataset(src, "seq", split)}
     after = {s["key"]: s for split in ("train", "val", "test") for s in iter_dataset(out, "seq", split)}
     assert before.keys() == after.keys() and len(after) == 5
-    fe = MelFrontend(24)
+    fe = build_frontend(cfg.audio)  # 24 mels + 2 level channels
     for key, s in after.items():
-        assert s["feats"].shape == (50, 24)
+        assert s["feats"].shape == (50, 24 + 2)
         assert s["feats_meta"]["encoder_id"] == encoder_id(cfg.audio)
         np.testing.assert_array_equal(s["aus"], before[key]["aus"])
         ref = fe(torch.from_numpy(s["audio"])[None])[0].numpy()
