@@ -50,7 +50,8 @@ class SpeechEvalError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
-def envelope_db(audio: np.ndarray, n_frames: int, fps: float, floor_db: float = SILENCE_DB) -> tuple[np.ndarray, np.ndarray]:
+def envelope_db(audio: np.ndarray, n_frames: int, fps: float,
+                floor_db: float = SILENCE_DB) -> tuple[np.ndarray, np.ndarray]:
     """(envelope dB re the loudest frame, floored at ``floor_db``; raw frame RMS) for ``n_frames``
     video frames of 16 kHz ``audio``; frame ``t`` covers samples ``[t/fps, (t+1)/fps)``."""
     edges = np.round(np.arange(n_frames + 1) / fps * SAMPLE_RATE).astype(np.int64)
@@ -102,7 +103,8 @@ class FileResult:
     plot: str | None = None
 
 
-def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarray, fps: float) -> tuple[FileResult, dict]:
+def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarray,
+               fps: float) -> tuple[FileResult, dict]:
     """Metrics of one file; also returns the curves for plotting."""
     n = aus.shape[0]
     env, rms = envelope_db(audio, n, fps)

@@ -9,7 +9,8 @@ resample to 16 kHz), so the models learn on what inference will feed them.
 Silence: with probability ``audio.train_silence_prob`` a Speech-to-AU clip gets extra lead-in
 and/or trailing silence (before augmentation, so the noise bed covers it). Those frames are
 labelled "lips closed" (AU25 = AU26 = 0) and leave the other AUs unlabelled (masked): whether
-someone frowns in silence is not in the audio.
+someone frowns in silence is not in the audio. The clip's own pauses (``audio.train_closed_below_db``
+below its peak) are labelled lips-closed too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     x = resample(x, aug.sample_rate, SAMPLE_RATE)
     n = len(audio)  # resampling round trips may differ by a sample or two: keep the clip's length
     return np.pad(x, (0, max(0, n - len(x))))[:n].astype(np.float32)
+
+
+def close_lips_in_silence(sample: dict, below_db: float) -> dict:
+    """``sample`` with AU25 = AU26 = 0 (and labelled) in video frames whose audio is more than
+    ``below_db`` dB below the clip's loudest frame (``audio.train_closed_below_db``)."""
+    fps, n = float(sample["meta"]["fps"]), sample["aus"].shape[0]
+    edges = np.minimum(np.round(np.arange(n + 1) / fps * SAMPLE_RATE).astype(np.int64), len(sample["audio"]))
+    x = np.asarray(sample["audio"], np.float64)
+    power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    silent = 10.0 * np.log10(np.maximum(power, 1e-12) / max(power.max(), 1e-12)) < below_db
+    if not silent.any():
+        return sample
+    aus, mask = sample["aus"].copy(), sample["au_mask"].copy()
+    for k in CLOSED_LIP_AUS:
+        aus[silent, k] = 0.0
+        mask[silent, k] = True
+    return dict(sample, aus=aus, au_mask=mask)
 
 
 def with_silence(sample: dict, rng: np.random.Generator) -> dict:
@@ -70,7 +88,9 @@ def _sides(rng: np.random.Generator) -> tuple[bool, bool]:
 def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, silence: bool) -> dict:
     """The training view of a decoded seq sample (see the module docstring). Augmented samples
     drop cached features (they describe the clean audio); ``silence=False`` for samples whose
-    meshes must stay aligned with the audio (the motion model)."""
+    meshes must stay aligned with the audio and whose labels are meshes (the motion model)."""
+    if silence and cfg.train_closed_below_db is not None:
+        sample = close_lips_in_silence(sample, cfg.train_closed_below_db)
     if silence and rng.uniform() < cfg.train_silence_prob:
         sample = with_silence(sample, rng)
     if rng.uniform() < cfg.train_augment_prob:
