@@ -150,6 +150,7 @@ class RigConfig:
     densify_until: float = 0.6  # fraction of steps
     densify_grad_threshold: float = 2e-4
     holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
+    cameras_per_step: int = 0  # training cameras rendered per step (0 = all; a random subset otherwise)
     neutral_frame: int = 0
     log_images_every: int = 100
     num_cpus_per_task: float = 1.0
@@ -162,6 +163,7 @@ class RigConfig:
         _check(0 <= self.lambda_ssim <= 1, "rig.lambda_ssim must be in [0, 1]")
         _check(self.triplane_resolution >= 4, "rig.triplane_resolution must be >= 4")
         _check(self.num_cpus_per_task > 0, "rig.num_cpus_per_task must be > 0")
+        _check(self.cameras_per_step >= 0, "rig.cameras_per_step must be >= 0")
 
 
 LEVEL_DIM = 2  # level channels the front ends append when audio.level_features (audio_frontend.py)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -26,9 +27,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     s = cfg.synth
+    if s.version == 2 and s.speech == "tts":
+        from emodifftalk.data.synthetic import espeak_available
+        from emodifftalk.data.synthetic.tts import INSTALL_HINT
+
+        if not espeak_available():
+            print(f"warning: {INSTALL_HINT}; using formant speech instead", file=sys.stderr)
     start = time.perf_counter()
     out = generate_dataset(s, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                            num_threads=args.threads or None)
     print(f"wrote {s.n_identities} identities x {s.clips_per_identity} clips x {s.clip_seconds:g} s, "
-          f"{s.n_cameras} cameras at {s.image_size}px to {out} in {time.perf_counter() - start:.1f} s")
+          f"{s.n_cameras} cameras at {s.image_size}px to {out} in {time.perf_counter() - start:.1f} s"
+          + (f"; gallery: {out / 'gallery.png'}" if s.version == 2 else ""))
     return 0

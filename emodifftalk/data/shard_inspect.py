@@ -162,9 +162,10 @@ def inspect_report(root: str | Path) -> dict[str, Any]:
     return report
 
 
-def synthetic_truth_report(root: str | Path) -> dict[str, Any] | None:
+def synthetic_truth_report(root: str | Path, max_clips: int = 256) -> dict[str, Any] | None:
     """Label reliability per AU and AU-unexplained lip variance, from the seq samples that carry
-    ``aus_true`` (synthetic v2 data); None when none do. Reads every seq sample."""
+    ``aus_true`` (synthetic v2 data); None when none do. Reads up to ``max_clips`` seq samples
+    (all of them for the tiny and small presets)."""
     from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
 
     templates = {s["meta"]["identity"]: s for s in iter_dataset(root, "template", None, stats=SkipStats(max_logged=0))}
@@ -172,6 +173,8 @@ def synthetic_truth_report(root: str | Path) -> dict[str, Any] | None:
     per_identity: dict[str, tuple[list, list]] = {}
     for split in SPLITS:
         for s in iter_dataset(root, "seq", split, stats=SkipStats(max_logged=0)):
+            if len(truths) >= max_clips:
+                break
             if s.get("aus_true") is None:
                 continue
             labels.append(s["aus"])

@@ -176,7 +176,8 @@ def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg
         try:
             result = reconstruct_identity(frames, template, cfg, rig_dir,
                                           log_dir=Path(out_root) / LOG_SUBDIR / identity,
-                                          overwrite=overwrite, progress=progress)
+                                          overwrite=overwrite, progress=progress,
+                                          cameras_per_step=cfg.rig.cameras_per_step or None)
         except ValueError as e:  # bad data: say which samples the reader had to skip, they may be why
             raise type(e)(f"{e}{skipped}") from e
         fl = fit_identity_feature_line(shards_root, identity, rig_dir, cfg, frames, stats)

@@ -15,7 +15,7 @@ from emodifftalk.data.augment import SAMPLE_RATES, augment_audio
 from emodifftalk.data.synthetic import make_identity
 from emodifftalk.data.synthetic.face import deform, head_pose_track
 from emodifftalk.data.synthetic.sentences import LANGUAGES, random_sentence
-from emodifftalk.data.synthetic.talk import identity_voice, talk_clip
+from emodifftalk.data.synthetic.talk import talk_clip
 from emodifftalk.data.synthetic.tts import Prosody, espeak_available, speak
 from emodifftalk.data.synthetic.visemes import A_CLOSE, A_JAW, A_LABIO, A_ROUND, A_SPREAD, articulation
 
@@ -232,3 +232,27 @@ def test_inspect_reports_label_reliability_and_unexplained_lip_variance(packed_v
     assert main(["inspect", str(shards)]) == 0
     out = capsys.readouterr().out
     assert "leaves unexplained" in out and "AU26" in out and "label reliability" in out
+
+
+def test_appearance_follows_expression():
+    from emodifftalk.data.synthetic.appearance import expression_masks, expression_tint
+
+    tmpl = make_identity(SynthConfig(mesh_resolution=40), 0).template
+    masks = expression_masks(tmpl.dirs)
+    neutral = expression_tint(masks, np.zeros(NUM_AUS))
+    assert np.all(neutral == 1.0)
+    for k, aus in enumerate(("AU01", "AU12", "AU06", "AU25", "AU45")):  # mask order of appearance.py
+        a = np.zeros(NUM_AUS)
+        a[AU_INDEX[aus]] = 1.0
+        tint = expression_tint(masks, a).mean(1)
+        inside, outside = masks.masks[k] > 0.5, masks.masks.max(0) < 0.01
+        assert inside.sum() >= 3, aus
+        assert tint[inside].mean() < 0.92 and tint[outside].min() > 0.99, aus
+
+
+def test_labels_are_finite_on_coarse_meshes():
+    from emodifftalk.data.synthetic import make_clip
+
+    cfg = SynthConfig(mesh_resolution=10, clip_seconds=0.4)
+    clip = make_clip(cfg, make_identity(cfg, 0), 0, 0)
+    assert np.isfinite(clip.aus_observed).all() and clip.aus_observed.shape == (10, NUM_AUS)

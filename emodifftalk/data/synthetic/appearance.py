@@ -29,8 +29,8 @@ class ExpressionMasks:
 
     masks: np.ndarray  # (M, V)
     drivers: tuple[tuple[tuple[str, float], ...], ...]  # per mask: ((AU, weight), ...)
-    depth: np.ndarray  # (M,) fraction of the albedo removed at full activation
-    tint: np.ndarray  # (M, 3) colour of the crease (multiplier direction)
+    depth: np.ndarray  # (M,) blend weight toward the crease colour at full activation
+    tint: np.ndarray  # (M, 3) crease colour as a multiplier of the albedo
 
 
 def expression_masks(dirs: np.ndarray) -> ExpressionMasks:
@@ -51,8 +51,8 @@ def expression_masks(dirs: np.ndarray) -> ExpressionMasks:
     for s in (1.0, -1.0):
         ex, ey = x - s * (EYE_X + EYE_RX + 0.02), y - EYE_Y
         r, ang = np.hypot(ex, ey), np.arctan2(ey, s * ex)
-        crow += (np.exp(-0.5 * (r / 0.06) ** 2) * (s * ex > -0.01)
-                 * (0.5 + 0.5 * np.cos(ang * 10)) ** 2)
+        crow += (np.exp(-0.5 * (r / 0.08) ** 2) * smoothstep(-0.03, 0.0, s * ex)
+                 * (0.4 + 0.6 * (0.5 + 0.5 * np.cos(ang * 6))))
     # inner lip band: the lips' wet inner edge and the dark mouth interior behind it
     inner = (np.exp(-0.5 * ((y - MOUTH_Y) / 0.02) ** 2)
              * smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH - 0.05, np.abs(x)))
@@ -60,9 +60,9 @@ def expression_masks(dirs: np.ndarray) -> ExpressionMasks:
     masks = np.stack([forehead, fold, crow, inner, lids]) * front[None]
     drivers = ((("AU01", 0.6), ("AU02", 0.4)), (("AU10", 0.5), ("AU12", 0.6)), (("AU06", 1.0),),
                (("AU25", 0.6), ("AU26", 0.6)), (("AU45", 1.0),))
-    depth = np.array([0.35, 0.4, 0.35, 0.7, 0.25])
-    tint = np.array([[0.85, 0.8, 0.8], [0.8, 0.72, 0.7], [0.85, 0.8, 0.8], [0.45, 0.15, 0.15],
-                     [0.8, 0.65, 0.65]])
+    depth = np.array([0.9, 0.9, 0.9, 0.8, 0.6])
+    tint = np.array([[0.6, 0.52, 0.5], [0.55, 0.45, 0.42], [0.6, 0.52, 0.5], [0.3, 0.08, 0.08],
+                     [0.7, 0.55, 0.55]])
     return ExpressionMasks(masks=np.clip(masks, 0, 1).astype(np.float32), drivers=drivers,
                            depth=depth, tint=tint)
 

@@ -39,11 +39,9 @@ def _pose(phone: str, emotion: str) -> tuple[np.ndarray, np.ndarray]:
 
 def gallery_image(cfg: SynthConfig, n_identities: int = 3) -> np.ndarray:
     """(H, W, 3) uint8 grid rendered from the frontal camera."""
-    from .writer import make_cameras, make_identity, render_frames
+    from .writer import frontal_camera, make_identity, render_frames
 
-    viewmats, Ks = make_cameras(cfg)
-    front = int(np.argmin([abs(v[0, 2]) for v in viewmats]))  # camera whose x axis is most lateral
-    vm, K = viewmats[front:front + 1], Ks[front:front + 1]
+    vm, K = frontal_camera(cfg)
     rows = []
     for i in range(min(n_identities, cfg.n_identities)):
         ident = make_identity(cfg, i)

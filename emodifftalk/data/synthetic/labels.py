@@ -24,15 +24,16 @@ from .face import deform, linear_au_fields, make_face
 from .head import make_template, sample_identity
 from .visemes import A_LABIO, A_ROUND, A_SPREAD
 
-REFERENCE_SEED = 20240917  # the generic tracker's reference face (not one of the data set's people)
+REFERENCE_SEED = 20240917  # the generic tracker's reference faces (not the data set's people)
+REFERENCE_FACES = 8
 RIDGE = 0.02
 SMOOTH = 0.2
 LAG1_SHARE = 0.7  # clips whose labels lag by 1 frame; the others lag by 2  # one-pole smoothing of the estimates (OpenFace's temporal filtering)
 # Measurement noise per AU on the [0, 1] scale: subtle AUs (dimpler, lid tightener, chin raiser)
 # are estimated worst, as in OpenFace's published per-AU results.
 NOISE: dict[str, float] = {
-    "AU01": 0.12, "AU02": 0.11, "AU04": 0.13, "AU05": 0.10, "AU06": 0.13, "AU07": 0.12, "AU09": 0.10,
-    "AU10": 0.08, "AU12": 0.09, "AU14": 0.03, "AU15": 0.09, "AU17": 0.025, "AU23": 0.09, "AU24": 0.05,
+    "AU01": 0.12, "AU02": 0.11, "AU04": 0.13, "AU05": 0.10, "AU06": 0.13, "AU07": 0.12, "AU09": 0.13,
+    "AU10": 0.08, "AU12": 0.09, "AU14": 0.015, "AU15": 0.09, "AU17": 0.045, "AU23": 0.09, "AU24": 0.05,
     "AU25": 0.06, "AU26": 0.05, "AU45": 0.05,
 }
 
@@ -45,11 +46,12 @@ class Labels:
     lag: int  # frames
 
 
-@lru_cache(maxsize=4)
-def _reference_face(resolution: int):
-    rng = np.random.default_rng(REFERENCE_SEED)
+@lru_cache(maxsize=16)
+def _reference_face(resolution: int, k: int = 0):
+    """Reference face ``k`` of the tracker's "training population" (0: unwarped layout)."""
+    rng = np.random.default_rng([REFERENCE_SEED, k])
     params = sample_identity(rng, index=-1, n_free_points=0)
-    return make_face(make_template(resolution, params=params), rng, warp=False)
+    return make_face(make_template(resolution, params=params), rng, warp=k > 0)
 
 
 def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray | None:
@@ -80,24 +82,32 @@ def _full_aperture(resolution: int) -> float | None:
 
 @lru_cache(maxsize=4)
 def reference_basis(resolution: int) -> np.ndarray:
-    """(17 + 4, V, 3) shape basis of the reference face at mesh ``resolution``: its linear AU
-    fields, then non-AU lip modes (rounding, labiodental, spreading, closure against an open
-    jaw), as a tracker's shape model has modes beyond the AUs (OpenFace's PDM has 34)."""
-    face = _reference_face(resolution)
-    aus = linear_au_fields(face)
-    closure = -aus[AU_INDEX["AU26"]] * face.lower_lip[:, None]
-    lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure]
-    return np.concatenate([aus, np.stack(lip_modes)]).astype(np.float32)
+    """(REFERENCE_FACES, 17 + 5, V, 3) shape basis at mesh ``resolution``: for each reference face
+    its linear AU fields, then non-AU lip modes (rounding, labiodental, spreading, closure against
+    an open jaw, smile on an open jaw). Like OpenFace's PDM (learnt from many faces, 34 modes), it
+    spans more than the AUs of one face, but never the identity's own fields."""
+    out = []
+    for k in range(REFERENCE_FACES):
+        face = _reference_face(resolution, k)
+        aus = linear_au_fields(face)
+        closure = -aus[AU_INDEX["AU26"]] * face.lower_lip[:, None]
+        lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure, face.smile_open]
+        out.append(np.concatenate([aus, np.stack(lip_modes)]))
+    return np.stack(out).astype(np.float32)
 
 
 def _projector(basis: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """(17, 3Vf): the AU rows of the ridge-regression projector onto the whole basis; each mode
-    is normalised first so the ridge shrinks subtle AUs no more than large ones."""
-    b = basis[:, idx].reshape(len(basis), -1).astype(np.float64)
+    """(17, 3Vf): each AU's estimate is the sum of its coefficients over the reference faces in a
+    ridge regression onto the whole basis; modes are normalised first so the ridge shrinks
+    subtle AUs no more than large ones."""
+    n_faces, n_modes = basis.shape[:2]
+    b = basis[:, :, idx].reshape(n_faces * n_modes, -1).astype(np.float64)
     norm = np.linalg.norm(b, axis=1, keepdims=True)
-    bn = b / norm
-    gram = bn @ bn.T + RIDGE * np.eye(len(b))
-    return (np.linalg.solve(gram, bn) / norm)[:NUM_AUS]
+    live = norm[:, 0] > 1e-9  # a coarse mesh may have no vertex where a mode acts
+    bn = b[live] / norm[live]
+    coef = np.zeros_like(b)
+    coef[live] = np.linalg.solve(bn @ bn.T + RIDGE * np.eye(len(bn)), bn) / norm[live]
+    return coef.reshape(n_faces, n_modes, -1)[:, :NUM_AUS].sum(0)
 
 
 @dataclass(frozen=True)

@@ -283,8 +283,8 @@ def _accent_curve(accents, times) -> np.ndarray:
     return out
 
 
-def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
-    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events."""
+def _gesture_aus(times, accents, lead: float, rng, rate: float = GESTURE_RATE) -> np.ndarray:
+    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events (``rate``/s)."""
     aus = np.zeros((len(times), NUM_AUS))
     for s, _ in accents:
         if rng.uniform() >= BROW_FLASH_PROB:
@@ -294,12 +294,12 @@ def _gesture_aus(times, accents, lead: float, rng) -> np.ndarray:
         aus[:, AU_INDEX["AU01"]] = np.maximum(aus[:, AU_INDEX["AU01"]], a1 * bump)
         aus[:, AU_INDEX["AU02"]] = np.maximum(aus[:, AU_INDEX["AU02"]], min(1.0, a1 * rng.uniform(0.5, 1.1)) * bump)
     end = float(times[-1]) if len(times) else 0.0
-    t = lead + 0.2 + rng.exponential(1.0 / GESTURE_RATE)
+    t = lead + 0.2 + rng.exponential(1.0 / rate)
     while t < end - 0.3:
         k = AU_INDEX[GESTURE_AUS[int(rng.integers(len(GESTURE_AUS)))]]
         bump = rng.uniform(0.3, 0.75) * _raised_cosine(times, t, rng.uniform(0.6, 1.6))
         aus[:, k] = np.maximum(aus[:, k], bump)
-        t += rng.exponential(1.0 / GESTURE_RATE)
+        t += rng.exponential(1.0 / rate)
     return aus
 
 

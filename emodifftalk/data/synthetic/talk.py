@@ -37,6 +37,8 @@ LANGUAGE_ORDER: tuple[str, ...] = ("en", "cmn", "es", "ja", "de", "ru")
 NATIVE_SHARE = 0.75  # clips in the identity's own language
 PAUSE_S = (0.12, 0.45)
 ACCENT_PROB = 0.3
+GESTURE_RATE = 0.8  # single-AU expression events per second (v1: 0.35): each AU is seen often
+# enough on its own, in a few dozen clips, for its label reliability to be measurable
 BLINK_S = (0.25, 0.4)  # closing + reopening; v1's 0.15-0.25 s were fast for 25 fps
 
 
@@ -157,7 +159,7 @@ def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voi
     accents = _accents(phones, gesture_rng)
     emo = np.clip(_emotion_aus(times, emotion, intensity, lead, rng), 0, 1)
     if gestures:
-        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng))
+        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng, GESTURE_RATE))
     aus = 1.0 - (1.0 - speech_aus(art)) * (1.0 - emo)
     blink, blink_starts = _blinks(times, lead, emotion, rng, duration=BLINK_S)
     aus[:, AU_INDEX["AU45"]] = np.maximum(aus[:, AU_INDEX["AU45"]], blink)

@@ -7,7 +7,8 @@ phoneme with the exact *sample* at which it starts in the audio it hands back in
 callback, so the spans are aligned with the waveform by construction (not estimated).
 
 Install: ``apt-get install espeak-ng`` (``scripts/install.sh`` tries it). :func:`espeak_available`
-says whether the library loads; :func:`require_espeak` raises a clear error if not.
+says whether the library loads (``emodifftalk synth`` checks it first and falls back to formant
+speech with a warning); :func:`speak` raises a RuntimeError naming the install command if not.
 """
 
 from __future__ import annotations
@@ -187,11 +188,6 @@ def espeak_available() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def require_espeak() -> None:
-    """Raise a RuntimeError naming the install command if libespeak-ng cannot be loaded."""
-    _engine()
 
 
 def speak(text: str, voice: str, prosody: Prosody = Prosody()) -> Utterance:

@@ -117,7 +117,8 @@ def clip_emotion(cfg: SynthConfig, i: int, c: int) -> str:
 
 
 def synthetic_au_fields(cfg: SynthConfig, identity: str) -> np.ndarray:
-    """(17, V, 3) true per-unit AU displacement fields (metres) of a synthetic identity by name."""
+    """(17, V, 3) true per-unit AU displacement fields (metres) of a synthetic identity by name
+    (v2: the nonlinear face's fields at the neutral face, jaw rotation linearised)."""
     match = re.fullmatch(r"id(\d{3,})", identity)
     if match is None or int(match.group(1)) >= cfg.n_identities:
         raise ValueError(f"{identity!r} is not an identity of this synthetic data set "
@@ -206,6 +207,11 @@ def make_cameras(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     n = cfg.n_cameras
     span = CAMERA_ARC_DEG if n > 2 else CAMERA_ARC_DEG / 2
     return _arc_cameras(np.linspace(-span, span, n), [0.04 if k % 2 else -0.02 for k in range(n)], cfg)
+
+
+def frontal_camera(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(viewmats (1,4,4), Ks (1,3,3)) of one camera straight in front of the face."""
+    return _arc_cameras([0.0], [0.0], cfg)
 
 
 def make_eval_cameras(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
