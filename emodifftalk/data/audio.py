@@ -154,3 +154,15 @@ def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 1
             raise AudioError("load_audio(array) needs sample_rate=...")
         audio, sr = _as_mono(path_or_array, "audio array"), int(sample_rate)
     return resample(audio, sr, target_sr)
+
+
+def frame_levels_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = 16000) -> np.ndarray:
+    """(n_frames,) RMS level of each video frame in dB re the loudest frame; frame ``t`` covers
+    samples ``[t/fps, (t+1)/fps)``; digital silence and frames past the end sit >= 100 dB below.
+    Gain invariant. The one definition of "how loud is this frame" for the training labels, the
+    silence gate and ``eval speech``."""
+    edges = np.round(np.arange(int(n_frames) + 1) / float(fps) * sample_rate).astype(np.int64)
+    x = np.asarray(audio, np.float64)
+    edges = np.minimum(edges, len(x))
+    power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    return 10.0 * np.log10(np.maximum(power, 1e-12) / max(float(power.max(initial=0.0)), 1e-12))

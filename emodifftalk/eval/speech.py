@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.au import AU_INDEX
+from emodifftalk.data.audio import frame_levels_db
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,10 @@ class SpeechEvalError(ValueError):
 
 def envelope_db(audio: np.ndarray, n_frames: int, fps: float,
                 floor_db: float = SILENCE_DB) -> tuple[np.ndarray, np.ndarray]:
-    """(envelope dB re the loudest frame, floored at ``floor_db``; raw frame RMS) for ``n_frames``
-    video frames of 16 kHz ``audio``; frame ``t`` covers samples ``[t/fps, (t+1)/fps)``."""
-    edges = np.round(np.arange(n_frames + 1) / fps * SAMPLE_RATE).astype(np.int64)
-    x = np.asarray(audio, np.float64)
-    rms = np.array([np.sqrt(np.mean(np.square(x[a:b]))) if b > a and a < len(x) else 0.0
-                    for a, b in zip(edges[:-1], np.minimum(edges[1:], len(x)))])
-    db = 20.0 * np.log10(np.maximum(rms, 1e-10) / max(rms.max(), 1e-10))
-    return np.maximum(db, floor_db), rms
+    """(envelope dB re the loudest frame, floored at ``floor_db``; frame RMS re the loudest, linear)
+    for ``n_frames`` video frames of 16 kHz ``audio`` (``data.audio.frame_levels_db``)."""
+    db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
+    return np.maximum(db, floor_db), 10.0 ** (db / 20.0)
 
 
 def mouth_opening(verts: np.ndarray, template: np.ndarray, lips: np.ndarray) -> np.ndarray:

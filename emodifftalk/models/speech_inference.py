@@ -181,11 +181,9 @@ def speech_activity(audio: np.ndarray, n_frames: int, fps: float, closed_db: flo
     """(n_frames,) weight in [0, 1] from each video frame's RMS level re the file's loudest frame
     (frame ``t`` = samples ``[t/fps, (t+1)/fps)`` at 16 kHz): 0 below ``closed_db``, 1 above
     ``open_db``, linear between, then a running max over ±``GATE_HOLD_FRAMES`` frames."""
-    edges = np.round(np.arange(n_frames + 1) / float(fps) * SAMPLE_RATE).astype(np.int64)
-    x = np.asarray(audio, np.float64)
-    power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0
-                      for a, b in zip(np.minimum(edges[:-1], len(x)), np.minimum(edges[1:], len(x)))])
-    db = 10.0 * np.log10(np.maximum(power, 1e-12) / max(power.max(), 1e-12))
+    from emodifftalk.data.audio import frame_levels_db
+
+    db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
     w = np.clip((db - closed_db) / (open_db - closed_db), 0.0, 1.0)
     padded = np.pad(w, GATE_HOLD_FRAMES)
     return np.max([padded[k:k + n_frames] for k in range(2 * GATE_HOLD_FRAMES + 1)], axis=0)

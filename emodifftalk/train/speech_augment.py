@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from emodifftalk.au import AU_INDEX
+from emodifftalk.data.audio import frame_levels_db
 from emodifftalk.config import AudioConfig
 
 SAMPLE_RATE = 16000
@@ -40,11 +41,8 @@ def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def close_lips_in_silence(sample: dict, below_db: float) -> dict:
     """``sample`` with AU25 = AU26 = 0 (and labelled) in video frames whose audio is more than
     ``below_db`` dB below the clip's loudest frame (``audio.train_closed_below_db``)."""
-    fps, n = float(sample["meta"]["fps"]), sample["aus"].shape[0]
-    edges = np.minimum(np.round(np.arange(n + 1) / fps * SAMPLE_RATE).astype(np.int64), len(sample["audio"]))
-    x = np.asarray(sample["audio"], np.float64)
-    power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-    silent = 10.0 * np.log10(np.maximum(power, 1e-12) / max(power.max(), 1e-12)) < below_db
+    levels = frame_levels_db(sample["audio"], sample["aus"].shape[0], float(sample["meta"]["fps"]), SAMPLE_RATE)
+    silent = levels < below_db
     if not silent.any():
         return sample
     aus, mask = sample["aus"].copy(), sample["au_mask"].copy()

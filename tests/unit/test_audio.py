@@ -142,3 +142,16 @@ def test_garbage_with_an_audio_extension_names_the_file(tmp_path):
     bad.write_bytes(b"\x00\x01garbage" * 50)
     with pytest.raises(AudioError, match="broken.m4a"):
         load_audio(bad)
+
+
+def test_frame_levels_are_per_video_frame_relative_and_gain_free():
+    from emodifftalk.data.audio import frame_levels_db
+
+    x = np.zeros(16000, np.float32)
+    x[6400:9600] = 0.5  # frames 10-14 at 25 fps (640 samples each)
+    x[:640] = 0.005  # frame 0: 40 dB below
+    db = frame_levels_db(x, 30, 25.0)  # 30 frames: the last 5 lie past the audio (digital silence)
+    assert db.shape == (30,) and np.all(db[10:15] == 0.0)
+    assert db[0] == pytest.approx(-40.0, abs=1e-3) and np.all(db[1:10] < -100) and np.all(db[25:] < -100)
+    loud = np.r_[0, 10:15]  # gain cancels wherever there is sound
+    np.testing.assert_allclose(frame_levels_db(7 * x, 30, 25.0)[loud], db[loud], atol=1e-6)
