@@ -19,8 +19,8 @@ Audio inputs
 ------------
 A path (any common audio or video file, ``data.audio.read_audio``) or an array (``sample_rate``
 required; (N,), (N, C) or (C, N) with C <= 8 channels). Multi-channel audio is averaged to mono
-with a warning, everything is resampled to 16 kHz, and empty / unreadable / non-finite audio raises ``AudioError`` (a
-``ValueError``) naming the input.
+with a warning, everything is resampled to 16 kHz, and empty / unreadable / non-finite audio
+raises ``AudioError`` (a ``ValueError``) naming the input.
 """
 
 from __future__ import annotations
