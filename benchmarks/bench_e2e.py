@@ -69,7 +69,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from emodifftalk.config import load_config
-    from emodifftalk.data.audio import read_wav
+    from emodifftalk.data.audio import read_audio
     from emodifftalk.pipeline.animate import load_models
     from emodifftalk.rig.feature_line_fit import load_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
@@ -82,7 +82,7 @@ def main() -> None:
     rig_dir = next(p for p in sorted(rigs.iterdir()) if (p / "rig.json").is_file())
     rig = GaussianRig.load(rig_dir)
     feature_line = load_feature_line(rig_dir, rig)
-    clip, sr = read_wav(demo / "results" / "input.wav")
+    clip, sr = read_audio(demo / "results" / "input.wav")
     t, n_frames = time_stages(models, rig, feature_line, clip, sr, cfg, args.seconds, text=args.text)
     total = sum(t.values())
     report = {"seconds_audio": args.seconds, "frames": n_frames, "device": "cpu", "threads": torch.get_num_threads(),

@@ -166,6 +166,9 @@ class RigConfig:
         _check(self.cameras_per_step >= 0, "rig.cameras_per_step must be >= 0")
 
 
+LEVEL_DIM = 2  # level channels the front ends append when audio.level_features (audio_frontend.py)
+
+
 @dataclass
 class AudioConfig:
     """Audio front end shared by Speech-to-AU and the diffusion model."""
@@ -175,16 +178,36 @@ class AudioConfig:
     feature_rate: float = 50.0  # Hz (HuBERT's frame rate; the mel front end matches it)
     n_mels: int = 80
     sample_rate: int = 16000
+    # Two level channels appended to either front end (models/audio_frontend.py, LevelFeatures):
+    # the frame's level below the utterance's peak and above its noise floor, both relative, so
+    # recording gain cancels. Per-utterance mel normalisation alone hides how quiet a frame is;
+    # these tell the models where nobody speaks (lips close there).  # choice
+    level_features: bool = True
+    # Train-time augmentation of the clean synthetic speech (data/augment.py: noise, reverb, level,
+    # band limits, resampling, stereo down-mix) for Speech-to-AU and the motion model's audio path,
+    # so both generalise to microphones they never heard. Share of training clips augmented:  # choice
+    train_augment_prob: float = 0.8
+    # Share of Speech-to-AU training clips given 0.2-1.2 s of extra lead-in and/or trailing silence
+    # whose labels say "lips closed" (AU25 = AU26 = 0; the other AUs unlabelled there), so that a
+    # file's silent start gives a neutral mouth.  # choice
+    train_silence_prob: float = 0.5
+    # Speech-to-AU labels of frames whose clean audio is this far below the clip's loudest frame
+    # get AU25 = AU26 = 0: the synthetic world leaves lips apart in some pauses (emotion, co-
+    # articulation; its mean lips-apart code there is ~0.2), but pauses in speech mean closed
+    # lips to a viewer. None: keep the labels as they are.  # choice
+    train_closed_below_db: float | None = -40.0
 
     @property
     def feature_dim(self) -> int:
-        return 768 if self.frontend == "hubert" else self.n_mels
+        return (768 if self.frontend == "hubert" else self.n_mels) + (LEVEL_DIM if self.level_features else 0)
 
     def validate(self) -> None:
         _check(self.frontend in ("mel", "hubert"), "audio.frontend must be 'mel' or 'hubert'")
         _check(self.frontend != "hubert" or bool(self.hubert_path),
                "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
         _check(self.sample_rate == 16000, "audio.sample_rate must be 16000")
+        _check(0.0 <= self.train_augment_prob <= 1.0, "audio.train_augment_prob must be in [0, 1]")
+        _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
 
 
 @dataclass
@@ -203,9 +226,19 @@ class S2AUConfig:
     window_seconds: float = 20.0  # long audio is processed in windows of this length
     overlap_seconds: float = 2.0  # and cross-faded over this overlap
     binarize_threshold: float = 0.2  # normalised intensity (= 1.0 on OpenFace's 0-5 scale)
+    # Silence gate at inference (speech_inference.speech_activity): the lips-apart/jaw-drop codes
+    # (AU25, AU26) are scaled by a speech-activity weight that is 0 where a frame is more than
+    # gate_closed_db below the file's loudest frame, 1 above gate_open_db, held open 2 frames
+    # around speech. A VAD in front of the learned model: lips close in pauses and lead-in silence
+    # whatever noise the model reads there; the other AUs (a smile, a frown) are untouched.  # choice
+    silence_gate: bool = True
+    gate_closed_db: float = -45.0
+    gate_open_db: float = -30.0
 
     def validate(self) -> None:
         _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
+        _check(self.gate_closed_db < self.gate_open_db <= 0,
+               "s2au.gate_closed_db must be below s2au.gate_open_db, both <= 0 dB")
         _check(self.local_layers + self.global_layers >= 1, "s2au needs at least one layer")
         _check(0 < self.overlap_seconds < self.window_seconds / 2,
                "s2au.overlap_seconds must be in (0, window_seconds / 2)")
@@ -506,14 +539,23 @@ def build_config(preset: str = "tiny", overrides: list[str] | None = None) -> Co
     return cfg.validate()
 
 
+# Options whose default changed what a model computes: a config written before the option
+# existed means the old behaviour, not today's default (so old exports keep loading).
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features"): False,
+                                                ("S2AUConfig", "silence_gate"): False}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Inverse of ``Config.to_dict`` (ignores unknown keys so old run dirs still load)."""
+    """Inverse of ``Config.to_dict`` (ignores unknown keys so old run dirs still load; keys they
+    lack take ``LEGACY_DEFAULTS`` where listed, else today's default)."""
 
     def build(cls, d):
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in d:
+                if (cls.__name__, f.name) in LEGACY_DEFAULTS:
+                    kwargs[f.name] = LEGACY_DEFAULTS[(cls.__name__, f.name)]
                 continue
             v = d[f.name]
             t = hints[f.name]

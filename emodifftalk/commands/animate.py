@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _export(explicit: str | None, model_root: str | None, name: str, required: bool) -> Path | None:
+def resolve_export(explicit: str | None, model_root: str | None, name: str, required: bool) -> Path | None:
     if explicit:
         return Path(explicit)
     if model_root:
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     camera = args.camera or cfg.infer.camera
     # every input checked before the models load (seconds) and the render starts (minutes)
     check_inputs(args.rig, args.wav, args.out, edits_path=args.edits, camera=camera, overwrite=args.overwrite)
-    s2au = _export(args.s2au, args.model, "s2au", True)
-    motion = _export(args.motion, args.model, "motion", True)
+    s2au = resolve_export(args.s2au, args.model, "s2au", True)
+    motion = resolve_export(args.motion, args.model, "motion", True)
     # the Text-to-AU controller (and its sentence encoder, ~10 s to load) only when there is a prompt
-    t2a = _export(args.text2au, args.model, "text2au", True) if args.text is not None else None
+    t2a = resolve_export(args.text2au, args.model, "text2au", True) if args.text is not None else None
     models = load_models(s2au, motion, t2a)
     res = animate(args.rig, args.wav, models, args.out, cfg, text=args.text, edits_path=args.edits,
                   camera=camera, ply=args.ply, seed=args.seed, overwrite=args.overwrite)

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emodifftalk.cli import config_from_args
-    from emodifftalk.commands.animate import _export
+    from emodifftalk.commands.animate import resolve_export
     from emodifftalk.viewer.app import LOCAL_HOSTS, check_port_free, load_viewer_models, start_viewer
     from emodifftalk.viewer.source import is_audio_path
 
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--edit-steps must be >= 1, got {args.edit_steps}")
     check_port_free(args.host, args.port)
     animating = args.animation is not None and is_audio_path(args.animation)
-    s2au = _export(args.s2au, args.model, "s2au", animating)
-    motion = _export(args.motion, args.model, "motion", animating)
-    t2a = _export(args.text2au, args.model, "text2au", False)
+    s2au = resolve_export(args.s2au, args.model, "s2au", animating)
+    motion = resolve_export(args.motion, args.model, "motion", animating)
+    t2a = resolve_export(args.text2au, args.model, "text2au", False)
     if motion is None:
         print("NOTE: no motion model (--model RUNS or --motion EXPORT): AU edits will change only the "
               "feature-line opacity, not the face's shape", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""WAV I/O and resampling: every audio path in the project goes through these four functions.
+"""Audio I/O and resampling: every audio path in the project goes through this module.
 
 Audio inside the project is always ``np.float32`` mono in [-1, 1] at a known sample rate
 (16 kHz for the models). Files are written as PCM16 WAV, atomically.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import tempfile
 from math import gcd
 from pathlib import Path
 
@@ -22,21 +24,25 @@ class AudioError(ValueError):
     """An audio file or array cannot be used; the message names it."""
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read an audio file as ``(audio (N,) float32 mono, sample_rate)``.
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read any common audio file as ``(audio (N,) float32 mono, sample_rate)`` at the file's rate.
 
-    Multi-channel files are averaged to mono (with a warning); unreadable or empty files raise
-    ``AudioError`` naming the file.
+    WAV (PCM 16/24/32, float, WAVE_EXTENSIBLE), FLAC, OGG/Vorbis/Opus and MP3 are read by
+    soundfile (libsndfile); anything it cannot open (m4a/AAC, the audio track of an mp4/mov/mkv,
+    ...) is decoded by the ffmpeg binary that imageio-ffmpeg ships. Multi-channel audio is averaged
+    to mono (with a warning). Missing, unreadable, empty or non-finite files raise an error naming
+    the file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError types
-        raise AudioError(f"cannot read audio file {path}: {e}") from e
+        data, sr = _read_soundfile(path)
+    except AudioError as sf_error:
+        try:
+            data, sr = _read_ffmpeg(path)
+        except AudioError as ff_error:
+            raise AudioError(f"cannot read audio file {path}: {ff_error} (soundfile: {sf_error})") from None
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} is empty (0 samples)")
     if data.shape[1] > 1:
@@ -45,6 +51,52 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if not np.all(np.isfinite(audio)):  # float WAVs can hold NaN/Inf; they would poison every model
         raise AudioError(f"audio file {path} contains NaN or Inf samples")
     return audio, int(sr)
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError types
+        raise AudioError(str(e)) from e
+    return data, int(sr)
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped with imageio-ffmpeg (a project dependency; never the system's)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+FFMPEG_TIMEOUT_S = 600  # decoding an hour of AAC takes seconds; a hang must not block forever
+
+
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream at its own rate and channel count via a temporary float WAV
+    (a seekable file, so the header carries the true length and rate)."""
+    import soundfile as sf
+
+    try:
+        exe = ffmpeg_exe()
+    except Exception as e:  # noqa: BLE001 - no binary for this platform
+        raise AudioError(f"ffmpeg is not available ({e})") from e
+    with tempfile.TemporaryDirectory(prefix="emodifftalk-audio-") as tmp:
+        out = Path(tmp) / "decoded.wav"
+        cmd = [exe, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le",
+               "-f", "wav", str(out)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise AudioError(f"ffmpeg did not finish decoding within {FFMPEG_TIMEOUT_S} s") from None
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode != 0 or not out.is_file():
+            if "matches no streams" in err:
+                raise AudioError("it has no audio track")
+            raise AudioError(f"ffmpeg cannot decode it ({err.splitlines()[-1] if err else proc.returncode})")
+        data, sr = sf.read(str(out), dtype="float32", always_2d=True)
+    return data, int(sr)
 
 
 def _as_mono(audio: np.ndarray, what: str) -> np.ndarray:
@@ -93,7 +145,7 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 16000) -> np.ndarray:
     """Mono float32 audio at ``target_sr`` from a file path or an array (then ``sample_rate`` is required)."""
     if isinstance(path_or_array, (str, Path)):
-        audio, sr = read_wav(path_or_array)
+        audio, sr = read_audio(path_or_array)
         if sample_rate is not None and int(sample_rate) != sr:
             log.warning("%s is %d Hz, not the stated %d Hz; using the file's rate", path_or_array, sr,
                         sample_rate)
@@ -102,3 +154,15 @@ def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 1
             raise AudioError("load_audio(array) needs sample_rate=...")
         audio, sr = _as_mono(path_or_array, "audio array"), int(sample_rate)
     return resample(audio, sr, target_sr)
+
+
+def frame_levels_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = 16000) -> np.ndarray:
+    """(n_frames,) RMS level of each video frame in dB re the loudest frame; frame ``t`` covers
+    samples ``[t/fps, (t+1)/fps)``; digital silence and frames past the end sit >= 100 dB below.
+    Gain invariant. The one definition of "how loud is this frame" for the training labels, the
+    silence gate and ``eval speech``."""
+    edges = np.round(np.arange(int(n_frames) + 1) / float(fps) * sample_rate).astype(np.int64)
+    x = np.asarray(audio, np.float64)
+    edges = np.minimum(edges, len(x))
+    power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    return 10.0 * np.log10(np.maximum(power, 1e-12) / max(float(power.max(initial=0.0)), 1e-12))

@@ -167,9 +167,9 @@ class RawClip:
         return read_openface_csv(self.openface_path, fps=self.fps, n_frames=self.n_frames)
 
     def load_audio(self) -> tuple[np.ndarray, int]:
-        from emodifftalk.data.audio import read_wav
+        from emodifftalk.data.audio import read_audio
 
-        return read_wav(self.audio_path)
+        return read_audio(self.audio_path)
 
 
 class RawDataset:

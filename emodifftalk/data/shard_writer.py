@@ -185,19 +185,21 @@ def _audio_bytes(clip: RawClip) -> tuple[bytes, int]:
     decoded, resampled and re-encoded."""
     import soundfile as sf
 
-    from emodifftalk.data.audio import read_wav, resample, write_wav
+    from emodifftalk.data.audio import AudioError, read_audio, resample, write_wav
 
     path = clip.audio_path
     try:
         info = sf.info(str(path))
-    except Exception as e:  # libsndfile raises its own error types
-        raise RawLayoutError(f"cannot read audio file {path}: {e}") from e
-    if info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16" \
-            and info.format == "WAV" and info.frames > 0:
+    except Exception:  # noqa: BLE001 - not a libsndfile format (m4a, mp4 ...): read_audio decodes it
+        info = None
+    if info is not None and info.samplerate == SAMPLE_RATE and info.channels == 1 \
+            and info.subtype == "PCM_16" and info.format == "WAV" and info.frames > 0:
         return path.read_bytes(), int(info.frames)
-    audio, sr = read_wav(path)
-    log.info("%s is %d Hz / %d channel(s) / %s: converting to 16 kHz mono PCM16", path, sr,
-             info.channels, info.subtype)
+    try:
+        audio, sr = read_audio(path)
+    except (AudioError, FileNotFoundError) as e:
+        raise RawLayoutError(str(e)) from e
+    log.info("%s is %d Hz, not 16 kHz mono PCM16 WAV: converting", path, sr)
     audio = resample(audio, sr, SAMPLE_RATE)
     with tempfile.TemporaryDirectory() as scratch:  # write_wav writes files only; never into RAW/
         tmp = write_wav(Path(scratch) / "audio.wav", audio, SAMPLE_RATE)

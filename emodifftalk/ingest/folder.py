@@ -24,7 +24,7 @@ reader never guesses a layout: a manifest says where everything is. Paths are re
             masks: "0001/angry_1/masks/{camera}/*.png"     # optional mattes (white = foreground)
             cameras: 0001/angry_1/cams.json                 # camera file
             camera_format: json                            # json | yaml | npz (default: by suffix)
-            audio: 0001/angry_1/audio.wav                  # any soundfile format, any rate/channels
+            audio: 0001/angry_1/audio.wav                  # wav/flac/ogg/mp3/m4a/mp4 ..., any rate/channels
             meshes: "0001/angry_1/meshes/*.obj"            # per-frame meshes (obj/ply/npy), or one (T, V, 3) .npy
             openface: 0001/angry_1/openface.csv            # OpenFace 2.x CSV
             emotion: angry
@@ -492,9 +492,9 @@ class FolderClip(ClipSource):
         if not Path(path).is_file():
             self.note(f"audio file {path} not found: no audio")
             return None
-        from emodifftalk.data.audio import read_wav
+        from emodifftalk.data.audio import read_audio
 
-        return read_wav(path)
+        return read_audio(path)
 
     def verts_frame_ids(self) -> list[int]:
         return sorted(self._meshes)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emodifftalk.config import AudioConfig
+from emodifftalk.config import LEVEL_DIM, AudioConfig
 
 SAMPLE_RATE = 16000
 WIN_LENGTH = 400  # 25 ms at 16 kHz
@@ -227,6 +227,74 @@ class HubertFrontend(AudioFrontend):
 
 
 # ------------------------------------------------------------------------------------------------
+# level channels (silence cue)
+# ------------------------------------------------------------------------------------------------
+
+LEVEL_RANGE_DB = 60.0  # levels are clipped to this range and scaled to [0, 1]
+FLOOR_QUANTILE = 0.1  # the utterance's noise floor: this quantile of its frame levels
+LEVEL_VERSION = 1  # bump when the recipe changes: invalidates cached features
+
+
+def frame_levels_db(audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(B, N) 16 kHz audio -> (B, n_frames) frame power in dB, frame ``i`` over samples
+    ``[320 i, 320 i + 400)`` (the mel grid), zero-padded past the end."""
+    need = (n_frames - 1) * HOP_LENGTH + WIN_LENGTH
+    x = F.pad(audio.float(), (0, max(0, need - audio.shape[1])))[:, :need]
+    power = x.unfold(1, WIN_LENGTH, HOP_LENGTH).square().mean(dim=-1)
+    return 10.0 * torch.log10(power + 1e-12)  # -120 dB: far below any level the channels resolve
+
+
+def level_features(audio: torch.Tensor, audio_mask: torch.Tensor | None, n_frames: int,
+                   frame_mask: torch.Tensor) -> torch.Tensor:
+    """(B, n_frames, 2): the frame's level below the utterance's peak and above its noise floor,
+    each in dB / ``LEVEL_RANGE_DB`` clipped to [0, 1]; padded frames are 0.
+
+    Both are differences of levels within one utterance, so a recording's gain cancels; the
+    floor-relative channel also separates speech from a constant noise bed."""
+    if audio_mask is not None:
+        audio = audio * audio_mask.to(audio.dtype)
+    db = frame_levels_db(audio, n_frames)
+    valid = frame_mask.to(torch.bool)
+    lo = torch.finfo(db.dtype).min
+    peak = torch.where(valid, db, torch.full_like(db, lo)).amax(dim=1, keepdim=True)
+    floors = []
+    for row, m in zip(db, valid):  # quantile over each utterance's own valid frames
+        floors.append(torch.quantile(row[m], FLOOR_QUANTILE) if m.any() else row.new_tensor(0.0))
+    floor = torch.stack(floors)[:, None]
+    below_peak = ((db - peak) / LEVEL_RANGE_DB + 1.0).clamp(0.0, 1.0)
+    above_floor = ((db - floor) / LEVEL_RANGE_DB).clamp(0.0, 1.0)
+    return torch.stack([below_peak, above_floor], dim=-1) * valid[..., None].to(db.dtype)
+
+
+class LevelFeatures(AudioFrontend):
+    """Any front end plus the two level channels of :func:`level_features` on its frame grid."""
+
+    def __init__(self, inner: AudioFrontend):
+        super().__init__()
+        self.inner = inner
+        self.dim = inner.dim + LEVEL_DIM
+        self.chunked = inner.chunked
+
+    def num_frames(self, n_samples):
+        return self.inner.num_frames(n_samples)
+
+    def levels(self, audio: torch.Tensor, audio_mask: torch.Tensor | None = None,
+               n_frames: int | None = None) -> torch.Tensor:
+        """The level channels alone (B, Ta, 2) for the whole of ``audio`` (chunked callers use this
+        on the whole utterance: peak and floor are per utterance, not per chunk)."""
+        ta = int(self.num_frames(audio.shape[1])) if n_frames is None else int(n_frames)
+        if audio_mask is None:
+            fmask = torch.ones(audio.shape[0], ta, dtype=torch.bool, device=audio.device)
+        else:
+            fmask = self.frames_mask(audio_mask, ta)
+        return level_features(audio, audio_mask, ta, fmask)
+
+    def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.inner(audio, audio_mask)
+        return torch.cat([feats, self.levels(audio, audio_mask, feats.shape[1]).to(feats.dtype)], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------
 # factory + provenance
 # ------------------------------------------------------------------------------------------------
 
@@ -239,12 +307,14 @@ def build_frontend(cfg: AudioConfig) -> AudioFrontend:
         raise ValueError(f"audio.feature_rate must be {SAMPLE_RATE / HOP_LENGTH} Hz "
                          f"(both front ends hop 20 ms), got {cfg.feature_rate}")
     if cfg.frontend == "mel":
-        return MelFrontend(cfg.n_mels)
-    if cfg.frontend == "hubert":
+        inner = MelFrontend(cfg.n_mels)
+    elif cfg.frontend == "hubert":
         if not cfg.hubert_path:
             raise ValueError("audio.frontend=hubert needs audio.hubert_path=/local/dir")
-        return HubertFrontend.from_local(cfg.hubert_path)
-    raise ValueError(f"unknown audio.frontend {cfg.frontend!r}; expected 'mel' or 'hubert'")
+        inner = HubertFrontend.from_local(cfg.hubert_path)
+    else:
+        raise ValueError(f"unknown audio.frontend {cfg.frontend!r}; expected 'mel' or 'hubert'")
+    return LevelFeatures(inner) if cfg.level_features else inner
 
 
 def feature_dim(cfg: AudioConfig) -> int:
@@ -253,8 +323,10 @@ def feature_dim(cfg: AudioConfig) -> int:
         cfg_file = Path(cfg.hubert_path) / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"audio.hubert_path={cfg.hubert_path} has no config.json")
-        return int(json.loads(cfg_file.read_text())["hidden_size"])
-    return int(cfg.n_mels)
+        base = int(json.loads(cfg_file.read_text())["hidden_size"])
+    else:
+        base = int(cfg.n_mels)
+    return base + (LEVEL_DIM if cfg.level_features else 0)
 
 
 def _sha256_file_head(path: Path, n_bytes: int = 1 << 20) -> str:
@@ -265,6 +337,11 @@ def _sha256_file_head(path: Path, n_bytes: int = 1 << 20) -> str:
 def encoder_id(cfg: AudioConfig) -> str:
     """A string naming the encoder and its weights; features cached under one id are not valid
     for another. HuBERT: sha256 of config.json + size and sha256 of the first MiB of the weights."""
+    base = _base_encoder_id(cfg)
+    return f"{base}:levels-v{LEVEL_VERSION}" if cfg.level_features else base
+
+
+def _base_encoder_id(cfg: AudioConfig) -> str:
     if cfg.frontend == "mel":
         return f"mel-v{MEL_VERSION}:n_mels={cfg.n_mels}:win={WIN_LENGTH}:hop={HOP_LENGTH}:nfft={N_FFT}:norm=utterance"
     if cfg.frontend == "hubert":

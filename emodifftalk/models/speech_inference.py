@@ -17,10 +17,10 @@ whole receptive field of a frame.
 
 Audio inputs
 ------------
-A path (any format soundfile reads) or an array (``sample_rate`` required; (N,), (N, C) or (C, N)
-with C <= 8 channels). Multi-channel audio is averaged to mono with a warning, everything is
-resampled to 16 kHz, and empty / unreadable / non-finite audio raises ``AudioError`` (a
-``ValueError``) naming the input.
+A path (any common audio or video file, ``data.audio.read_audio``) or an array (``sample_rate``
+required; (N,), (N, C) or (C, N) with C <= 8 channels). Multi-channel audio is averaged to mono
+with a warning, everything is resampled to 16 kHz, and empty / unreadable / non-finite audio
+raises ``AudioError`` (a ``ValueError``) naming the input.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from emodifftalk.models.audio_frontend import (
     SAMPLE_RATE,
     WIN_LENGTH,
     AudioFrontend,
+    LevelFeatures,
     build_frontend,
     encoder_id,
 )
@@ -122,6 +123,11 @@ def extract_features(frontend: AudioFrontend, audio: torch.Tensor | np.ndarray, 
     if audio.numel() == 0:
         raise ValueError("audio is empty (0 samples)")
     frontend = frontend.to(device).eval()
+    if isinstance(frontend, LevelFeatures) and frontend.chunked:
+        # the level channels are relative to the whole utterance's peak and floor, never a chunk's
+        inner = extract_features(frontend.inner, audio, window_seconds, overlap_seconds, device)
+        levels = frontend.levels(audio[None].to(device), n_frames=inner.shape[0])[0].float().cpu()
+        return torch.cat([inner, levels], dim=-1)
     n = audio.shape[0]
     total = int(frontend.num_frames(n))
     window = max(1, round(window_seconds * frontend.rate))
@@ -165,6 +171,33 @@ def predict_from_features(model: SpeechToAU, feats: torch.Tensor, n_frames: int,
     finally:
         model.train(was_training)
     return pool_to_frames(au[None], None, int(n_frames), float(fps), model.feature_rate)[0]
+
+
+GATED_AUS = ("AU25", "AU26")  # lips apart, jaw drop: what must close when nobody speaks
+GATE_HOLD_FRAMES = 2  # the gate opens this many frames before speech and closes as many after
+
+
+def speech_activity(audio: np.ndarray, n_frames: int, fps: float, closed_db: float, open_db: float) -> np.ndarray:
+    """(n_frames,) weight in [0, 1] from each video frame's RMS level re the file's loudest frame
+    (frame ``t`` = samples ``[t/fps, (t+1)/fps)`` at 16 kHz): 0 below ``closed_db``, 1 above
+    ``open_db``, linear between, then a running max over ±``GATE_HOLD_FRAMES`` frames."""
+    from emodifftalk.data.audio import frame_levels_db
+
+    db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
+    w = np.clip((db - closed_db) / (open_db - closed_db), 0.0, 1.0)
+    padded = np.pad(w, GATE_HOLD_FRAMES)
+    return np.max([padded[k:k + n_frames] for k in range(2 * GATE_HOLD_FRAMES + 1)], axis=0)
+
+
+def gate_silence(aus: np.ndarray, audio: np.ndarray, fps: float, s2au_cfg) -> np.ndarray:
+    """``aus`` (T, 17) with the ``GATED_AUS`` scaled by :func:`speech_activity` (``s2au.silence_gate``)."""
+    from emodifftalk.au import AU_INDEX
+
+    w = speech_activity(audio, aus.shape[0], fps, s2au_cfg.gate_closed_db, s2au_cfg.gate_open_db)
+    out = aus.copy()
+    for name in GATED_AUS:
+        out[:, AU_INDEX[name]] *= w
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,6 +290,7 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
     Give either ``model_dir`` (an export of ``emodifftalk train s2au``), a loaded ``S2AUBundle``,
     or a bare ``SpeechToAU`` plus its ``frontend`` (windowing from ``cfg.s2au``, default config).
     ``model_dir`` is loaded on every call: for many files, ``load_s2au`` once and pass ``model=``.
+    With ``cfg.s2au.silence_gate`` the lips-apart / jaw codes close in silence (:func:`gate_silence`).
     """
     try:
         fps = float(fps)
@@ -286,5 +320,7 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
     feats = extract_features(frontend, audio, cfg.s2au.window_seconds, cfg.s2au.overlap_seconds, device)
     n_frames = frames_for_duration(audio.shape[0] / SAMPLE_RATE, fps)
     aus = predict_from_features(model, feats, n_frames, fps, cfg.s2au.window_seconds,
-                                cfg.s2au.overlap_seconds, device)
-    return aus.numpy().astype(np.float32)
+                                cfg.s2au.overlap_seconds, device).numpy()
+    if cfg.s2au.silence_gate:
+        aus = gate_silence(aus, audio, fps, cfg.s2au)
+    return aus.astype(np.float32)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -54,21 +53,14 @@ def read_au_csv(path: str | Path) -> np.ndarray:
 
 
 def audio_from_video(video: Path) -> np.ndarray | None:
-    """Mono 16 kHz float32 soundtrack of ``video`` via imageio-ffmpeg's ffmpeg, or None if it has none."""
-    try:
-        import imageio_ffmpeg
+    """Mono 16 kHz float32 soundtrack of ``video``, or None if it has none (or cannot be decoded)."""
+    from emodifftalk.data.audio import AudioError, load_audio
 
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # noqa: BLE001 - no ffmpeg: the viewer simply plays no sound
-        return None
-    cmd = [exe, "-v", "error", "-i", str(video), "-vn", "-ac", "1", "-ar", str(AUDIO_RATE), "-f", "s16le", "-"]
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return load_audio(video, target_sr=AUDIO_RATE)
+    except (AudioError, OSError) as e:  # a silent video: the viewer simply plays no sound
+        log.info("%s: no soundtrack (%s)", video, e)
         return None
-    if out.returncode != 0 or not out.stdout:
-        return None
-    return np.frombuffer(out.stdout, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def load_audio_file(path: str | Path) -> np.ndarray:

@@ -20,7 +20,7 @@ def test_paper_preset_uses_paper_loss_weights():
     assert (cfg.feature_line.lambda_sparse, cfg.feature_line.lambda_smooth) == (0.01, 0.001)
     t = cfg.text2au
     assert (t.focal_alpha, t.focal_gamma, t.infonce_tau, t.lambda_infonce) == (0.35, 3.0, 0.07, 0.005)
-    assert cfg.audio.feature_dim == 768
+    assert cfg.audio.feature_dim == 768 + 2  # HuBERT-base + 2 level channels
 
 
 def test_overrides_are_typed():

@@ -38,7 +38,7 @@ def test_batches_and_loss(shards):
     assert b == 2 and t == 12
     v = batch["template"].shape[1]
     assert batch["verts"].shape == (2, 12, v, 3) and batch["lip_mask"].shape == (2, v)
-    assert batch["feats"].shape[0] == 2 and batch["feats"].shape[2] == 16  # n_mels
+    assert batch["feats"].shape[0] == 2 and batch["feats"].shape[2] == 16 + 2  # n_mels + level channels
     out = task.loss(model, batch, 0)
     assert torch.isfinite(out["loss"])
     for k in ("vertex", "vel", "acc", "lip", "deform", "motion"):
@@ -88,7 +88,7 @@ def test_sample_motion_windows_cover_sequence(shards, one_thread):
     model.offset_scale.fill_(0.002)
     tpl = next(iter(load_template_infos(shards).values()))
     aus = torch.rand(37, 17)
-    feats = torch.randn(75, 16)
+    feats = torch.randn(75, 16 + 2)  # n_mels + level channels
     sched = NoiseSchedule.from_config(cfg.diffusion)
     assert window_starts(37, 16, 4) == [(0, 16, 0), (12, 16, 4), (24, 13, 4)]
     a = sample_motion(model, sched, torch.from_numpy(tpl.verts), aus, feats, cfg,

@@ -54,10 +54,10 @@ def test_every_readme_command_parses_and_its_example_files_exist():
 
 
 def test_example_inputs_are_usable():
-    from emodifftalk.data.audio import read_wav
+    from emodifftalk.data.audio import read_audio
     from emodifftalk.edits import apply_edits, load_edits
 
-    audio, sr = read_wav(REPO / "examples" / "speech.wav")
+    audio, sr = read_audio(REPO / "examples" / "speech.wav")
     assert sr == 16000 and 1.0 < audio.shape[0] / sr < 8.0
     assert float(np.sqrt(np.mean(audio ** 2))) > 0.01  # speech, not silence
     curves = load_edits(REPO / "examples" / "edits.json")

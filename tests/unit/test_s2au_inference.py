@@ -108,7 +108,8 @@ def tiny_hubert_dir(tmp_path):
 
 
 def test_extract_features_hubert_chunked(tmp_path):
-    fe = build_frontend(AudioConfig(frontend="hubert", hubert_path=str(tiny_hubert_dir(tmp_path))))
+    fe = build_frontend(AudioConfig(frontend="hubert", hubert_path=str(tiny_hubert_dir(tmp_path)),
+                                    level_features=False))  # the chunking itself (levels: test_s2au_frontend)
     n = 16000 * 3 + 123
     audio = 0.1 * np.random.default_rng(0).standard_normal(n).astype(np.float32)
     f = extract_features(fe, audio, window_seconds=1.0, overlap_seconds=0.2)
@@ -183,3 +184,23 @@ def test_package_level_export():
     import emodifftalk
 
     assert emodifftalk.predict_aus is predict_aus
+
+
+def test_silence_gate_closes_only_the_mouth_codes_in_silence():
+    from emodifftalk.au import AU_INDEX, NUM_AUS
+    from emodifftalk.config import S2AUConfig
+    from emodifftalk.models.speech_inference import gate_silence, speech_activity
+
+    fps = 25.0
+    t = np.arange(16000 * 3) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 200 * t) * ((t > 1.0) & (t < 2.0))).astype(np.float32)
+    audio += 1e-4 * np.random.default_rng(0).standard_normal(audio.shape).astype(np.float32)  # -70 dB bed
+    w = speech_activity(audio, 75, fps, -45.0, -30.0)
+    assert np.all(w[:20] == 0) and np.all(w[27:48] == 1) and np.all(w[55:] == 0)
+    assert w[22] == 0 and w[23] == 1 and w[51] == 1 and w[52] == 0  # speech: frames 25-49, held ±2
+    aus = np.full((75, NUM_AUS), 0.5, np.float32)
+    gated = gate_silence(aus, 10 * audio, fps, S2AUConfig())  # gain invariant
+    mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
+    assert np.all(gated[:20][:, mouth] == 0) and np.all(gated[30:45][:, mouth] == 0.5)
+    others = [k for k in range(NUM_AUS) if k not in mouth]
+    np.testing.assert_array_equal(gated[:, others], aus[:, others])

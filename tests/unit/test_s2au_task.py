@@ -29,7 +29,7 @@ def test_batches_and_loss(shards):
     cfg = tiny_cfg(shards)
     it = task.train_batches(cfg, rank=0, world_size=1, seed=0, start_step=0)
     b = next(it)
-    assert b["feats"].shape[0] == 3 and b["feats"].shape[2] == 16
+    assert b["feats"].shape[0] == 3 and b["feats"].shape[2] == 16 + 2  # n_mels + level channels
     assert b["aus"].shape == (3, 20, 17) and b["frame_mask"].all()
     assert b["feats"].shape[1] == 40  # 20 frames at 25 fps = 40 feature frames at 50 Hz
     assert torch.all(b["fps"] == 25.0) and torch.all(b["n_frames"] == 20)
@@ -59,7 +59,7 @@ def test_train_export_predict_eval(shards, tmp_path, capsys):
     cfg = tiny_cfg(shards)
     export = run_training(get_task("s2au"), cfg, tmp_path / "run")
     meta = json.loads((export / "s2au.json").read_text())
-    assert meta["in_dim"] == 16 and meta["encoder_id"].startswith("mel")
+    assert meta["in_dim"] == 16 + 2 and meta["encoder_id"].startswith("mel")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/au_mae" in m for m in metrics)
     bundle = load_s2au(export)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from emodifftalk.config import build_config
-from emodifftalk.data.audio import read_wav, write_wav
+from emodifftalk.data.audio import read_audio, write_wav
 from emodifftalk.data.openface import read_openface_csv, write_openface_csv
 from emodifftalk.data.shard_writer import encode_npy
 from emodifftalk.data.shards import (
@@ -139,7 +139,7 @@ def test_round_trip_values_equal_raw_inputs(raw, packed):
     for key, s in seqs.items():
         ident, clip = key.split("__")
         d = raw / ident / clip
-        audio, sr = read_wav(d / "audio.wav")
+        audio, sr = read_audio(d / "audio.wav")
         np.testing.assert_array_equal(s["audio"], audio)
         assert s["audio"].dtype == np.float32 and s["sample_rate"] == 16000 == sr
         ref = read_openface_csv(d / "openface.csv", fps=FPS, n_frames=N_FRAMES)

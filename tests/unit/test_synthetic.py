@@ -10,7 +10,7 @@ from PIL import Image
 
 from emodifftalk.au import AU_INDEX, NUM_AUS, SPEECH_AUS
 from emodifftalk.config import SynthConfig
-from emodifftalk.data.audio import read_wav
+from emodifftalk.data.audio import read_audio
 from emodifftalk.data.openface import read_openface_csv
 from emodifftalk.data.schema import VERTEX_SETS
 from emodifftalk.data.synthetic import (
@@ -81,7 +81,7 @@ def test_layout_and_shapes(dataset):
         meta = json.loads((cd / "meta.json").read_text())
         assert meta["n_frames"] == t_frames and meta["emotion"] in EMOTIONS
         assert meta["identity"] == ident and meta["clip"] == "clip00"
-        audio, sr = read_wav(cd / "audio.wav")
+        audio, sr = read_audio(cd / "audio.wav")
         assert sr == SR and audio.shape == (round(t_frames / cfg.fps * SR),)
         verts = np.load(cd / "verts.npy", allow_pickle=False)
         assert verts.shape == (t_frames, v, 3) and verts.dtype == np.float32

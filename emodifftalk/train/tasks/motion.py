@@ -133,7 +133,7 @@ class _FeatureMaker:
             log.warning("cached features of %s were made by %r, not %r: recomputing from audio",
                         sample.get("key"), _feats_encoder(sample.get("feats_meta")), self._enc_id)
             self._warned = True
-        key = sample.get("key")
+        key = None if sample.get("augmented") else sample.get("key")  # augmented audio: never cached
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -196,6 +196,7 @@ class MotionBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         from emodifftalk.data.shards import collate_sequences, crop_sequence, stream_samples
+        from emodifftalk.train.speech_augment import augment_sample
 
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
@@ -210,6 +211,7 @@ class MotionBatches(torch.utils.data.IterableDataset):
             if reason is not None:
                 self.unusable.skip(sample.get("key"), None, reason)
                 continue
+            sample = augment_sample(sample, rng, cfg.audio, silence=False)  # meshes stay aligned
             sample = dict(sample, feats=feats(sample))  # whole clip, before cropping
             crop = crop_sequence(sample, cfg.data.window_frames, rng, feature_rate=cfg.audio.feature_rate)
             bucket = buckets.setdefault(crop["verts"].shape[1], [])

@@ -5,7 +5,9 @@ per rank. Each clip's audio features are the cached ``feats.npy`` written by
 ``emodifftalk featurize`` when present (its encoder id must equal ``encoder_id(cfg.audio)``,
 else :class:`~emodifftalk.featurize.FeatureCacheMismatch`), otherwise the front end runs on the
 *whole* clip (so per-utterance normalisation matches inference) before a random
-``data.window_frames`` crop. Batches hold features, AU labels and masks; the model pools onto
+``data.window_frames`` crop. Clips are first augmented (``train/speech_augment.py``: noise,
+reverb, level, band limits, resampling, stereo down-mix; added silence labelled "lips closed").
+Batches hold features, AU labels and masks; the model pools onto
 each clip's own fps.
 
 Resume: the stream for ``start_step`` is seeded by ``(seed, rank, start_step)`` — deterministic,
@@ -68,6 +70,7 @@ class S2AUBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         from emodifftalk.data.shards import crop_sequence, shard_urls, stream_samples
+        from emodifftalk.train.speech_augment import augment_sample
 
         cfg = self.cfg
         urls = shard_urls(shards_root(cfg), "seq", "train")
@@ -82,6 +85,7 @@ class S2AUBatches(IterableDataset):
         features = FeatureSource(cfg)
         batch: list[dict] = []
         for sample in stream:
+            sample = augment_sample(sample, rng, cfg.audio, silence=True)  # noise, rooms, silence ...
             sample = dict(sample, feats=features(sample), verts=None)
             batch.append(crop_sequence(sample, cfg.data.window_frames, rng,
                                        feature_rate=cfg.audio.feature_rate))

@@ -1,0 +1,96 @@
+"""Train-time audio augmentation of decoded ``seq`` samples (Speech-to-AU and the motion model).
+
+The synthetic speech is clean studio audio; real recordings are not. Each training clip is, with
+probability ``audio.train_augment_prob``, passed through :func:`emodifftalk.data.augment.augment_audio`
+(noise, reverb, level, band limits, another sample rate, a stereo pair) and brought back exactly
+the way :func:`emodifftalk.data.audio.load_audio` brings a user's file in (down-mix to mono,
+resample to 16 kHz), so the models learn on what inference will feed them.
+
+Silence: with probability ``audio.train_silence_prob`` a Speech-to-AU clip gets extra lead-in
+and/or trailing silence (before augmentation, so the noise bed covers it). Those frames are
+labelled "lips closed" (AU25 = AU26 = 0) and leave the other AUs unlabelled (masked): whether
+someone frowns in silence is not in the audio. The clip's own pauses (``audio.train_closed_below_db``
+below its peak) are labelled lips-closed too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emodifftalk.au import AU_INDEX
+from emodifftalk.data.audio import frame_levels_db
+from emodifftalk.config import AudioConfig
+
+SAMPLE_RATE = 16000
+SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
+CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
+
+
+def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mono 16 kHz ``audio`` through ``augment_audio`` and back through the loader's path."""
+    from emodifftalk.data.audio import resample
+    from emodifftalk.data.augment import augment_audio
+
+    aug = augment_audio(audio, SAMPLE_RATE, rng)
+    x = aug.audio.mean(axis=1) if aug.audio.ndim == 2 else aug.audio  # the loader's down-mix
+    x = resample(x, aug.sample_rate, SAMPLE_RATE)
+    n = len(audio)  # resampling round trips may differ by a sample or two: keep the clip's length
+    return np.pad(x, (0, max(0, n - len(x))))[:n].astype(np.float32)
+
+
+def close_lips_in_silence(sample: dict, below_db: float) -> dict:
+    """``sample`` with AU25 = AU26 = 0 (and labelled) in video frames whose audio is more than
+    ``below_db`` dB below the clip's loudest frame (``audio.train_closed_below_db``)."""
+    levels = frame_levels_db(sample["audio"], sample["aus"].shape[0], float(sample["meta"]["fps"]), SAMPLE_RATE)
+    silent = levels < below_db
+    if not silent.any():
+        return sample
+    aus, mask = sample["aus"].copy(), sample["au_mask"].copy()
+    for k in CLOSED_LIP_AUS:
+        aus[silent, k] = 0.0
+        mask[silent, k] = True
+    return dict(sample, aus=aus, au_mask=mask)
+
+
+def with_silence(sample: dict, rng: np.random.Generator) -> dict:
+    """``sample`` with 0.2-1.2 s of digital silence before and/or after it (at least one side), AU
+    labels extended as the module docstring says. Needs no meshes (Speech-to-AU samples)."""
+    fps = float(sample["meta"]["fps"])
+    lead, tail = (int(round(rng.uniform(*SILENCE_SECONDS) * fps)) if on else 0
+                  for on in _sides(rng))
+    aus, mask = sample["aus"], sample["au_mask"]
+
+    def pad_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.zeros((n, aus.shape[1]), aus.dtype)
+        valid = np.zeros((n, aus.shape[1]), bool)
+        valid[:, list(CLOSED_LIP_AUS)] = True
+        return rows, valid
+
+    (la, lm), (ta, tm) = pad_rows(lead), pad_rows(tail)
+    per_frame = SAMPLE_RATE / fps
+    audio = sample["audio"]
+    n_lead, n_tail = int(round(lead * per_frame)), int(round(tail * per_frame))
+    out = dict(sample, feats=None, verts=None)
+    out["audio"] = np.concatenate([np.zeros(n_lead, audio.dtype), audio, np.zeros(n_tail, audio.dtype)])
+    out["aus"] = np.concatenate([la, aus, ta])
+    out["au_mask"] = np.concatenate([lm, mask, tm])
+    out["meta"] = dict(sample["meta"], n_frames=int(out["aus"].shape[0]), added_silence=[lead, tail])
+    return out
+
+
+def _sides(rng: np.random.Generator) -> tuple[bool, bool]:
+    side = int(rng.integers(0, 3))  # 0: lead-in only, 1: tail only, 2: both
+    return side != 1, side != 0
+
+
+def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, silence: bool) -> dict:
+    """The training view of a decoded seq sample (see the module docstring). Augmented samples
+    drop cached features (they describe the clean audio); ``silence=False`` for samples whose
+    meshes must stay aligned with the audio and whose labels are meshes (the motion model)."""
+    if silence and cfg.train_closed_below_db is not None:
+        sample = close_lips_in_silence(sample, cfg.train_closed_below_db)
+    if silence and rng.uniform() < cfg.train_silence_prob:
+        sample = with_silence(sample, rng)
+    if rng.uniform() < cfg.train_augment_prob:
+        sample = dict(sample, audio=augmented_16k(sample["audio"], rng), feats=None, augmented=True)
+    return sample
