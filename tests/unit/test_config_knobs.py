@@ -28,6 +28,7 @@ SECTION_PARAMETERS = {
     "diffusion": ("weights",),  # losses/geometry.py: geometry_loss(..., weights=cfg.diffusion)
     "data": ("data_cfg",),
     "audio": ("audio_cfg",),
+    "s2au": ("s2au_cfg",),  # models/speech_inference.py: gate_silence(..., s2au_cfg)
 }
 
 # Knobs read generically (not as ``section.name``), with where: none today. Add an entry only with
