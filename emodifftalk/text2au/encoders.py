@@ -7,8 +7,8 @@
   loaded with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``: never downloads.
   ``layers`` (``text2au.minilm_layers``) picks the pooling: the token mean of each listed
   transformer layer (1..6), each L2-normalised, concatenated (384 per layer). ``(6,)`` is the
-  model's own sentence embedding; adding a middle layer keeps word-level cues (a "not", an
-  intensity word) that the last layer's mean washes out.
+  model's own sentence embedding; lower layers keep word-level cues (a "not", an intensity
+  word) that the last layer's mean washes out (the default, all six, won on the concept CV).
 * ``open_clip``: the text tower of an open_clip model created from a LOCAL checkpoint file
   (``open_clip.create_model_and_transforms(name, pretrained=<file>)``); the paper's choice (CLIP).
   Use a model whose tokenizer is open_clip's built-in SimpleTokenizer (the OpenAI-style ViT
