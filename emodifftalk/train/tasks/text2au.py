@@ -74,7 +74,9 @@ HASHING_DIM = 1024
 def encoder_dim(t2a_cfg) -> int:
     """Feature size of the configured encoder without loading any weights."""
     if t2a_cfg.encoder == "minilm":
-        return 384
+        from emodifftalk.text2au.encoders import MINILM_DIM, check_minilm_layers
+
+        return MINILM_DIM * len(check_minilm_layers(t2a_cfg.minilm_layers))
     if t2a_cfg.encoder == "hashing":
         return HASHING_DIM
     if t2a_cfg.encoder == "open_clip":
