@@ -236,7 +236,10 @@ def capture_camera_index(rig, spec: str) -> int:
     looks most squarely at the face (``render.cameras.most_frontal_camera``; capture rigs number
     their cameras arbitrarily, so index 0 is often a profile)."""
     viewmats = rig.info.get("cameras", {}).get("viewmats") or []
-    if spec == "front" and viewmats:
+    if not viewmats:
+        raise AnimateError(f"--camera {spec!r}: this rig stores no capture cameras; use --camera orbit "
+                           "or a cameras JSON file")
+    if spec == "front":
         return most_frontal_camera(torch.tensor(viewmats, dtype=torch.float32), rig.canonical_verts.detach().cpu(),
                                    rig.faces.cpu(), rig.facial_idx.cpu())
     try:

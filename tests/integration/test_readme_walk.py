@@ -30,7 +30,8 @@ SMALLEST = [
     "text2au.encoder=hashing", "data.batch_size=4", "infer.image_size=32",
 ]
 # smallest settings of the verbs whose work is not set by a config
-EXTRA = {"eval motion": ["--max-clips", "1", "--methods", "ddim-10,template"], "rig": ["--num-cpus", "1"]}
+EXTRA = {"eval motion": ["--max-clips", "1", "--methods", "ddim-10,template"], "eval rig": ["--max-frames", "1"],
+         "rig": ["--num-cpus", "1"]}
 
 
 def _pieces_by_hand() -> list[list[str]]:

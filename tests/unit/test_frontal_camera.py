@@ -44,3 +44,19 @@ def test_forward_ignores_winding():
     _, fwd_flipped = face_forward(verts, faces.flip(1), face)
     assert torch.allclose(fwd, fwd_flipped, atol=1e-6)
     assert fwd[0] > 0.4 and fwd[2] > 0.7  # turned 30 degrees towards +x
+
+
+def test_capture_camera_index_front_on_a_rig():
+    from test_rig_gaussians import make_rig
+
+    from emodifftalk.pipeline.animate import AnimateError, capture_camera_index
+
+    rig = make_rig()  # its facial points are the cap around +z
+    with pytest.raises(AnimateError, match="no capture cameras"):
+        capture_camera_index(rig, "front")
+    viewmats = torch.roll(_ring(), 2, dims=0)  # the camera in front of the face is now index 2
+    rig.info["cameras"] = {"viewmats": viewmats.tolist()}
+    assert capture_camera_index(rig, "front") == 2
+    assert capture_camera_index(rig, "5") == 5
+    with pytest.raises(AnimateError, match="0..7"):
+        capture_camera_index(rig, "8")
