@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from emodifftalk.au import AU_INDEX, NUM_AUS, SPEECH_AU_MASK, SPEECH_AUS
+from emodifftalk.data.audio import frame_levels_db
 
 ARTICULATION_AUS: tuple[str, ...] = ("AU10", "AU17", "AU23", "AU24", "AU25", "AU26")
 LIP_CORNER_AUS: tuple[str, ...] = ("AU12", "AU14", "AU15")
@@ -93,13 +94,7 @@ DYNAMICS_RANGE_DB = 30.0  # frames this far below the loud (95th percentile) fra
 
 def loudness_activity(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
     """(n_frames,) in [0, 1]: per-video-frame RMS loudness mapped from [peak - 30 dB, peak] to [0, 1]."""
-    audio = np.asarray(audio, dtype=np.float64).reshape(-1)
-    hop = sample_rate / fps
-    out = np.zeros(n_frames)
-    for t in range(n_frames):
-        seg = audio[int(round(t * hop)):int(round((t + 1) * hop))]
-        out[t] = np.sqrt(np.mean(seg ** 2)) if seg.size else 0.0
-    db = 20 * np.log10(out + 1e-8)
+    db = frame_levels_db(np.asarray(audio).reshape(-1), n_frames, fps, sample_rate)
     peak = np.percentile(db, 95) if n_frames else 0.0
     return np.clip((db - (peak - DYNAMICS_RANGE_DB)) / DYNAMICS_RANGE_DB, 0.0, 1.0)
 
