@@ -142,6 +142,14 @@ def mouth_opening(verts, lip_idx, up_axis: int = UP_AXIS) -> np.ndarray:
     return y.max(axis=1) - y.min(axis=1)
 
 
+def pearson(a, b, min_std: float = 1e-12) -> float | None:
+    """Pearson r of two 1-D series; None when either is (near) constant or shorter than 3."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or a.std() < min_std or b.std() < min_std:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def mod(pred, gt, lip_idx) -> float:
     """Mouth opening difference: mean over frames of |open_pred − open_gt|, in mm."""
     per = [np.abs(mouth_opening(p, lip_idx) - mouth_opening(g, lip_idx)) for p, g in _pairs(pred, gt)]

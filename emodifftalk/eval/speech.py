@@ -29,6 +29,8 @@ import numpy as np
 
 from emodifftalk.au import AU_INDEX
 from emodifftalk.data.audio import frame_levels_db
+from emodifftalk.eval.metrics import pearson
+from emodifftalk.models.audio_frontend import SAMPLE_RATE  # the models' input rate
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ GOAL_R = 0.6  # per language
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv",
                   ".webm", ".wma", ".aiff", ".aif")
 REPORT_JSON, REPORT_MD = "speech_eval.json", "speech_eval.md"
-SAMPLE_RATE = 16000
 
 
 class SpeechEvalError(ValueError):
@@ -61,22 +62,15 @@ def envelope_db(audio: np.ndarray, n_frames: int, fps: float,
 
 def mouth_opening(verts: np.ndarray, template: np.ndarray, lips: np.ndarray) -> np.ndarray:
     """(T,) lip opening in metres relative to the template: distance between the centroids of the
-    upper and lower lip vertices (split at the template's median lip height, OpenCV y) minus the
-    template's distance."""
+    two halves of the lip vertices (split at the template's median lip height) minus the
+    template's distance. The distance is symmetric, so which half is "upper" does not matter."""
     lips = np.asarray(lips, np.int64)
     y0 = template[lips, 1]
-    upper, lower = lips[y0 < np.median(y0)], lips[y0 > np.median(y0)]  # y points down
+    upper, lower = lips[y0 > np.median(y0)], lips[y0 < np.median(y0)]  # world y up
     if len(upper) == 0 or len(lower) == 0:
         raise SpeechEvalError("the template's lip vertex set has no upper/lower halves to measure")
     rest = np.linalg.norm(template[upper].mean(0) - template[lower].mean(0))
     return np.linalg.norm(verts[:, upper].mean(1) - verts[:, lower].mean(1), axis=-1) - rest
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3 or a.std() < 1e-12 or b.std() < 1e-12:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def mouth_au(aus: np.ndarray) -> np.ndarray:

@@ -15,14 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from emodifftalk.au import AU_NAMES
+from emodifftalk.eval.metrics import pearson
 
 MAX_LAG = 3
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 3 or a.std() < 1e-8 or b.std() < 1e-8:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def label_reliability(labels: list[np.ndarray], masks: list[np.ndarray], truths: list[np.ndarray]) -> dict:
@@ -41,10 +36,10 @@ def label_reliability(labels: list[np.ndarray], masks: list[np.ndarray], truths:
                      for x, y, m in zip(labels, truths, masks)]
             a = np.concatenate([p[0][p[2]] for p in pairs])
             b = np.concatenate([p[1][p[2]] for p in pairs])
-            r = _pearson(a, b)
+            r = pearson(a, b, min_std=1e-8)
             if r is not None and r > best[0]:
                 best = (r, lag)
-        out[name] = {"r": _pearson(lab[ok], tru[ok]), "r_at_lag": best[0] if best[0] > -2 else None,
+        out[name] = {"r": pearson(lab[ok], tru[ok], min_std=1e-8), "r_at_lag": best[0] if best[0] > -2 else None,
                      "lag": best[1], "bias": float(lab[ok].mean() - tru[ok].mean()), "n": int(ok.sum())}
     return out
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from emodifftalk.au import AU_INDEX
-from emodifftalk.data.audio import frame_levels_db
 from emodifftalk.config import AudioConfig
-
-SAMPLE_RATE = 16000
+from emodifftalk.data.audio import frame_levels_db
+from emodifftalk.data.shard_writer import SAMPLE_RATE  # the rate packed audio is stored at
 SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
 CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
 
