@@ -69,6 +69,19 @@ def check_cameras(cameras: Any, where: str) -> list[dict]:
     return out
 
 
+def _frames_under(root: Path) -> dict[int, dict[str, Path]]:
+    """``{frame: {camera: image path}}`` of ``root/<camera>/<frame>.<png|jpg>``, sorted."""
+    frames: dict[int, dict[str, Path]] = {}
+    if not root.is_dir():
+        return frames
+    for cam_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for img in cam_dir.iterdir():
+            m = _FRAME_FILE.match(img.stem)
+            if img.suffix.lower() in IMAGE_SUFFIXES and m:
+                frames.setdefault(int(m.group(1)), {})[cam_dir.name] = img
+    return {f: dict(sorted(frames[f].items())) for f in sorted(frames)}
+
+
 @dataclass(frozen=True)
 class RawClip:
     """One clip folder ``RAW/<identity>/<clip>/``."""
@@ -141,16 +154,12 @@ class RawClip:
     @cached_property
     def image_frames(self) -> dict[int, dict[str, Path]]:
         """``{frame: {camera: image path}}`` for the frames that have images, sorted by frame."""
-        root = self.path / "images"
-        frames: dict[int, dict[str, Path]] = {}
-        if not root.is_dir():
-            return frames
-        for cam_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            for img in cam_dir.iterdir():
-                m = _FRAME_FILE.match(img.stem)
-                if img.suffix.lower() in IMAGE_SUFFIXES and m:
-                    frames.setdefault(int(m.group(1)), {})[cam_dir.name] = img
-        return {f: dict(sorted(frames[f].items())) for f in sorted(frames)}
+        return _frames_under(self.path / "images")
+
+    @cached_property
+    def eval_image_frames(self) -> dict[int, dict[str, Path]]:
+        """Like ``image_frames``, for the held-out ring (``eval_images/``; synthetic data, never packed)."""
+        return _frames_under(self.path / "eval_images")
 
     def load_verts(self, mmap: bool = True) -> np.ndarray:
         """(T, V, 3) float32 tracked vertices (memory-mapped by default)."""
@@ -236,8 +245,9 @@ class RawDataset:
     def all_clips(self) -> list[RawClip]:
         return [c for ident in self.identities for c in self.clips(ident)]
 
-    def cameras(self, identity: str) -> list[dict]:
-        path = self.root / identity / "cameras.json"
+    def cameras(self, identity: str, file: str = "cameras.json") -> list[dict]:
+        """The identity's capture cameras (``eval_cameras.json``: the synthetic held-out ring)."""
+        path = self.root / identity / file
         if not path.is_file():
             return []
         data = read_json(path)

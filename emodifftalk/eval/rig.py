@@ -17,7 +17,6 @@ rendered frames of every clip of the identity. LPIPS is left out: it needs netwo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from emodifftalk.data.openface import read_openface_csv
+from emodifftalk.data.raw import RawDataset
 from emodifftalk.eval.metrics import psnr, ssim
 from emodifftalk.render import rasterize
 from emodifftalk.rig.deform import deform
@@ -34,7 +33,6 @@ from emodifftalk.rig.gaussians import GaussianRig
 
 REPORT_JSON = "rig_eval.json"
 RING_CAMERAS = "eval_cameras.json"
-CAPTURE_CAMERAS = "cameras.json"
 
 
 class RigEvalError(ValueError):
@@ -50,19 +48,11 @@ class CameraSet:
     height: int
 
     @classmethod
-    def load(cls, path: Path) -> CameraSet:
-        cams = json.loads(path.read_text())["cameras"]
-        if not cams:
-            raise RigEvalError(f"{path}: no cameras")
-        return cls([c["name"] for c in cams], torch.tensor([c["viewmat"] for c in cams], dtype=torch.float32),
-                   torch.tensor([c["K"] for c in cams], dtype=torch.float32),
-                   int(cams[0]["width"]), int(cams[0]["height"]))
-
-
-def _frames_with_images(folder: Path, names: list[str]) -> list[int]:
-    """Frame indices that every camera in ``names`` has a PNG for (``<folder>/<cam>/<frame>.png``)."""
-    per_cam = [{int(p.stem) for p in (folder / n).glob("*.png")} for n in names]
-    return sorted(set.intersection(*per_cam)) if per_cam else []
+    def of(cls, cameras: list[dict]) -> CameraSet:
+        """From ``RawDataset.cameras`` (validated dicts)."""
+        return cls([c["name"] for c in cameras], torch.from_numpy(np.stack([c["viewmat"] for c in cameras])),
+                   torch.from_numpy(np.stack([c["K"] for c in cameras])),
+                   int(cameras[0]["width"]), int(cameras[0]["height"]))
 
 
 def _read_png(path: Path) -> torch.Tensor:
@@ -75,58 +65,60 @@ def _scores(render: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
             float(ssim(render[None], truth[None], channel_last=True)))
 
 
+def _complete_frames(frames: dict[int, dict[str, Path]], names: list[str]) -> list[int]:
+    """Frames that have an image for every camera in ``names``."""
+    return [f for f, cams in frames.items() if all(n in cams for n in names)]
+
+
 def evaluate_rig(rig_dir: str | Path, data_dir: str | Path, *, feature_line: bool = True,
                  background=(1.0, 1.0, 1.0), max_frames_per_clip: int | None = None,
                  progress: bool = True) -> dict:
     """Per-camera PSNR/SSIM of the rig in ``rig_dir`` on the raw synthetic folder ``data_dir``
-    (the ``emodifftalk synth --out`` folder), ring and capture cameras. Returns the report dict."""
-    rig_dir, data_dir = Path(rig_dir), Path(data_dir)
+    (the ``emodifftalk synth`` output), ring and capture cameras. Returns the report dict."""
+    rig_dir = Path(rig_dir)
     rig = GaussianRig.load(rig_dir)
-    ident_dir = data_dir / rig.identity
+    ident_dir = Path(data_dir) / rig.identity
     if not (ident_dir / RING_CAMERAS).is_file():
         raise RigEvalError(f"{ident_dir / RING_CAMERAS}: no held-out camera ring; `eval rig` needs the raw folder "
                            "of `emodifftalk synth` (world v2, synth.n_eval_cameras > 0), not packed shards")
-    ring = CameraSet.load(ident_dir / RING_CAMERAS)
-    capture = CameraSet.load(ident_dir / CAPTURE_CAMERAS)
+    raw = RawDataset(data_dir)
+    ring = CameraSet.of(raw.cameras(rig.identity, RING_CAMERAS))
+    capture = CameraSet.of(raw.cameras(rig.identity))
     holdout = rig.info.get("cameras", {}).get("holdout")
     line = load_feature_line(rig_dir, rig) if feature_line else None
     bg = torch.tensor(background, dtype=torch.float32)
-    clips = sorted(p for p in ident_dir.iterdir() if (p / "verts.npy").is_file())
+    clips = [c for c in raw.clips(rig.identity) if c.verts_path.is_file()]
     if not clips:
         raise RigEvalError(f"{ident_dir}: no clips with verts.npy")
 
-    jobs = []  # (clip dir, frame, camera set, image folder, kind)
+    jobs = []  # (clip, frame, camera set, {camera: image path}, kind), clip by clip
     for clip in clips:
-        for cams, folder, kind in ((ring, clip / "eval_images", "ring"), (capture, clip / "images", "capture")):
-            frames = _frames_with_images(folder, cams.names)[:max_frames_per_clip]
-            jobs += [(clip, f, cams, folder, kind) for f in frames]
+        for cams, frames, kind in ((ring, clip.eval_image_frames, "ring"), (capture, clip.image_frames, "capture")):
+            jobs += [(clip, f, cams, frames[f], kind)
+                     for f in _complete_frames(frames, cams.names)[:max_frames_per_clip]]
     if not any(kind == "ring" for *_, kind in jobs):
         raise RigEvalError(f"{ident_dir}: the clips have no eval_images/ renders of the ring")
 
-    per_camera: dict[str, dict[str, list[float]]] = {}
-    cache: dict[Path, tuple] = {}
+    per_camera: dict[str, dict] = {}
+    loaded: tuple = (None,)  # (clip, verts, head pose, AUs) of the clip being scored
     it = jobs
     if progress:
         from tqdm import tqdm
 
         it = tqdm(jobs, desc=f"eval rig {rig.identity}", unit="frame")
     with torch.no_grad():
-        for clip, f, cams, folder, kind in it:
-            if clip not in cache:
-                verts = np.load(clip / "verts.npy")
-                pose = np.load(clip / "head_pose.npy") if (clip / "head_pose.npy").is_file() else None
-                aus = None
-                if line is not None:
-                    aus = read_openface_csv(clip / "openface.csv", n_frames=verts.shape[0]).aus
-                cache = {clip: (verts, pose, aus)}  # one clip at a time: frames arrive clip by clip
-            verts, pose, aus = cache[clip]
+        for clip, f, cams, images, kind in it:
+            if loaded[0] is not clip:
+                loaded = (clip, clip.load_verts(), clip.load_frame_array(clip.head_pose_path, (4, 4)),
+                          clip.load_aus().aus if line is not None else None)
+            _, verts, pose, aus = loaded
             delta = line(torch.from_numpy(aus[f:f + 1]))[0] if line is not None else None
-            g = deform(rig, torch.from_numpy(verts[f]), delta)
-            viewmats = cams.viewmats @ torch.from_numpy(pose[f]).float() if pose is not None else cams.viewmats
+            g = deform(rig, torch.from_numpy(np.array(verts[f])), delta)  # a copy: verts is memory-mapped
+            viewmats = cams.viewmats @ torch.from_numpy(pose[f]) if pose is not None else cams.viewmats
             out = rasterize(**g.render_args(), viewmats=viewmats, Ks=cams.Ks, width=cams.width,
                             height=cams.height, background=bg)
             for c, name in enumerate(cams.names):
-                p, s = _scores(out.rgb[c].clamp(0, 1), _read_png(folder / name / f"{f:05d}.png"))
+                p, s = _scores(out.rgb[c].clamp(0, 1), _read_png(images[name]))
                 entry = per_camera.setdefault(name, {"kind": kind, "psnr": [], "ssim": []})
                 entry["psnr"].append(p)
                 entry["ssim"].append(s)

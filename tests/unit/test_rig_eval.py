@@ -31,6 +31,7 @@ def _write_world(root, truth_rig, n_frames=3):
     capture, _ = orbit_cameras(3, 0.5, 0.0, (0, 0, 0), 40.0, SIZE, SIZE, arc_deg=90.0)
     ring, _ = orbit_cameras(4, 0.5, 0.1, (0, 0, 0), 40.0, SIZE, SIZE)
     (ident).mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"identities": [truth_rig.identity], "fps": 25.0}))
     (ident / "cameras.json").write_text(json.dumps(_cams(["cam0", "cam1", "cam2"], capture, k)))
     (ident / "eval_cameras.json").write_text(json.dumps(_cams([f"ring{i}" for i in range(4)], ring, k)))
     canon = truth_rig.canonical_verts
@@ -38,6 +39,7 @@ def _write_world(root, truth_rig, n_frames=3):
     pose = np.tile(np.eye(4, dtype=np.float32), (n_frames, 1, 1))
     pose[:, 0, 3] = np.linspace(0, 0.03, n_frames)  # the head drifts sideways
     clip.mkdir()
+    (clip / "meta.json").write_text(json.dumps({"fps": 25.0, "n_frames": n_frames}))
     np.save(clip / "verts.npy", verts.numpy())
     np.save(clip / "head_pose.npy", pose)
     for folder, names, viewmats in (("images", ["cam0", "cam1", "cam2"], capture),
