@@ -7,6 +7,8 @@ rigs or caches goes through here instead, so the user learns which file to resto
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,17 +34,24 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (SafetensorError, OSError, EOFError)
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Missing file → ``FileNotFoundError``; a read error inside the block → ``CorruptFileError``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        yield
+    except _read_errors() as e:
+        raise CorruptFileError(path, _reason(e)) from None
+
+
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of ``path`` (``safetensors.torch.load_file``), or ``CorruptFileError``."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
+    with _reading(path):
         return load_file(str(path), device=str(device))
-    except _read_errors() as e:
-        raise CorruptFileError(path, _reason(e)) from None
 
 
 def load_tensors_and_metadata(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -50,13 +59,8 @@ def load_tensors_and_metadata(path: str | Path) -> tuple[dict[str, torch.Tensor]
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except _read_errors() as e:
-        raise CorruptFileError(path, _reason(e)) from None
+    with _reading(path), safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
 def load_saved_model(model: torch.nn.Module, path: str | Path) -> None:
@@ -64,9 +68,5 @@ def load_saved_model(model: torch.nn.Module, path: str | Path) -> None:
     from safetensors.torch import load_model
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
+    with _reading(path):
         load_model(model, str(path), device="cpu")
-    except _read_errors() as e:
-        raise CorruptFileError(path, _reason(e)) from None
