@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from emodifftalk.utils import file_sha256
+
 log = logging.getLogger(__name__)
 
 MINILM_ID = "minilm:sentence-transformers/all-MiniLM-L6-v2"
@@ -199,14 +201,6 @@ class MiniLMEncoder(TextEncoder):
 # --------------------------------------------------------------------------------------------
 # open_clip text tower from a local checkpoint
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class OpenCLIPEncoder(TextEncoder):

@@ -20,7 +20,6 @@ ranks share (as with any multi-node accelerate/DeepSpeed checkpoint).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emodifftalk.train.safe_state import OPTIMIZER_JSON, has_safe_state, load_safe_state, save_safe_state
-from emodifftalk.utils import atomic_write_text
+from emodifftalk.utils import atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checkpoint_files(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")
                   if p.is_file() and p.name != CHECKSUM_FILE)
@@ -82,7 +73,7 @@ def _checkpoint_files(path: Path) -> list[str]:
 
 def write_checksums(path: Path) -> None:
     """sha256 of every file of the checkpoint directory ``path``, into ``checksums.json``."""
-    sums = {name: _sha256(path / name) for name in _checkpoint_files(path)}
+    sums = {name: file_sha256(path / name) for name in _checkpoint_files(path)}
     atomic_write_text(path / CHECKSUM_FILE, json.dumps({"algorithm": "sha256", "files": sums}, indent=1,
                                                        sort_keys=True))
 
@@ -106,7 +97,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
     if missing:
         return f"file(s) missing: {', '.join(missing)}"
     for name, digest in sorted(expected.items()):
-        if _sha256(path / name) != digest:
+        if file_sha256(path / name) != digest:
             return f"{name} differs from its checksum (truncated or corrupted)"
     return None
 
