@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--preset", dest="config", default="tiny", choices=("tiny", "small", "paper"),
                    help="config preset (alias of --config; default tiny)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="text prompt for the edited animation")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="training stages (s2au, motion, text2au) run side by side, one process each "
+                        "(default: one per usable core, at most 3)")
     for stage in STAGES:
         p.add_argument(f"--skip-{stage}", action="store_true", help=f"reuse the earlier {stage} output in --out")
     from emodifftalk.cli import add_config_args
@@ -28,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     skip = {s for s in STAGES if getattr(args, f"skip_{s}")}
-    run_demo(args.out, cfg, skip=skip, text=args.text)
+    run_demo(args.out, cfg, skip=skip, text=args.text, jobs=args.jobs)
     return 0

@@ -59,15 +59,6 @@ def _held_out_clip(shards: Path) -> dict:
     raise ValueError(f"{shards}: no held-out clip with meshes")
 
 
-def _train(task_name: str, cfg: Config, out: Path) -> Path:
-    from emodifftalk.train.loop import run_training
-    from emodifftalk.train.task import get_task
-
-    if out.exists():
-        shutil.rmtree(out)
-    return run_training(get_task(task_name), cfg, out)
-
-
 def _face_box(verts: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int, height: int,
               margin: float = 0.15) -> tuple[int, int, int, int]:
     """Square pixel box (x0, y0, x1, y1) around the projected ``verts`` (N, 3), inside the image."""
@@ -143,7 +134,9 @@ def _true_fields(cfg: Config):
 
 
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
-             edits: dict | None = None) -> dict:
+             edits: dict | None = None, jobs: int | None = None) -> dict:
+    """The whole demo into ``out``. ``jobs``: training stages run at once (default: one per usable
+    core, at most three; ``pipeline/stage_pool.py``)."""
     from emodifftalk.data.audio import write_wav
     from emodifftalk.data.shards import (
         format_report,
@@ -158,8 +151,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     from emodifftalk.pipeline.animate import animate, capture_camera_index, load_models
     from emodifftalk.rig.gaussians import GaussianRig
     from emodifftalk.pipeline.preview import clip_frames
+    from emodifftalk.pipeline.stage_pool import run_training_stages
     from emodifftalk.text2au.evaluate import evaluate_model
-    from emodifftalk.train.tasks.text2au import train_text2au
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -195,15 +188,9 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     s2au_dir = runs / "s2au" / "export"
     motion_dir = runs / "motion" / "export"
     t2a_dir = runs / "text2au" / "export"
-    timed("s2au", s2au_dir / "model.safetensors", lambda: _train("s2au", _copy(cfg), runs / "s2au"))
-    timed("motion", motion_dir / "model.safetensors", lambda: _train("motion", _copy(cfg), runs / "motion"))
-
-    def t2a_stage():
-        if (runs / "text2au").exists():
-            shutil.rmtree(runs / "text2au")
-        return train_text2au(_copy(cfg), runs / "text2au")
-
-    timed("text2au", t2a_dir / "model.safetensors", t2a_stage)
+    # independent of each other: run side by side, the longest first (motion ~ s2au + text2au)
+    exports = {"motion": motion_dir, "s2au": s2au_dir, "text2au": t2a_dir}
+    timings.update(run_training_stages(exports, cfg, runs, skip=skip, jobs=jobs))
 
     # ---- evaluation + animation of a held-out clip ---------------------------------------------
     if results.exists():
@@ -275,9 +262,3 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
         print(f"  {results / p}")
     print(f"[demo] finished in {metrics['timings_seconds']['total']:.0f} s")
     return {"results": str(results), "grid": str(grid), **metrics}
-
-
-def _copy(cfg: Config) -> Config:
-    from emodifftalk.config import config_from_dict
-
-    return config_from_dict(cfg.to_dict())

@@ -1,0 +1,120 @@
+"""Run the demo's independent training stages side by side, one process each.
+
+Why: Speech-to-AU, the motion model and Text-to-AU only read the packed shards and never each
+other, and each runs best on ONE thread on a small machine (``threads.py``). Run one after the
+other they leave a core idle for the whole training phase; run as parallel processes with
+``cores // jobs`` threads each they finish in about the time of the longest lane. Each stage's
+output (progress bars, logs) goes to ``RUNS/<stage>.log``; this process prints one status line
+every ``STATUS_EVERY_S`` and the stage's log tail when it fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing as mp
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from emodifftalk.config import Config, config_from_dict
+from emodifftalk.threads import apply_threads, usable_cores
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 30.0
+MAX_JOBS = 3  # the demo has three training stages
+
+
+def _train_stage(name: str, cfg: Config, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    if name == "text2au":  # its own loop (frozen encoder, head ensemble), not the shared trainer
+        from emodifftalk.train.tasks.text2au import train_text2au
+
+        train_text2au(cfg, out)
+        return
+    from emodifftalk.train.loop import run_training
+    from emodifftalk.train.task import get_task
+
+    run_training(get_task(name), cfg, out)
+
+
+def _stage_process(name: str, cfg_dict: dict, out: str, log_path: str, threads: int) -> float:
+    """Entry point of one stage's process: its output to ``log_path``; returns its seconds."""
+    with open(log_path, "w", buffering=1) as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        logging.basicConfig(stream=sink, level=logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        apply_threads(threads)
+        t0 = time.perf_counter()
+        try:
+            _train_stage(name, config_from_dict(cfg_dict), Path(out))
+        except BaseException:
+            log.exception("stage %s failed", name)  # the traceback lands in the stage's log
+            raise
+        return time.perf_counter() - t0
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def default_jobs(n_stages: int) -> int:
+    return max(1, min(usable_cores(), n_stages, MAX_JOBS))
+
+
+def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip: set[str] = frozenset(),
+                        jobs: int | None = None) -> dict[str, float]:
+    """Train every stage of ``exports`` (name → its export dir, longest stage first) into
+    ``runs/<name>``; stages in ``skip`` must already have their export. Returns seconds per stage
+    and ``train_wall`` (the wall time of the whole phase)."""
+    todo = {}
+    for name, export in exports.items():
+        if name not in skip:
+            todo[name] = export
+            continue
+        if not (export / "model.safetensors").exists():
+            raise FileNotFoundError(f"--skip-{name}: no earlier output at {export}; run without --skip-{name}")
+        log.info("demo: %s skipped (reusing %s)", name, export)
+    if not todo:
+        return {}
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    jobs = default_jobs(len(todo)) if jobs is None else int(jobs)
+    # one thread per lane on a small machine; never more than this process was given (--threads)
+    threads = max(1, min(torch.get_num_threads(), usable_cores() // jobs))
+    runs.mkdir(parents=True, exist_ok=True)
+    logs = {name: runs / f"{name}.log" for name in todo}
+    print(f"[demo] training {', '.join(todo)}: {jobs} at a time, {threads} thread(s) each; "
+          f"logs in {runs}/<stage>.log", flush=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_stage_process, name, cfg.to_dict(), str(runs / name), str(logs[name]), threads): name
+                   for name in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = cf.wait(pending, timeout=STATUS_EVERY_S, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                name = futures[fut]
+                try:
+                    timings[name] = round(fut.result(), 1)
+                except Exception as exc:
+                    for other in pending:
+                        other.cancel()
+                    raise RuntimeError(f"demo stage {name} failed: {exc}\n--- last lines of {logs[name]} ---\n"
+                                       f"{_log_tail(logs[name])}") from exc
+                print(f"[demo] {name} done in {timings[name]:.1f} s", flush=True)
+            if pending:
+                running = [futures[f] for f in pending if f.running()]
+                print(f"[demo] {time.perf_counter() - t_start:.0f} s: running {', '.join(running) or '-'}; "
+                      f"finished {', '.join(timings) or '-'}", flush=True)
+    timings["train_wall"] = round(time.perf_counter() - t_start, 1)
+    return timings
