@@ -58,7 +58,7 @@ def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, fea
     ``reference_guidance``: guide the edited sample away from the unedited codes (as ``animate``
     does with ``infer.guidance_reference=speech``); otherwise both samples use classic CFG.
     """
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
 
     unknown = [a for a in probe_aus if a not in AU_INDEX]
     if unknown:

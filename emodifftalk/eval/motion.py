@@ -1,6 +1,6 @@
 """``emodifftalk eval motion``: the diffusion motion model vs. baselines on held-out clips.
 
-Methods compared (every one through the same long-sequence path, ``motion_inference.sample_motion``):
+Methods compared (every one through the same long-sequence path, ``diffusion.windowed.sample_motion``):
 
 * ``ddpm-full``: ancestral sampling through all ``diffusion.num_train_steps`` steps;
 * ``ddim-10`` / ``ddim-25`` / ``ddim-50``: DDIM (η = 0) with that many steps (≤ N);
@@ -101,7 +101,7 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     from tqdm.auto import tqdm
 
     from emodifftalk.diffusion.schedule import NoiseSchedule
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
 
     device = torch.device(device)
     model, cfg = _load(model_dir, overrides, device)

@@ -214,7 +214,7 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
     """Offsets (T, V, 3) m for AU codes ``aus``; ``reference_aus``: what guidance pushes away from
     (``sample_motion``), e.g. the speech-only codes so that only edits are amplified."""
     from emodifftalk.models.speech_inference import extract_features
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
 
     mcfg = models.motion_cfg
     device = next(models.motion.parameters()).device

@@ -10,7 +10,7 @@ import torch
 from diffusion_fixtures import make_motion_shards, tiny_motion_config
 
 from emodifftalk.diffusion import NoiseSchedule
-from emodifftalk.motion_inference import sample_motion, window_starts
+from emodifftalk.diffusion.windowed import sample_motion, window_plan, window_starts
 from emodifftalk.train.tasks.motion import MotionTask, estimate_offset_scale, load_template_infos
 
 
@@ -91,6 +91,10 @@ def test_sample_motion_windows_cover_sequence(shards, one_thread):
     feats = torch.randn(75, 16 + 2)  # n_mels + level channels
     sched = NoiseSchedule.from_config(cfg.diffusion)
     assert window_starts(37, 16, 4) == [(0, 16, 0), (12, 16, 4), (24, 13, 4)]
+    assert window_plan(0, 37, 16, 4) == window_starts(37, 16, 4)
+    # a span that starts mid-clip takes the known frames before it as its first window's context
+    assert window_plan(5, 20, 8, 3) == [(2, 8, 3), (7, 8, 3), (12, 8, 3)]
+    assert window_plan(1, 9, 8, 3) == [(0, 8, 1), (5, 4, 3)]
     a = sample_motion(model, sched, torch.from_numpy(tpl.verts), aus, feats, cfg,
                       generator=torch.Generator().manual_seed(0))
     b = sample_motion(model, sched, torch.from_numpy(tpl.verts), aus, feats, cfg,

@@ -95,7 +95,7 @@ def edit_region_motion(export, shards, raw, name: str) -> tuple[float, float, di
     from emodifftalk.diffusion import NoiseSchedule
     from emodifftalk.eval.au_response import au_edit_response
     from emodifftalk.eval.motion import load_eval_clips
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
     from emodifftalk.train.export import load_exported
 
     model, cfg = load_exported(export, task="motion")

@@ -399,7 +399,7 @@ class MotionTask(Task):
     @torch.no_grad()
     def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
         from emodifftalk.eval.metrics import motion_metrics
-        from emodifftalk.motion_inference import sample_motion
+        from emodifftalk.diffusion.windowed import sample_motion
 
         self._cfg = cfg
         clips = self._val_clips(cfg)
