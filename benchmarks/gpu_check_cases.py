@@ -459,7 +459,7 @@ def check_animate(ctx: Ctx) -> dict:
     models = load_models(exports["s2au"], exports["motion"], device=ctx.device)
     rig = GaussianRig.load(rigs[0], device=ctx.device)
     clip = next(iter(iter_dataset(ctx.assets / "shards", "seq", "train")))
-    cfg.infer.fps = float(clip["meta"]["fps"])
+    cfg.diffusion.fps = float(clip["meta"]["fps"])
     encode = _has("imageio_ffmpeg")  # write_video's encoder
     seconds = ctx.sizes["animate_seconds"]
     t, frames = time_stages(models, rig, None, clip["audio"], int(clip["sample_rate"]), cfg, seconds,
@@ -467,7 +467,7 @@ def check_animate(ctx: Ctx) -> dict:
     total = sum(t.values())
     return {"seconds_audio": seconds, "frames": frames, "size": ctx.sizes["animate_size"],
             "render_backend": cfg.render.backend,
-            "gaussians": rig.n_points, "ddim_steps": cfg.infer.ddim_steps,
+            "gaussians": rig.n_points, "ddim_steps": cfg.diffusion.ddim_steps,
             "stage_seconds": {k: round(v, 3) for k, v in t.items()},
             "rtf": {k: round(v / seconds, 4) for k, v in t.items()}, "rtf_total": round(total / seconds, 4),
             **({} if encode else {"encode": "skipped: no ffmpeg on this machine (imageio-ffmpeg is 66 MB)"})}

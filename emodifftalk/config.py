@@ -259,11 +259,22 @@ class DiffusionConfig:
     audio_window: int = 4  # audio feature frames each side of a video frame  # choice
     cond_dropout: float = 0.1  # for classifier-free guidance
     audio_dropout: float = 0.6  # audio alone dropped: motion must also be read off the AU codes  # choice
-    guidance_scale: float = 1.0
-    context_frames: int = 10  # previous frames used as context for long sequences  # choice
-    window_frames: int = 100  # generation window  # choice
+    # --- sampling: the one home of these knobs for animate, the viewer, eval and validation
+    fps: float = 25.0  # the model's frame rate: training clips must have it, animate writes it
     sampler: str = "ddim"
     ddim_steps: int = 25
+    window_frames: int = 100  # generation window (diffusion/windowed.py)  # choice
+    context_frames: int = 10  # previous frames inpainted as context of the next window  # choice
+    # classifier-free guidance of training validation and `eval motion` (1 = none: the model's own
+    # accuracy, what the paper's LVE/FDD measure)
+    guidance_scale: float = 1.0
+    # classifier-free guidance when animating (`animate`, the viewer): > 1 makes the motion follow the
+    # AU codes, hence edits, more closely (the demo's metrics.json: held_out_motion.au_edit_response,
+    # guided vs unguided)  # choice
+    animate_guidance_scale: float = 2.0
+    # what animate's guidance pushes away from: "speech" = the speech-only AU codes (only text/edits
+    # are amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
+    guidance_reference: str = "speech"
     lambda_vertex: float = 1.0  # eq. (17)
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
@@ -289,6 +300,10 @@ class DiffusionConfig:
         _check(self.d_model % self.n_heads == 0, "diffusion.d_model must be divisible by n_heads")
         _check(0 <= self.context_frames < self.window_frames,
                "diffusion.context_frames must be smaller than diffusion.window_frames")
+        _check(self.fps > 0, "diffusion.fps must be positive")
+        _check(self.guidance_scale >= 0 and self.animate_guidance_scale >= 0,
+               "diffusion.guidance_scale and diffusion.animate_guidance_scale must be >= 0 (1 = no guidance)")
+        _check(self.guidance_reference in ("speech", "null"), "diffusion.guidance_reference must be 'speech' or 'null'")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
         _check(self.lambda_move >= 0 and self.move_tau > 0,
@@ -413,26 +428,12 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    ddim_steps: int = 25
-    window_frames: int = 100
-    overlap_frames: int = 10
-    fps: float = 25.0
+    """Rendering of `animate` and the viewer (the motion sampler's knobs are in ``diffusion``)."""
+
     image_size: int = 256
     # "front" (the capture camera facing the face most squarely), a capture camera index, "orbit",
     # or a cameras JSON path  # choice: capture rigs number cameras arbitrarily; index 0 may be a profile
     camera: str = "front"
-    # classifier-free guidance when animating (diffusion.guidance_scale is the one validation and
-    # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely
-    # (the demo's metrics.json: held_out_motion.au_edit_response, guided vs unguided)  # choice
-    guidance_scale: float = 2.0
-    # what guidance pushes away from: "speech" = the speech-only AU codes (only text/edits are
-    # amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
-    guidance_reference: str = "speech"
-
-    def validate(self) -> None:
-        _check(0 <= self.overlap_frames < self.window_frames, "infer.overlap_frames must be < window_frames")
-        _check(self.guidance_scale >= 0, "infer.guidance_scale must be >= 0 (1 = no guidance)")
-        _check(self.guidance_reference in ("speech", "null"), "infer.guidance_reference must be 'speech' or 'null'")
 
 
 @dataclass
@@ -516,12 +517,28 @@ def _coerce(value: str, typ: Any, path: str) -> Any:
     raise ConfigError(f"{path}: cannot parse a value of type {typ} from the command line")
 
 
+# Knobs that had a second home, old spelling → their one home. On the command line the old
+# spelling is an error that names the new one; in config files written before the move it is
+# read into the new home when the file lacks the new key (so old exports keep loading).
+MOVED_KEYS: dict[str, str] = {
+    "infer.ddim_steps": "diffusion.ddim_steps",
+    "infer.window_frames": "diffusion.window_frames",
+    "infer.overlap_frames": "diffusion.context_frames",
+    "infer.fps": "diffusion.fps",
+    "infer.guidance_scale": "diffusion.animate_guidance_scale",
+    "infer.guidance_reference": "diffusion.guidance_reference",
+}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides in place; unknown keys fail with the valid choices."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
         path, value = item.split("=", 1)
+        if path.strip() in MOVED_KEYS:
+            new = MOVED_KEYS[path.strip()]
+            raise ConfigError(f"{path.strip()} is now {new} (one home per knob): write {new}={value.strip()}")
         obj: Any = cfg
         parts = path.strip().split(".")
         for i, part in enumerate(parts):
@@ -553,7 +570,8 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features")
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Inverse of ``Config.to_dict`` (ignores unknown keys so old run dirs still load; keys they
-    lack take ``LEGACY_DEFAULTS`` where listed, else today's default)."""
+    lack come from their old spelling (``MOVED_KEYS``), else ``LEGACY_DEFAULTS`` where listed, else
+    today's default)."""
 
     def build(cls, d):
         hints = typing.get_type_hints(cls)
@@ -572,6 +590,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             kwargs[f.name] = v
         return cls(**kwargs)
 
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_sec, old_key), (new_sec, new_key) = old.split("."), new.split(".")
+        if old_key in data.get(old_sec, {}) and new_key not in data.get(new_sec, {}):
+            data.setdefault(new_sec, {})[new_key] = data[old_sec][old_key]
     return build(Config, data)
 
 

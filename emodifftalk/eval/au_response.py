@@ -56,7 +56,7 @@ def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, fea
     template (V, 3) m, aus (T, 17) codes the model is conditioned on, feats (Ta, D) audio features
     or None, fields (17, V, 3) ground-truth per-unit AU displacements in metres.
     ``reference_guidance``: guide the edited sample away from the unedited codes (as ``animate``
-    does with ``infer.guidance_reference=speech``); otherwise both samples use classic CFG.
+    does with ``diffusion.guidance_reference=speech``); otherwise both samples use classic CFG.
     """
     from emodifftalk.diffusion.windowed import sample_motion
 

@@ -59,7 +59,7 @@ def load_eval_clips(data: str | Path, split: str, cfg, max_clips: int | None = N
     stats = SkipStats()
     clips, unusable = [], {}
     for s in iter_dataset(data, "seq", split, stats=stats):
-        reason = usable_reason(s, templates, cfg.infer.fps)
+        reason = usable_reason(s, templates, cfg.diffusion.fps)
         if reason is not None:
             unusable[s["key"]] = reason
             continue
@@ -122,7 +122,7 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
 
     gts = [c["verts"] for c in clips]
     tpls = [templates[c["meta"]["identity"]] for c in clips]
-    seconds_of_audio = sum(c["aus"].shape[0] for c in clips) / cfg.infer.fps
+    seconds_of_audio = sum(c["aus"].shape[0] for c in clips) / cfg.diffusion.fps
     results = {}
     # DDPM-full over a whole split takes minutes on a CPU: one bar over every (method, clip)
     bar = tqdm(total=len(rows) * len(clips), desc="eval motion", unit="clip", disable=not progress)

@@ -256,7 +256,7 @@ def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int =
     from emodifftalk.data.audio import load_audio
     from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
 
-    fps = float(cfg.infer.fps)
+    fps = models.frame_rate(cfg)
     tmpl = torch.from_numpy(template.verts)
     results = []
     for path in tqdm(files, desc="eval speech", unit="file", disable=not progress):

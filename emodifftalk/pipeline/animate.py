@@ -50,6 +50,11 @@ class Models:
     motion_frontend: object | None  # audio front end matching the motion model's features
     text2au: object | None = None  # text2au.predict.Text2AU
 
+    def frame_rate(self, cfg: Config) -> float:
+        """Frames per second of the animation: the motion model's own (``diffusion.fps`` of its
+        export), or ``cfg.diffusion.fps`` without a motion model."""
+        return float(self.motion.fps) if self.motion is not None else float(cfg.diffusion.fps)
+
 
 @dataclass
 class AnimationResult:
@@ -204,9 +209,9 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
 
 
 def guidance_reference(cfg: Config, speech: np.ndarray) -> np.ndarray | None:
-    """The AU codes guidance pushes away from (``infer.guidance_reference``): the speech-only codes,
+    """The AU codes guidance pushes away from (``diffusion.guidance_reference``): the speech-only codes,
     or None for the null condition."""
-    return speech if cfg.infer.guidance_reference == "speech" else None
+    return speech if cfg.diffusion.guidance_reference == "speech" else None
 
 
 def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audio: np.ndarray, cfg: Config,
@@ -222,10 +227,10 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
                              device)
     gen = torch.Generator(device=device).manual_seed(seed)
     return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
-                         steps=cfg.infer.ddim_steps, guidance_scale=cfg.infer.guidance_scale,
+                         steps=cfg.diffusion.ddim_steps, guidance_scale=cfg.diffusion.animate_guidance_scale,
                          reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
                          generator=gen, device=device,
-                         window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
+                         window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
 
 
 CAMERA_SPECS = "expected 'front', 'orbit', a cameras JSON file, or a capture camera index"
@@ -385,7 +390,7 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
         raise AnimateError(f"RIG_DIR {rig_dir}: {e}") from None
     feature_line = load_feature_line(rig_dir, rig)
     edits = load_edits(edits_path) if edits_path else []
-    fps = cfg.infer.fps
+    fps = models.frame_rate(cfg)
     audio = load_audio_16k(wav)
     edit_warnings = warn_edits_outside_audio(edits, audio.shape[0] / 16000, str(edits_path))
     timings: dict[str, float] = {}

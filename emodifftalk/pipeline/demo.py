@@ -216,7 +216,6 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     write_wav(wav, clip["audio"], int(clip["sample_rate"]))
     edits_path = results / "edits.json"
     edits_path.write_text(json.dumps(edits if edits is not None else DEFAULT_EDITS, indent=2))
-    cfg.infer.fps = float(meta["fps"])
     models = load_models(s2au_dir, motion_dir, t2a_dir)
     t0 = time.perf_counter()
     cam = capture_camera_index(GaussianRig.load(rigs / identity), cfg.infer.camera)  # "front" by default
@@ -245,7 +244,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
 
     pixels = edit_pixel_change(iio.imread(results / "video_speech.mp4", index=None),
                                iio.imread(results / "video.mp4", index=None),
-                               parse_edits(json.loads(edits_path.read_text())), cfg.infer.fps, box)
+                               parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg), box)
     clips, templates = _held_out_clips(shards, models.motion_cfg)
     held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS)
     s2au_report = eval_s2au(s2au_dir, shards)

@@ -428,7 +428,7 @@ class ViewerApp:
             speech_aus,
         )
 
-        fps = self.cfg.infer.fps
+        fps = self.models.frame_rate(self.cfg)
         progress(0.05, "reading audio")
         audio = load_audio_16k(wav)
         progress(0.1, "Speech-to-AU")
@@ -539,7 +539,7 @@ def start_viewer(rig_dir: str | Path, cfg: Config, *, animation: str | Path | No
         rig = GaussianRig.load(rig_dir)
     except (FileNotFoundError, ValueError) as e:
         raise SourceError(f"RIG_DIR {rig_dir}: {e}") from None
-    fps = cfg.infer.fps
+    fps = models.frame_rate(cfg) if models is not None else float(cfg.diffusion.fps)
     sound = load_audio_file(audio) if audio is not None else None
     generate = None
     if animation is None:

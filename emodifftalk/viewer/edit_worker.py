@@ -60,9 +60,9 @@ class MotionEditor:
         mcfg = self.models.motion_cfg
         return resample_spans(self.models.motion, self.models.schedule, self.template, request.target,
                               self.features(), request.good.offsets, request.spans, mcfg, steps=self.steps,
-                              seed=self.seed, window_frames=self.cfg.infer.window_frames,
-                              context_frames=self.cfg.infer.overlap_frames,
-                              guidance_scale=self.cfg.infer.guidance_scale,
+                              seed=self.seed, window_frames=self.cfg.diffusion.window_frames,
+                              context_frames=self.cfg.diffusion.context_frames,
+                              guidance_scale=self.cfg.diffusion.animate_guidance_scale,
                               reference_aus=request.reference, progress=progress)
 
 

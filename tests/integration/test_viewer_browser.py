@@ -207,7 +207,7 @@ def test_viewer_in_headless_chromium(tmp_path):
 
     rig_dir = make_tiny_rig(tmp_path / "rig")
     anim = make_animation(tmp_path / "anim", rig_dir)
-    cfg = build_config("tiny", ["infer.window_frames=16", "infer.overlap_frames=4", "infer.image_size=64"])
+    cfg = build_config("tiny", ["diffusion.window_frames=16", "diffusion.context_frames=4", "infer.image_size=64"])
     app = start_viewer(rig_dir, cfg, animation=anim, audio=make_wav(tmp_path / "voice.wav"), models=tiny_models(),
                        port=_free_port(), out_dir=tmp_path / "out", edit_steps=2)
     shots = tmp_path / "screenshots"
@@ -318,8 +318,8 @@ def test_viewer_animates_audio_and_exports(tmp_path):
     from emodifftalk.viewer.source import audio_from_video
 
     rig_dir = make_tiny_rig(tmp_path / "rig")
-    cfg = build_config("tiny", ["infer.window_frames=16", "infer.overlap_frames=4", "infer.image_size=48",
-                                "infer.ddim_steps=2"])
+    cfg = build_config("tiny", ["diffusion.window_frames=16", "diffusion.context_frames=4", "infer.image_size=48",
+                                "diffusion.ddim_steps=2"])
     app = start_viewer(rig_dir, cfg, animation=make_wav(tmp_path / "voice.wav", 1.2),
                        models=tiny_models(with_speech=True), port=_free_port(), out_dir=tmp_path / "out",
                        edit_steps=2)

@@ -160,7 +160,7 @@ def usable_reason(sample: dict, templates: dict[str, TemplateInfo], fps: float) 
         return (f"verts have {sample['verts'].shape[1]} vertices, template of {identity} has "
                 f"{templates[identity].num_vertices}")
     if abs(float(sample["meta"].get("fps", fps)) - fps) > 1e-3:
-        return f"clip fps {sample['meta'].get('fps')} != model fps {fps} (infer.fps)"
+        return f"clip fps {sample['meta'].get('fps')} != model fps {fps} (diffusion.fps)"
     return None
 
 
@@ -207,7 +207,7 @@ class MotionBatches(torch.utils.data.IterableDataset):
         feats = _FeatureMaker(cfg.audio)
         buckets: dict[int, list[dict]] = {}
         for sample in stream:
-            reason = usable_reason(sample, self.templates, cfg.infer.fps)
+            reason = usable_reason(sample, self.templates, cfg.diffusion.fps)
             if reason is not None:
                 self.unusable.skip(sample.get("key"), None, reason)
                 continue
@@ -387,7 +387,7 @@ class MotionTask(Task):
         if shard_urls(root, "seq", "val"):
             feats = _FeatureMaker(cfg.audio)
             for s in iter_dataset(root, "seq", "val"):
-                if usable_reason(s, templates, cfg.infer.fps) is None:
+                if usable_reason(s, templates, cfg.diffusion.fps) is None:
                     clips.append(dict(s, feats=feats(s)))
                 if len(clips) >= VAL_CLIPS:
                     break
