@@ -23,8 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from emodifftalk.data.shards import SkipStats, iter_dataset, shard_urls
+from emodifftalk.diffusion.windowed import sample_motion
 from emodifftalk.eval.metrics import motion_metrics
+from emodifftalk.motion.data import ClipFeatures, load_template_infos, usable_reason
+from emodifftalk.motion.inference import load_motion
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,28 +39,12 @@ REPORT_JSON = "motion_eval.json"
 REPORT_MD = "motion_eval.md"
 
 
-def _load(model_dir, overrides, device):
-    from emodifftalk.config import apply_overrides
-    from emodifftalk.train.export import load_exported
-
-    model, cfg = load_exported(model_dir, task="motion", map_location=device)
-    if overrides:
-        apply_overrides(cfg, list(overrides))
-        cfg.validate()
-    if not float(model.offset_scale) > 0:
-        raise ValueError(f"{model_dir}: exported model has no offset_scale (was it trained?)")
-    return model, cfg
-
-
 def load_eval_clips(data: str | Path, split: str, cfg, max_clips: int | None = None) -> tuple[list[dict], dict]:
     """Usable clips of ``split`` (meshes + template + matching fps) with features, and the templates."""
-    from emodifftalk.data.shards import SkipStats, iter_dataset, shard_urls
-    from emodifftalk.train.tasks.motion import _FeatureMaker, load_template_infos, usable_reason
-
     if not shard_urls(data, "seq", split):
         raise ValueError(f"no {split} seq shards in {data}")
     templates = load_template_infos(data)
-    feats = _FeatureMaker(cfg.audio)
+    feats = ClipFeatures(cfg.audio)
     stats = SkipStats()
     clips, unusable = [], {}
     for s in iter_dataset(data, "seq", split, stats=stats):
@@ -98,21 +87,17 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     Writes ``motion_eval.json`` and ``motion_eval.md`` into ``out`` (a directory) when given.
     ``methods`` restricts the rows (e.g. ``["ddim-10", "template"]``). Returns the report dict.
     """
-    from tqdm.auto import tqdm
-
-    from emodifftalk.diffusion.schedule import NoiseSchedule
-    from emodifftalk.diffusion.windowed import sample_motion
-
     device = torch.device(device)
-    model, cfg = _load(model_dir, overrides, device)
+    loaded = load_motion(model_dir, device, overrides)
+    model, cfg, schedule = loaded.model, loaded.cfg, loaded.schedule
     base = None
     if baseline is not None:
-        base, base_cfg = _load(baseline, overrides, device)
+        base_loaded = load_motion(baseline, device, overrides)
+        base, base_cfg = base_loaded.model, base_loaded.cfg
         if not base_cfg.diffusion.regression:
             raise ValueError(f"--baseline {baseline} is not a regression export (diffusion.regression=false)")
     clips, info = load_eval_clips(data, split, cfg, max_clips)
     templates = info["templates"]
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
     rows = _methods(model, cfg, base)
     if methods:
         unknown = set(methods) - {r[0] for r in rows}

@@ -233,7 +233,7 @@ def pick_template(data: str | Path, identity: str | None):
     """The template mesh (``TemplateInfo``) the mouth is measured on: ``identity``, else the first
     identity of the shards' test split (a held-out face), else the first template."""
     from emodifftalk.data.shards import iter_dataset, shard_urls
-    from emodifftalk.train.tasks.motion import load_template_infos
+    from emodifftalk.motion.data import load_template_infos
 
     if not Path(data).is_dir():
         raise SpeechEvalError(f"--data {data}: shard folder not found (it holds the template meshes)")

@@ -27,6 +27,7 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
+from emodifftalk.motion.inference import load_motion
 from emodifftalk.render.cameras import most_frontal_camera
 from emodifftalk.utils import atomic_dir, ensure_writable
 
@@ -83,23 +84,13 @@ def load_models(s2au_dir: str | Path | None, motion_dir: str | Path | None, text
             raise AnimateError(f"--s2au {s2au_dir}: model directory does not exist")
         s2au = load_s2au(s2au_dir, device=device)
     if motion_dir:
-        from emodifftalk.diffusion.schedule import NoiseSchedule
-        from emodifftalk.models.audio_frontend import build_frontend
-        from emodifftalk.train.export import load_exported
-
         if not Path(motion_dir).is_dir():
             raise AnimateError(f"--motion {motion_dir}: model directory does not exist")
         try:
-            motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
-        except (FileNotFoundError, KeyError, RuntimeError) as e:
+            loaded = load_motion(motion_dir, device=device)
+        except (FileNotFoundError, KeyError, ValueError) as e:
             raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
-        motion.eval()
-        frontend = build_frontend(mcfg.audio).to(device).eval()
-        if frontend.dim != motion.audio_dim:
-            raise AnimateError(f"--motion {motion_dir}: model expects {motion.audio_dim}-d audio features but "
-                               f"its audio front end ({mcfg.audio.frontend}) gives {frontend.dim}")
-        d = mcfg.diffusion
-        schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
+        motion, mcfg, schedule, frontend = loaded.model, loaded.cfg, loaded.schedule, loaded.frontend
     if text2au_dir:
         from emodifftalk.text2au.predict import Text2AU
 

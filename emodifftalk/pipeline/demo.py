@@ -118,7 +118,7 @@ PROBE_AUS = ["AU01", "AU02", "AU06", "AU12", "AU26"]  # the AUs the demo's promp
 def _held_out_clips(shards: Path, cfg: Config) -> tuple[list[dict], dict]:
     """Every usable val + test clip (meshes + template) and the templates."""
     from emodifftalk.eval.motion import load_eval_clips
-    from emodifftalk.train.tasks.motion import load_template_infos
+    from emodifftalk.motion.data import load_template_infos
 
     clips = []
     for split in ("val", "test"):
@@ -227,7 +227,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     for name in ("video.mp4", "aus.png", "aus.csv", "animation.json"):
         shutil.copy(edited.out_dir / name, results / name)
 
-    from emodifftalk.train.tasks.motion import load_template_infos
+    from emodifftalk.motion.data import load_template_infos
 
     tmpl = load_template_infos(shards)[identity]
     cams = json.loads((rigs / identity / "rig.json").read_text())["cameras"]

@@ -11,7 +11,9 @@ from diffusion_fixtures import make_motion_shards, tiny_motion_config
 
 from emodifftalk.diffusion import NoiseSchedule
 from emodifftalk.diffusion.windowed import sample_motion, window_plan, window_starts
-from emodifftalk.train.tasks.motion import MotionTask, estimate_offset_scale, load_template_infos
+from emodifftalk.motion.data import load_template_infos
+from emodifftalk.motion.inference import load_motion
+from emodifftalk.train.tasks.motion import MotionTask, estimate_offset_scale
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,13 @@ def test_run_training_export_and_reload(shards, tmp_path):
     assert meta["offset_scale_m"] > 0
     model, _ = load_exported(export)
     assert float(model.offset_scale) == pytest.approx(meta["offset_scale_m"])
+    # inference loads the same model from the export's own config, without the training task
+    loaded = load_motion(export)
+    assert loaded.schedule is not None and loaded.frontend.dim == loaded.model.audio_dim
+    theirs = loaded.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_motion(tmp_path)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/lve_mm" in r for r in records)
 
