@@ -8,10 +8,12 @@ from emodifftalk.cli import main
 from emodifftalk.config import build_config
 from emodifftalk.models.text_to_au import TextToAU, TextToAUEnsemble
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
-from emodifftalk.text2au.evaluate import evaluate_model, multilabel_metrics
+from emodifftalk.text2au.evaluate import evaluate_model
+from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.train.task import get_task
-from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, intra_op_threads, steps_per_epoch
+from emodifftalk.text2au.predict import INFO_FILE
+from emodifftalk.train.tasks.text2au import Text2AUTask, intra_op_threads, steps_per_epoch
 
 
 HASH_ID = "hashing:v1:d1024|subject=a person"  # the default prompt template is part of the id

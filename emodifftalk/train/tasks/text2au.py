@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from emodifftalk.au import AU_NAMES
 from emodifftalk.config import Config
 from emodifftalk.distributed.seed import torch_generator
-from emodifftalk.models.text_to_au import TextToAUEnsemble
 from emodifftalk.text2au.calibration import apply_thresholds, calibrate_thresholds, concept_cv
 from emodifftalk.text2au.dataset import (
     DATA_VERSION,
@@ -59,42 +58,15 @@ from emodifftalk.text2au.dataset import (
     split_entries,
 )
 from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, build_encoder
-from emodifftalk.text2au.evaluate import multilabel_metrics
+from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.losses import text2au_loss
+from emodifftalk.text2au.predict import INFO_FILE, build_text2au_model
 from emodifftalk.train.task import Task, register_task
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-INFO_FILE = "text2au.json"
 _EPOCH_KEY = 7_919_003  # generator key for the per-epoch shuffle (cannot collide with a rank)
-HASHING_DIM = 1024
-
-
-def encoder_dim(t2a_cfg) -> int:
-    """Feature size of the configured encoder without loading any weights."""
-    if t2a_cfg.encoder == "minilm":
-        from emodifftalk.text2au.encoders import MINILM_DIM, check_minilm_layers
-
-        return MINILM_DIM * len(check_minilm_layers(t2a_cfg.minilm_layers))
-    if t2a_cfg.encoder == "hashing":
-        return HASHING_DIM
-    if t2a_cfg.encoder == "open_clip":
-        import open_clip
-
-        mcfg = open_clip.get_model_config(t2a_cfg.open_clip_model)
-        if mcfg is None:
-            raise ValueError(f"unknown open_clip model {t2a_cfg.open_clip_model!r} (text2au.open_clip_model)")
-        return int(mcfg["embed_dim"])
-    raise ValueError(f"unknown text encoder {t2a_cfg.encoder!r}")
-
-
-def make_encoder(t2a_cfg) -> TextEncoder:
-    if t2a_cfg.encoder == "hashing":
-        from emodifftalk.text2au.encoders import HashingEncoder
-
-        return HashingEncoder(dim=HASHING_DIM, max_chars=t2a_cfg.max_text_chars, prompt_subject=t2a_cfg.prompt_subject)
-    return build_encoder(t2a_cfg)
 
 
 @dataclass
@@ -144,7 +116,7 @@ class Text2AUTask(Task):
 
     def _encoder(self, cfg: Config) -> TextEncoder:
         if self.encoder is None:
-            self.encoder = make_encoder(cfg.text2au)
+            self.encoder = build_encoder(cfg.text2au)
         kind = self.encoder.encoder_id.split(":", 1)[0]
         if kind != cfg.text2au.encoder:
             raise EncoderMismatchError(f"text2au.encoder={cfg.text2au.encoder} but the task was given a "
@@ -190,10 +162,7 @@ class Text2AUTask(Task):
 
     def build_model(self, cfg: Config) -> nn.Module:
         self.cfg = cfg
-        t = cfg.text2au
-        dim = self.encoder.dim if self.encoder is not None else encoder_dim(t)
-        return TextToAUEnsemble(dim, members=t.members, hidden_dim=t.hidden_dim, proj_dim=t.proj_dim,
-                                dropout=t.dropout)
+        return build_text2au_model(cfg.text2au, self.encoder.dim if self.encoder is not None else None)
 
     def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
                       start_step: int) -> Iterator[dict]:
@@ -377,4 +346,4 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
             "concept_cv": {k: v for k, v in (info.get("concept_cv") or {}).items() if k != "per_fold"}}
 
 
-__all__ = ["INFO_FILE", "SPLITS", "Text2AUTask", "encoder_dim", "steps_per_epoch", "train_text2au"]
+__all__ = ["SPLITS", "Text2AUTask", "steps_per_epoch", "train_text2au"]
