@@ -147,7 +147,7 @@ def test_rig_held_out_psnr_is_well_above_flat_colours(tmp_path):
 
 
 def rig_holdout_psnr(tmp, seed: int = 0) -> tuple[float, float, float]:
-    from emodifftalk.eval.metrics import psnr
+    from emodifftalk.losses.image import psnr
     from emodifftalk.render import rasterize
     from emodifftalk.rig.deform import deform
     from emodifftalk.rig.gaussians import GaussianRig
