@@ -11,6 +11,7 @@ import numpy as np
 
 from emodifftalk.data.schema import MODALITIES, SAMPLE_KINDS, SPLITS
 from emodifftalk.data.shard_reader import SkipStats, iter_dataset, load_manifest, stream_samples
+from emodifftalk.data.synthetic_truth import format_truth_report, label_reliability, lip_unexplained_variance
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,6 @@ def synthetic_truth_report(root: str | Path, max_clips: int = 256) -> dict[str, 
     """Label reliability per AU and AU-unexplained lip variance, from the seq samples that carry
     ``aus_true`` (synthetic v2 data); None when none do. Reads up to ``max_clips`` seq samples
     (all of them for the tiny and small presets)."""
-    from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
-
     templates = {s["meta"]["identity"]: s for s in iter_dataset(root, "template", None, stats=SkipStats(max_logged=0))}
     labels, masks, truths = [], [], []
     per_identity: dict[str, tuple[list, list]] = {}
@@ -217,8 +216,6 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  clips skipped when packing: {len(r['skipped_at_pack'])}")
         lines += [f"    {s['identity']}/{s['clip']}: {s['reason']}" for s in r["skipped_at_pack"]]
     if r.get("synthetic_truth"):
-        from emodifftalk.eval.synthetic_truth import format_truth_report
-
         lines += format_truth_report(r["synthetic_truth"])
     lines.append("  sample shapes:")
     for kind, shapes in r["shapes"].items():
