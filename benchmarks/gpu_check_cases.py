@@ -314,14 +314,14 @@ class TimedBatches:
             yield batch
 
 
-def _make_task(name: str, out: Path):
+def _make_task(name: str, cfg, out: Path):
     from emodifftalk.train.task import get_task
 
     if name == "text2au":
         from emodifftalk.train.tasks.text2au import Text2AUTask
 
-        return Text2AUTask(cache_dir=out / "features")
-    return get_task(name)
+        return Text2AUTask(cfg, cache_dir=out / "features")
+    return get_task(name, cfg)
 
 
 def train_run(ctx: Ctx, task_name: str, precision: str, out: Path, steps: int, *overrides: str) -> dict:
@@ -332,13 +332,13 @@ def train_run(ctx: Ctx, task_name: str, precision: str, out: Path, steps: int, *
                *overrides)
     if out.exists():
         shutil.rmtree(out)
-    task = TimedBatches(_make_task(task_name, out))
+    task = TimedBatches(_make_task(task_name, cfg, out))
     if task_name == "text2au":
-        task.prepare(cfg)
+        task.prepare()
     if ctx.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    run_training(task, cfg, out)
+    run_training(task, out)
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logs = [r for r in records if "loss" in r and "samples_per_s" in r]

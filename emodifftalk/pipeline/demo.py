@@ -65,7 +65,7 @@ def _train(task_name: str, cfg: Config, out: Path) -> Path:
 
     if out.exists():
         shutil.rmtree(out)
-    return run_training(get_task(task_name), cfg, out)
+    return run_training(get_task(task_name, cfg), out)
 
 
 def _face_box(verts: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int, height: int,

@@ -32,10 +32,10 @@ def one_thread():
 
 def test_batches_and_loss(shards):
     cfg = tiny_motion_config(shards)
-    task = MotionTask()
+    task = MotionTask(cfg)
     torch.manual_seed(0)
-    model = task.build_model(cfg)
-    batch = next(iter(task.train_batches(cfg, 0, 1, 0, 0)))
+    model = task.build_model()
+    batch = next(iter(task.train_batches(0, 1, 0, 0)))
     b, t = batch["frame_mask"].shape
     assert b == 2 and t == 12
     v = batch["template"].shape[1]
@@ -55,12 +55,12 @@ def test_batches_and_loss(shards):
 
 def test_regression_variant_and_validate(shards):
     cfg = tiny_motion_config(shards, "diffusion.regression=true")
-    task = MotionTask()
-    model = task.build_model(cfg)
-    batch = next(iter(task.train_batches(cfg, 0, 1, 0, 0)))
+    task = MotionTask(cfg)
+    model = task.build_model()
+    batch = next(iter(task.train_batches(0, 1, 0, 0)))
     assert torch.isfinite(task.loss(model, batch, 0)["loss"])
     model.eval()
-    metrics = task.validate(model, cfg, 0)
+    metrics = task.validate(model, 0).metrics
     assert {"lve_mm", "mod", "fdd_abs"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
 
@@ -68,10 +68,10 @@ def test_regression_variant_and_validate(shards):
 def test_training_reduces_loss(shards, one_thread):
     """A few dozen steps on one batch: the regression model must fit AU-driven motion."""
     cfg = tiny_motion_config(shards, "diffusion.regression=true", "diffusion.dropout=0")
-    task = MotionTask()
+    task = MotionTask(cfg)
     torch.manual_seed(0)
-    model = task.build_model(cfg)
-    batch = next(iter(task.train_batches(cfg, 0, 1, 0, 0)))
+    model = task.build_model()
+    batch = next(iter(task.train_batches(0, 1, 0, 0)))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for step in range(40):
@@ -85,8 +85,8 @@ def test_training_reduces_loss(shards, one_thread):
 
 def test_sample_motion_windows_cover_sequence(shards, one_thread):
     cfg = tiny_motion_config(shards)
-    task = MotionTask()
-    model = task.build_model(cfg).eval()
+    task = MotionTask(cfg)
+    model = task.build_model().eval()
     model.offset_scale.fill_(0.002)
     tpl = next(iter(load_template_infos(shards).values()))
     aus = torch.rand(37, 17)
@@ -116,7 +116,7 @@ def test_run_training_export_and_reload(shards, tmp_path):
 
     cfg = tiny_motion_config(shards, "train.max_steps=3", "train.val_every=3", "train.ckpt_every=3",
                              "train.log_every=1", "train.ema_decay=0.9")
-    export = run_training(MotionTask(), cfg, tmp_path / "run")
+    export = run_training(MotionTask(cfg), tmp_path / "run")
     meta = json.loads((export / "motion.json").read_text())
     assert meta["offset_scale_m"] > 0
     model, _ = load_exported(export)
@@ -134,10 +134,10 @@ def test_run_training_export_and_reload(shards, tmp_path):
 
 def _fit_one_batch(shards, *overrides, steps=40):
     cfg = tiny_motion_config(shards, "diffusion.regression=true", "diffusion.dropout=0", *overrides)
-    task = MotionTask()
+    task = MotionTask(cfg)
     torch.manual_seed(0)
-    model = task.build_model(cfg)
-    batch = next(iter(task.train_batches(cfg, 0, 1, 0, 0)))
+    model = task.build_model()
+    batch = next(iter(task.train_batches(0, 1, 0, 0)))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(steps):
         terms = task.loss(model, batch, step)

@@ -42,7 +42,7 @@ def train_and_eval_s2au(tmp, seed: int = 0, overrides: tuple[str, ...] = tuple(N
                                 "train.max_steps=200", "train.lr=5e-3", "train.warmup_steps=1",
                                 "train.val_every=0", "train.log_every=1000", "train.ckpt_every=100000",
                                 f"train.seed={seed}"])
-    export = run_training(get_task("s2au"), cfg, tmp / "run")
+    export = run_training(get_task("s2au", cfg), tmp / "run")
     return run_eval(export, shards)
 
 
@@ -75,7 +75,7 @@ def motion_export(tmp_path_factory):
 def train_motion(shards, out, seed: int = 0):
     cfg = tiny_motion_config(shards, "train.max_steps=300", "train.val_every=0", "train.ckpt_every=100000",
                              "train.log_every=1000", f"train.seed={seed}")
-    return run_training(get_task("motion"), cfg, out)
+    return run_training(get_task("motion", cfg), out)
 
 
 def test_motion_model_beats_the_template_lve(motion_export):
