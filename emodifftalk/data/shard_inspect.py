@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from emodifftalk.data.schema import MODALITIES, SAMPLE_KINDS, SPLITS
 from emodifftalk.data.shard_reader import SkipStats, iter_dataset, load_manifest, stream_samples
 from emodifftalk.data.synthetic_truth import format_truth_report, label_reliability, lip_unexplained_variance
+from emodifftalk.utils import file_sha256
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,8 @@ class Problem:
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
-    sha, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-            n += len(chunk)
-    return n, sha.hexdigest()
+    """(bytes, sha256) of a shard file."""
+    return path.stat().st_size, file_sha256(path)
 
 
 def verify_shard_checksums(root: str | Path, kind: str, split: str | None = None) -> tuple[list[Problem], list[str]]:

@@ -53,7 +53,8 @@ def make_tiny_rig(out: Path) -> Path:
     from emodifftalk.rig.binding import bind_free_points, vertex_one_ring
     from emodifftalk.rig.feature_line_fit import save_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
-    from emodifftalk.rig.toy import _pattern, look_at_viewmat, uv_sphere
+    from emodifftalk.render.cameras import look_at
+    from emodifftalk.rig.toy import _pattern, uv_sphere
 
     radius = 0.09
     verts, faces = uv_sphere(16, 24, radius)
@@ -72,7 +73,7 @@ def make_tiny_rig(out: Path) -> Path:
     size = 256
     f = size * 1.6
     eye = (0.0, 0.02, 0.55)
-    cams = {"viewmats": [look_at_viewmat(eye).tolist()], "Ks": [[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]],
+    cams = {"viewmats": [look_at(eye, (0.0, 0.0, 0.0)).tolist()], "Ks": [[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]],
             "width": size, "height": size}
     rig = GaussianRig(
         identity="tiny", means=torch.cat([verts_t, torch.from_numpy(hair)]), log_scales=torch.from_numpy(np.log(scales)),
