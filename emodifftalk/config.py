@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emodifftalk.utils import atomic_write_text, git_sha
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message says which and what to change."""
@@ -600,8 +602,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, out_dir: str | Path, filename: str = "config.json") -> Path:
     """Write the resolved config (plus git SHA) atomically into ``out_dir``."""
-    from emodifftalk.utils import atomic_write_text, git_sha
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config": cfg.to_dict(), "git_sha": git_sha()}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk import au
+from emodifftalk.data.audio import AudioError, load_audio
 from emodifftalk.viewer.state import Clip
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ def read_au_csv(path: str | Path) -> np.ndarray:
 
 def audio_from_video(video: Path) -> np.ndarray | None:
     """Mono 16 kHz float32 soundtrack of ``video``, or None if it has none (or cannot be decoded)."""
-    from emodifftalk.data.audio import AudioError, load_audio
-
     try:
         return load_audio(video, target_sr=AUDIO_RATE)
     except (AudioError, OSError) as e:  # a silent video: the viewer simply plays no sound
@@ -64,8 +63,6 @@ def audio_from_video(video: Path) -> np.ndarray | None:
 
 
 def load_audio_file(path: str | Path) -> np.ndarray:
-    from emodifftalk.data.audio import load_audio
-
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"audio {path}: file does not exist")
