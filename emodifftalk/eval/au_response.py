@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from emodifftalk.au import AU_INDEX
+from emodifftalk.diffusion.windowed import sample_motion
 
 REGION_FRACTION = 0.2  # a vertex belongs to an AU's region if |D_k(v)| >= this x max_v |D_k(v)|
 
@@ -58,8 +59,6 @@ def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, fea
     ``reference_guidance``: guide the edited sample away from the unedited codes (as ``animate``
     does with ``diffusion.guidance_reference=speech``); otherwise both samples use classic CFG.
     """
-    from emodifftalk.diffusion.windowed import sample_motion
-
     unknown = [a for a in probe_aus if a not in AU_INDEX]
     if unknown:
         raise ValueError(f"unknown AU names {unknown}")

@@ -28,6 +28,9 @@ import numpy as np
 
 from emodifftalk.config import Config, save_config
 
+# Each stage imports what it runs inside its function: `emodifftalk --help` imports this module
+# (commands/demo.py reads STAGES and DEFAULT_TEXT), and must not load the whole package.
+
 log = logging.getLogger(__name__)
 
 STAGES = ("synth", "pack", "rig", "s2au", "motion", "text2au")

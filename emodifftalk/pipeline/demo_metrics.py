@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from emodifftalk.data.audio import load_audio
+from emodifftalk.eval.au_response import au_edit_response
+from emodifftalk.eval.metrics import motion_metrics
+from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
+
 PLATEAU_FRACTION = 0.9  # an edit is "at its plateau" where |curve| >= this x its peak
 
 
@@ -70,11 +75,6 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
     model's audio ``feats``, as ``eval.motion.load_eval_clips`` gives them).
     ``fields_of(identity)`` → (17, V, 3) true AU fields, or None to skip the edit response."""
     import torch
-
-    from emodifftalk.data.audio import load_audio
-    from emodifftalk.eval.au_response import au_edit_response
-    from emodifftalk.eval.metrics import motion_metrics
-    from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
 
     lve, lve_template, keys = [], [], []
     guided = cfg.diffusion.animate_guidance_scale
