@@ -55,7 +55,7 @@ def foreground(image: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray
 def point_stats(points: np.ndarray, k: np.ndarray, viewmat: np.ndarray, width: int, height: int,
                 fg: np.ndarray | None = None, kp2d: np.ndarray | None = None,
                 kp3d: np.ndarray | None = None) -> dict[str, float]:
-    uv, z = project(points, k, viewmat)
+    uv, z = project(points, viewmat, k)
     front = z > 1e-6
     finite = np.all(np.isfinite(uv), axis=1)
     inside = front & finite & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
@@ -66,7 +66,7 @@ def point_stats(points: np.ndarray, k: np.ndarray, viewmat: np.ndarray, width: i
         rows = np.clip((uv[inside, 1] * sy).astype(int), 0, fg.shape[0] - 1)
         out["on_fg"] = float(fg[rows, cols].sum() / len(points)) if len(points) else 0.0
     if kp2d is not None and kp3d is not None and len(kp2d) and len(kp3d):
-        uv3, z3 = project(kp3d, k, viewmat)
+        uv3, z3 = project(kp3d, viewmat, k)
         n = min(len(uv3), len(kp2d))
         d = np.linalg.norm(uv3[:n] - kp2d[:n], axis=1)
         d = d[np.isfinite(d) & (z3[:n] > 0)]
