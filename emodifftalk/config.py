@@ -44,7 +44,6 @@ class SynthConfig:
     clips_per_identity: int = 4
     clip_seconds: float = 4.0
     fps: float = 25.0
-    sample_rate: int = 16000
     n_cameras: int = 4
     image_size: int = 128
     mesh_resolution: int = 40  # template vertices ~ resolution^2 (sphere-ish head grid)
@@ -64,7 +63,6 @@ class SynthConfig:
         _check(self.clips_per_identity >= 1, "synth.clips_per_identity must be >= 1")
         _check(self.clip_seconds > 0.2, "synth.clip_seconds must be > 0.2")
         _check(self.fps > 0, "synth.fps must be positive")
-        _check(self.sample_rate == 16000, "synth.sample_rate must be 16000 (HuBERT's rate)")
         _check(self.n_cameras >= 2, "synth.n_cameras must be >= 2 (one is held out for rig eval)")
         _check(16 <= self.image_size <= 2048, "synth.image_size must be in [16, 2048]")
         _check(self.mesh_resolution >= 8, "synth.mesh_resolution must be >= 8")
@@ -179,7 +177,6 @@ class AudioConfig:
     hubert_path: str = ""  # local directory for transformers.HubertModel.from_pretrained
     feature_rate: float = 50.0  # Hz (HuBERT's frame rate; the mel front end matches it)
     n_mels: int = 80
-    sample_rate: int = 16000
     # Two level channels appended to either front end (models/audio_frontend.py, LevelFeatures):
     # the frame's level below the utterance's peak and above its noise floor, both relative, so
     # recording gain cancels. Per-utterance mel normalisation alone hides how quiet a frame is;
@@ -207,7 +204,6 @@ class AudioConfig:
         _check(self.frontend in ("mel", "hubert"), "audio.frontend must be 'mel' or 'hubert'")
         _check(self.frontend != "hubert" or bool(self.hubert_path),
                "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
-        _check(self.sample_rate == 16000, "audio.sample_rate must be 16000")
         _check(0.0 <= self.train_augment_prob <= 1.0, "audio.train_augment_prob must be in [0, 1]")
         _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
 
@@ -532,6 +528,13 @@ MOVED_KEYS: dict[str, str] = {
 }
 
 
+# Knobs that could only ever hold one value, removed; old config files that carry them still load.
+REMOVED_KEYS: dict[str, str] = {
+    "audio.sample_rate": "the sample rate is fixed at 16 kHz (emodifftalk.data.audio.SAMPLE_RATE)",
+    "synth.sample_rate": "the sample rate is fixed at 16 kHz (emodifftalk.data.audio.SAMPLE_RATE)",
+}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides in place; unknown keys fail with the valid choices."""
     for item in overrides:
@@ -541,6 +544,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if path.strip() in MOVED_KEYS:
             new = MOVED_KEYS[path.strip()]
             raise ConfigError(f"{path.strip()} is now {new} (one home per knob): write {new}={value.strip()}")
+        if path.strip() in REMOVED_KEYS:
+            raise ConfigError(f"{path.strip()} is no longer a setting: {REMOVED_KEYS[path.strip()]}")
         obj: Any = cfg
         parts = path.strip().split(".")
         for i, part in enumerate(parts):

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.au import AU_INDEX
-from emodifftalk.data.audio import frame_levels_db, load_audio
+from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, load_audio
 from emodifftalk.data.shards import iter_dataset, shard_urls
 from emodifftalk.eval.metrics import pearson
-from emodifftalk.models.audio_frontend import SAMPLE_RATE  # the models' input rate
 from emodifftalk.motion.data import load_template_infos
 from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
 

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from emodifftalk.au import NUM_AUS
-from emodifftalk.data.audio import resample, write_wav
+from emodifftalk.data.audio import SAMPLE_RATE, resample, write_wav
 from emodifftalk.data.openface import read_openface_csv
 from emodifftalk.data.schema import MODALITIES, frames_key, seq_key, validate_name
-from emodifftalk.data.shard_writer import SAMPLE_RATE, ShardSetWriter, encode_json, encode_npy
+from emodifftalk.data.shard_writer import ShardSetWriter, encode_json, encode_npy
 from emodifftalk.ingest.cameras import CropResize, camera_record, has_distortion, remap, undistort_maps
 from emodifftalk.ingest.images import ImageError, composite, decode_mask, decode_rgb, encode_image, image_size
 from emodifftalk.utils import atomic_dir, atomic_write_text

@@ -19,9 +19,8 @@ import numpy as np
 
 from emodifftalk.au import AU_INDEX
 from emodifftalk.config import AudioConfig
-from emodifftalk.data.audio import frame_levels_db, resample
+from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, resample
 from emodifftalk.data.augment import augment_audio
-from emodifftalk.data.shard_writer import SAMPLE_RATE  # the rate packed audio is stored at
 SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
 CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
 

@@ -77,6 +77,9 @@ def test_moved_knobs_name_their_one_home():
         build_config("tiny", ["infer.overlap_frames=4"])
     with pytest.raises(ConfigError, match="diffusion.animate_guidance_scale"):
         build_config("tiny", ["infer.guidance_scale=3"])
+    # the sample rate is not a setting (16 kHz everywhere: data.audio.SAMPLE_RATE)
+    with pytest.raises(ConfigError, match="audio.sample_rate is no longer a setting.*16 kHz"):
+        build_config("tiny", ["audio.sample_rate=16000"])
 
 
 def test_config_files_written_before_the_move_keep_their_values():
