@@ -37,7 +37,7 @@ from torch import nn
 from emodifftalk.config import build_config
 from emodifftalk.diffusion import NoiseSchedule
 from emodifftalk.models.denoiser import Denoiser, sinusoidal_embedding
-from emodifftalk.motion_inference import sample_motion, window_starts
+from emodifftalk.diffusion.windowed import sample_motion, window_starts
 
 FPS, SECONDS = 25.0, 10.0
 N_FRAMES = int(FPS * SECONDS)

@@ -33,7 +33,7 @@ def time_stages(models, rig, feature_line, clip: np.ndarray, sr: int, cfg, secon
 
     n = int(seconds * sr)
     audio = np.tile(clip, int(np.ceil(n / clip.size)))[:n].astype(np.float32)
-    fps = cfg.infer.fps
+    fps = models.frame_rate(cfg)
     sync = torch.cuda.synchronize if rig.means.is_cuda else (lambda: None)
     t = {}
     t0 = time.perf_counter()
@@ -87,9 +87,9 @@ def main() -> None:
     total = sum(t.values())
     report = {"seconds_audio": args.seconds, "frames": n_frames, "device": "cpu", "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "n_gaussians": rig.n_points,
-              "ddim_steps": cfg.infer.ddim_steps, "stage_seconds": {k: round(v, 3) for k, v in t.items()},
+              "ddim_steps": cfg.diffusion.ddim_steps, "stage_seconds": {k: round(v, 3) for k, v in t.items()},
               "rtf": {k: round(v / args.seconds, 4) for k, v in t.items()}, "rtf_total": round(total / args.seconds, 4)}
-    print(f"{args.seconds:.0f} s of audio, {n_frames} frames, {rig.n_points} Gaussians, DDIM-{cfg.infer.ddim_steps}")
+    print(f"{args.seconds:.0f} s of audio, {n_frames} frames, {rig.n_points} Gaussians, DDIM-{cfg.diffusion.ddim_steps}")
     for k, v in t.items():
         print(f"  {k:10s} {v:7.2f} s   RTF {v / args.seconds:.3f}")
     print(f"  {'total':10s} {total:7.2f} s   RTF {total / args.seconds:.3f}")

@@ -314,14 +314,14 @@ class TimedBatches:
             yield batch
 
 
-def _make_task(name: str, out: Path):
+def _make_task(name: str, cfg, out: Path):
     from emodifftalk.train.task import get_task
 
     if name == "text2au":
         from emodifftalk.train.tasks.text2au import Text2AUTask
 
-        return Text2AUTask(cache_dir=out / "features")
-    return get_task(name)
+        return Text2AUTask(cfg, cache_dir=out / "features")
+    return get_task(name, cfg)
 
 
 def train_run(ctx: Ctx, task_name: str, precision: str, out: Path, steps: int, *overrides: str) -> dict:
@@ -332,13 +332,13 @@ def train_run(ctx: Ctx, task_name: str, precision: str, out: Path, steps: int, *
                *overrides)
     if out.exists():
         shutil.rmtree(out)
-    task = TimedBatches(_make_task(task_name, out))
+    task = TimedBatches(_make_task(task_name, cfg, out))
     if task_name == "text2au":
-        task.prepare(cfg)
+        task.prepare()
     if ctx.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    run_training(task, cfg, out)
+    run_training(task, out)
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logs = [r for r in records if "loss" in r and "samples_per_s" in r]
@@ -459,7 +459,7 @@ def check_animate(ctx: Ctx) -> dict:
     models = load_models(exports["s2au"], exports["motion"], device=ctx.device)
     rig = GaussianRig.load(rigs[0], device=ctx.device)
     clip = next(iter(iter_dataset(ctx.assets / "shards", "seq", "train")))
-    cfg.infer.fps = float(clip["meta"]["fps"])
+    cfg.diffusion.fps = float(clip["meta"]["fps"])
     encode = _has("imageio_ffmpeg")  # write_video's encoder
     seconds = ctx.sizes["animate_seconds"]
     t, frames = time_stages(models, rig, None, clip["audio"], int(clip["sample_rate"]), cfg, seconds,
@@ -467,7 +467,7 @@ def check_animate(ctx: Ctx) -> dict:
     total = sum(t.values())
     return {"seconds_audio": seconds, "frames": frames, "size": ctx.sizes["animate_size"],
             "render_backend": cfg.render.backend,
-            "gaussians": rig.n_points, "ddim_steps": cfg.infer.ddim_steps,
+            "gaussians": rig.n_points, "ddim_steps": cfg.diffusion.ddim_steps,
             "stage_seconds": {k: round(v, 3) for k, v in t.items()},
             "rtf": {k: round(v / seconds, 4) for k, v in t.items()}, "rtf_total": round(total / seconds, 4),
             **({} if encode else {"encode": "skipped: no ffmpeg on this machine (imageio-ffmpeg is 66 MB)"})}

@@ -224,7 +224,7 @@ def ddp_worker(shards: str, batches: int, resample_draws: int, out: str) -> None
                                  split_by_node=False, split_by_worker=False))
     resampled = [next(stream)["key"] for _ in range(resample_draws)]
     cfg = build_config("tiny", [f"data.root={shards}", "audio.frontend=mel"])
-    it = iter(S2AUTask().train_batches(cfg, rank, world, 0, 0))
+    it = iter(S2AUTask(cfg).train_batches(rank, world, 0, 0))
     next(it)  # warm-up (first shard open, feature set-up)
     dist.barrier()
     t0, c0 = time.perf_counter(), time.process_time()

@@ -45,6 +45,4 @@ def tiny() -> Config:
     cfg.train.val_every = 250
     cfg.train.ckpt_every = 250
     cfg.infer.image_size = 128
-    cfg.infer.ddim_steps = 10
-    cfg.infer.window_frames = 50
     return cfg

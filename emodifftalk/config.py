@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emodifftalk.utils import atomic_write_text, git_sha
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message says which and what to change."""
@@ -42,7 +44,6 @@ class SynthConfig:
     clips_per_identity: int = 4
     clip_seconds: float = 4.0
     fps: float = 25.0
-    sample_rate: int = 16000
     n_cameras: int = 4
     image_size: int = 128
     mesh_resolution: int = 40  # template vertices ~ resolution^2 (sphere-ish head grid)
@@ -62,7 +63,6 @@ class SynthConfig:
         _check(self.clips_per_identity >= 1, "synth.clips_per_identity must be >= 1")
         _check(self.clip_seconds > 0.2, "synth.clip_seconds must be > 0.2")
         _check(self.fps > 0, "synth.fps must be positive")
-        _check(self.sample_rate == 16000, "synth.sample_rate must be 16000 (HuBERT's rate)")
         _check(self.n_cameras >= 2, "synth.n_cameras must be >= 2 (one is held out for rig eval)")
         _check(16 <= self.image_size <= 2048, "synth.image_size must be in [16, 2048]")
         _check(self.mesh_resolution >= 8, "synth.mesh_resolution must be >= 8")
@@ -177,7 +177,6 @@ class AudioConfig:
     hubert_path: str = ""  # local directory for transformers.HubertModel.from_pretrained
     feature_rate: float = 50.0  # Hz (HuBERT's frame rate; the mel front end matches it)
     n_mels: int = 80
-    sample_rate: int = 16000
     # Two level channels appended to either front end (models/audio_frontend.py, LevelFeatures):
     # the frame's level below the utterance's peak and above its noise floor, both relative, so
     # recording gain cancels. Per-utterance mel normalisation alone hides how quiet a frame is;
@@ -205,7 +204,6 @@ class AudioConfig:
         _check(self.frontend in ("mel", "hubert"), "audio.frontend must be 'mel' or 'hubert'")
         _check(self.frontend != "hubert" or bool(self.hubert_path),
                "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
-        _check(self.sample_rate == 16000, "audio.sample_rate must be 16000")
         _check(0.0 <= self.train_augment_prob <= 1.0, "audio.train_augment_prob must be in [0, 1]")
         _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
 
@@ -259,11 +257,22 @@ class DiffusionConfig:
     audio_window: int = 4  # audio feature frames each side of a video frame  # choice
     cond_dropout: float = 0.1  # for classifier-free guidance
     audio_dropout: float = 0.6  # audio alone dropped: motion must also be read off the AU codes  # choice
-    guidance_scale: float = 1.0
-    context_frames: int = 10  # previous frames used as context for long sequences  # choice
-    window_frames: int = 100  # generation window  # choice
+    # --- sampling: the one home of these knobs for animate, the viewer, eval and validation
+    fps: float = 25.0  # the model's frame rate: training clips must have it, animate writes it
     sampler: str = "ddim"
     ddim_steps: int = 25
+    window_frames: int = 100  # generation window (diffusion/windowed.py)  # choice
+    context_frames: int = 10  # previous frames inpainted as context of the next window  # choice
+    # classifier-free guidance of training validation and `eval motion` (1 = none: the model's own
+    # accuracy, what the paper's LVE/FDD measure)
+    guidance_scale: float = 1.0
+    # classifier-free guidance when animating (`animate`, the viewer): > 1 makes the motion follow the
+    # AU codes, hence edits, more closely (the demo's metrics.json: held_out_motion.au_edit_response,
+    # guided vs unguided)  # choice
+    animate_guidance_scale: float = 2.0
+    # what animate's guidance pushes away from: "speech" = the speech-only AU codes (only text/edits
+    # are amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
+    guidance_reference: str = "speech"
     lambda_vertex: float = 1.0  # eq. (17)
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
@@ -289,6 +298,10 @@ class DiffusionConfig:
         _check(self.d_model % self.n_heads == 0, "diffusion.d_model must be divisible by n_heads")
         _check(0 <= self.context_frames < self.window_frames,
                "diffusion.context_frames must be smaller than diffusion.window_frames")
+        _check(self.fps > 0, "diffusion.fps must be positive")
+        _check(self.guidance_scale >= 0 and self.animate_guidance_scale >= 0,
+               "diffusion.guidance_scale and diffusion.animate_guidance_scale must be >= 0 (1 = no guidance)")
+        _check(self.guidance_reference in ("speech", "null"), "diffusion.guidance_reference must be 'speech' or 'null'")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
         _check(self.lambda_move >= 0 and self.move_tau > 0,
@@ -413,26 +426,12 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    ddim_steps: int = 25
-    window_frames: int = 100
-    overlap_frames: int = 10
-    fps: float = 25.0
+    """Rendering of `animate` and the viewer (the motion sampler's knobs are in ``diffusion``)."""
+
     image_size: int = 256
     # "front" (the capture camera facing the face most squarely), a capture camera index, "orbit",
     # or a cameras JSON path  # choice: capture rigs number cameras arbitrarily; index 0 may be a profile
     camera: str = "front"
-    # classifier-free guidance when animating (diffusion.guidance_scale is the one validation and
-    # `eval motion` use): > 1 makes the motion follow the AU codes, hence edits, more closely
-    # (the demo's metrics.json: held_out_motion.au_edit_response, guided vs unguided)  # choice
-    guidance_scale: float = 2.0
-    # what guidance pushes away from: "speech" = the speech-only AU codes (only text/edits are
-    # amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
-    guidance_reference: str = "speech"
-
-    def validate(self) -> None:
-        _check(0 <= self.overlap_frames < self.window_frames, "infer.overlap_frames must be < window_frames")
-        _check(self.guidance_scale >= 0, "infer.guidance_scale must be >= 0 (1 = no guidance)")
-        _check(self.guidance_reference in ("speech", "null"), "infer.guidance_reference must be 'speech' or 'null'")
 
 
 @dataclass
@@ -516,12 +515,37 @@ def _coerce(value: str, typ: Any, path: str) -> Any:
     raise ConfigError(f"{path}: cannot parse a value of type {typ} from the command line")
 
 
+# Knobs that had a second home, old spelling → their one home. On the command line the old
+# spelling is an error that names the new one; in config files written before the move it is
+# read into the new home when the file lacks the new key (so old exports keep loading).
+MOVED_KEYS: dict[str, str] = {
+    "infer.ddim_steps": "diffusion.ddim_steps",
+    "infer.window_frames": "diffusion.window_frames",
+    "infer.overlap_frames": "diffusion.context_frames",
+    "infer.fps": "diffusion.fps",
+    "infer.guidance_scale": "diffusion.animate_guidance_scale",
+    "infer.guidance_reference": "diffusion.guidance_reference",
+}
+
+
+# Knobs that could only ever hold one value, removed; old config files that carry them still load.
+REMOVED_KEYS: dict[str, str] = {
+    "audio.sample_rate": "the sample rate is fixed at 16 kHz (emodifftalk.data.audio.SAMPLE_RATE)",
+    "synth.sample_rate": "the sample rate is fixed at 16 kHz (emodifftalk.data.audio.SAMPLE_RATE)",
+}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides in place; unknown keys fail with the valid choices."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
         path, value = item.split("=", 1)
+        if path.strip() in MOVED_KEYS:
+            new = MOVED_KEYS[path.strip()]
+            raise ConfigError(f"{path.strip()} is now {new} (one home per knob): write {new}={value.strip()}")
+        if path.strip() in REMOVED_KEYS:
+            raise ConfigError(f"{path.strip()} is no longer a setting: {REMOVED_KEYS[path.strip()]}")
         obj: Any = cfg
         parts = path.strip().split(".")
         for i, part in enumerate(parts):
@@ -553,7 +577,8 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features")
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Inverse of ``Config.to_dict`` (ignores unknown keys so old run dirs still load; keys they
-    lack take ``LEGACY_DEFAULTS`` where listed, else today's default)."""
+    lack come from their old spelling (``MOVED_KEYS``), else ``LEGACY_DEFAULTS`` where listed, else
+    today's default)."""
 
     def build(cls, d):
         hints = typing.get_type_hints(cls)
@@ -572,13 +597,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             kwargs[f.name] = v
         return cls(**kwargs)
 
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_sec, old_key), (new_sec, new_key) = old.split("."), new.split(".")
+        if old_key in data.get(old_sec, {}) and new_key not in data.get(new_sec, {}):
+            data.setdefault(new_sec, {})[new_key] = data[old_sec][old_key]
     return build(Config, data)
 
 
 def save_config(cfg: Config, out_dir: str | Path, filename: str = "config.json") -> Path:
     """Write the resolved config (plus git SHA) atomically into ``out_dir``."""
-    from emodifftalk.utils import atomic_write_text, git_sha
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config": cfg.to_dict(), "git_sha": git_sha()}

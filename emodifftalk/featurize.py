@@ -27,6 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.config import Config
+from emodifftalk.data.shard_reader import SampleError
+from emodifftalk.data.shard_writer import encode_json, encode_npy
+from emodifftalk.data.shards import MANIFEST, ShardSetWriter, decode_sample, load_manifest
+from emodifftalk.models.audio_frontend import build_frontend, encoder_id
+from emodifftalk.models.speech_inference import extract_features
+from emodifftalk.utils import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +57,15 @@ class FeatureSource:
     """Audio features of a decoded seq sample: the checked cache or the front end on the whole clip."""
 
     def __init__(self, cfg: Config):
-        from emodifftalk.models.audio_frontend import encoder_id
-
         self.cfg = cfg
         self.encoder_id = encoder_id(cfg.audio)
         self._frontend = None
 
     def __call__(self, sample: dict) -> np.ndarray:
-        from emodifftalk.models.speech_inference import extract_features
-
         if sample.get("feats") is not None:
             check_cached_features(sample.get("feats_meta"), self.encoder_id, sample.get("key", "?"))
             return np.asarray(sample["feats"], dtype=np.float32)
         if self._frontend is None:
-            from emodifftalk.models.audio_frontend import build_frontend
-
             self._frontend = build_frontend(self.cfg.audio).eval()
             if self.cfg.audio.frontend == "hubert":
                 log.info("computing HuBERT features on the fly; `emodifftalk featurize` caches them")
@@ -108,13 +108,6 @@ def featurize_shards(src: str | Path, out: str | Path, cfg: Config, overwrite: b
     """Write a copy of the packed folder ``src`` with audio features added to every seq sample."""
     import torch
     from tqdm.auto import tqdm
-
-    from emodifftalk.data.shard_reader import SampleError
-    from emodifftalk.data.shard_writer import encode_json, encode_npy
-    from emodifftalk.data.shards import MANIFEST, ShardSetWriter, decode_sample, load_manifest
-    from emodifftalk.models.audio_frontend import build_frontend, encoder_id
-    from emodifftalk.models.speech_inference import extract_features
-    from emodifftalk.utils import atomic_dir, atomic_write_text
 
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve():

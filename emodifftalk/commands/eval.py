@@ -160,7 +160,7 @@ def _register_speech(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     _add_common(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
-                   help="overrides of both exports' configs, e.g. infer.ddim_steps=25 s2au.silence_gate=false")
+                   help="overrides of both exports' configs, e.g. diffusion.ddim_steps=25 s2au.silence_gate=false")
     p.set_defaults(func=_run_speech)
 
 

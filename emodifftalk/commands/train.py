@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from emodifftalk.train.loop import DataSkipError, NonFiniteLossError, run_training
     from emodifftalk.train.task import get_task
 
-    task = get_task(args.task)
     if args.data:
         args.overrides = [*args.overrides, f"data.root={args.data}"]
     from emodifftalk.utils import ensure_writable
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"train-{args.task}"
     ensure_writable(out.parent)  # the run folder itself appears only once the data checks pass
     try:
-        export_dir = run_training(task, cfg, out, resume=args.resume)
+        export_dir = run_training(get_task(args.task, cfg), out, resume=args.resume)
     except (NonFiniteLossError, DataSkipError) as e:
         print(f"emodifftalk train: {e}", file=sys.stderr)
         return 1

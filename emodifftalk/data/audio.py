@@ -70,6 +70,9 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+# The one audio rate of the project: every file is resampled to it, shards store it, both front
+# ends take it (HuBERT was trained at 16 kHz). Not a config knob: nothing else would work.
+SAMPLE_RATE = 16000
 FFMPEG_TIMEOUT_S = 600  # decoding an hour of AAC takes seconds; a hang must not block forever
 
 
@@ -142,7 +145,7 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(audio, sr_out // g, sr_in // g, axis=0).astype(np.float32)
 
 
-def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 16000) -> np.ndarray:
+def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 audio at ``target_sr`` from a file path or an array (then ``sample_rate`` is required)."""
     if isinstance(path_or_array, (str, Path)):
         audio, sr = read_audio(path_or_array)
@@ -156,7 +159,7 @@ def load_audio(path_or_array, sample_rate: int | None = None, target_sr: int = 1
     return resample(audio, sr, target_sr)
 
 
-def frame_levels_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = 16000) -> np.ndarray:
+def frame_levels_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(n_frames,) RMS level of each video frame in dB re the loudest frame; frame ``t`` covers
     samples ``[t/fps, (t+1)/fps)``; digital silence and frames past the end sit >= 100 dB below.
     Gain invariant. The one definition of "how loud is this frame" for the training labels, the

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from emodifftalk.data.audio import read_audio
+from emodifftalk.data.openface import read_openface_csv
 from emodifftalk.data.schema import MODALITIES, VERTEX_SETS, validate_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -171,13 +173,9 @@ class RawClip:
 
     def load_aus(self):
         """OpenFace AUs resampled to this clip's frames: ``OpenFaceAUs`` with (T, 17) aus + mask."""
-        from emodifftalk.data.openface import read_openface_csv
-
         return read_openface_csv(self.openface_path, fps=self.fps, n_frames=self.n_frames)
 
     def load_audio(self) -> tuple[np.ndarray, int]:
-        from emodifftalk.data.audio import read_audio
-
         return read_audio(self.audio_path)
 
 

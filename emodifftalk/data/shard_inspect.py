@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ import numpy as np
 
 from emodifftalk.data.schema import MODALITIES, SAMPLE_KINDS, SPLITS
 from emodifftalk.data.shard_reader import SkipStats, iter_dataset, load_manifest, stream_samples
+from emodifftalk.data.synthetic_truth import format_truth_report, label_reliability, lip_unexplained_variance
+from emodifftalk.utils import file_sha256
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,8 @@ class Problem:
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
-    sha, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-            n += len(chunk)
-    return n, sha.hexdigest()
+    """(bytes, sha256) of a shard file."""
+    return path.stat().st_size, file_sha256(path)
 
 
 def verify_shard_checksums(root: str | Path, kind: str, split: str | None = None) -> tuple[list[Problem], list[str]]:
@@ -166,8 +163,6 @@ def synthetic_truth_report(root: str | Path, max_clips: int = 256) -> dict[str, 
     """Label reliability per AU and AU-unexplained lip variance, from the seq samples that carry
     ``aus_true`` (synthetic v2 data); None when none do. Reads up to ``max_clips`` seq samples
     (all of them for the tiny and small presets)."""
-    from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
-
     templates = {s["meta"]["identity"]: s for s in iter_dataset(root, "template", None, stats=SkipStats(max_logged=0))}
     labels, masks, truths = [], [], []
     per_identity: dict[str, tuple[list, list]] = {}
@@ -217,8 +212,6 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  clips skipped when packing: {len(r['skipped_at_pack'])}")
         lines += [f"    {s['identity']}/{s['clip']}: {s['reason']}" for s in r["skipped_at_pack"]]
     if r.get("synthetic_truth"):
-        from emodifftalk.eval.synthetic_truth import format_truth_report
-
         lines += format_truth_report(r["synthetic_truth"])
     lines.append("  sample shapes:")
     for kind, shapes in r["shapes"].items():

@@ -32,6 +32,7 @@ import numpy as np
 import webdataset as wds
 
 from emodifftalk.au import NUM_AUS
+from emodifftalk.data.audio import SAMPLE_RATE
 from emodifftalk.data.schema import (
     FRAMES_REQUIRED,
     SAMPLE_KINDS,
@@ -41,7 +42,7 @@ from emodifftalk.data.schema import (
     SPLITS,
     TEMPLATE_REQUIRED,
 )
-from emodifftalk.data.shard_writer import CHECKSUMS, MANIFEST, SAMPLE_RATE, crc32_hex
+from emodifftalk.data.shard_writer import CHECKSUMS, MANIFEST, crc32_hex
 
 log = logging.getLogger(__name__)
 

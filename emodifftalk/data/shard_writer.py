@@ -25,13 +25,13 @@ import numpy as np
 
 from emodifftalk.au import NUM_AUS
 from emodifftalk.data.raw import RawClip, RawDataset, RawLayoutError
+from emodifftalk.data.audio import SAMPLE_RATE
 from emodifftalk.data.schema import MODALITIES, SCHEMA_VERSION, SPLITS, frames_key, seq_key, template_key
 from emodifftalk.data.splits import make_splits
 from emodifftalk.utils import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 MANIFEST = "manifest.json"
 CHECKSUMS = "checksums"  # meta.json field: {member extension: "crc32 hex"}
 SHARD_PREFIX = {"seq": "seq", "frames": "frames", "template": "templates"}

@@ -10,7 +10,7 @@ The network is wrapped in a ``model_fn(x_t, t, cond, drop_cond) -> x0_hat``:
   one network call per step; otherwise two). Guiding x0 is the same as guiding ε at fixed x_t
   because ε is affine in x0.
 
-Inpainting known frames (used for windowed long sequences, see ``motion_inference.py``):
+Inpainting known frames (used for windowed long sequences, see ``diffusion/windowed.py``):
 ``known_x0`` plus either ``context=k`` (the first k entries along dim 1, the time axis, are
 known) or an explicit boolean ``known_mask`` broadcastable to ``shape``. At every step the known
 region of the running sample is overwritten with ``q_sample(known_x0, t_next, fresh noise)``

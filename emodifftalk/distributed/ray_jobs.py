@@ -25,6 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from emodifftalk.config import config_from_dict
+from emodifftalk.data.schema import SPLITS, template_key
+from emodifftalk.data.shards import (SampleError, SkipStats, decode_sample, identity_shard_urls, load_manifest,
+                                     shard_urls)
+from emodifftalk.rig.feature_line_fit import FEATURE_LINE_TENSORS, fit_feature_line, moving_frames, save_feature_line
+from emodifftalk.rig.gaussians import GaussianRig, is_complete
+from emodifftalk.rig.reconstruct import reconstruct_identity
+from emodifftalk.utils import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RAY_TMPDIR = "/tmp/ray_edt"  # short: Ray's unix socket paths must stay < 108 bytes
@@ -39,8 +48,6 @@ LOG_SUBDIR = "logs"
 
 def list_identities(shards_root: str | Path) -> list[str]:
     """Identities of a packed folder (all splits), from its manifest."""
-    from emodifftalk.data.shards import load_manifest
-
     manifest = load_manifest(shards_root)
     ids = set(manifest.get("identity_splits", {}))
     for split_ids in manifest.get("identities", {}).values():
@@ -49,8 +56,6 @@ def list_identities(shards_root: str | Path) -> list[str]:
 
 
 def _identity_splits(manifest: dict, identity: str) -> list[str]:
-    from emodifftalk.data.schema import SPLITS
-
     splits = [s for s in SPLITS if identity in manifest.get("identities", {}).get(s, [])]
     return splits or list(SPLITS)  # unknown: look everywhere
 
@@ -58,8 +63,6 @@ def _identity_splits(manifest: dict, identity: str) -> list[str]:
 def _samples_with_prefix(urls: list[str], prefix: str, stats) -> Iterator[dict]:
     """Decoded samples whose key starts with ``prefix``; others are never decoded."""
     import webdataset as wds
-
-    from emodifftalk.data.shards import SampleError, decode_sample
 
     if not urls:
         return
@@ -81,8 +84,6 @@ def _samples_with_prefix(urls: list[str], prefix: str, stats) -> Iterator[dict]:
 def _identity_samples(shards_root: str | Path, identity: str, kind: str, stats) -> list[dict]:
     """The identity's samples of ``kind``: from its own shards (manifest index), or, for manifests
     without one, by scanning its splits (every task then reads the whole split: O(data set))."""
-    from emodifftalk.data.shards import identity_shard_urls, load_manifest, shard_urls
-
     urls = identity_shard_urls(shards_root, identity, kind)
     if urls is None:
         manifest = load_manifest(shards_root)
@@ -92,9 +93,6 @@ def _identity_samples(shards_root: str | Path, identity: str, kind: str, stats) 
 
 def load_identity(shards_root: str | Path, identity: str, stats=None) -> tuple[list[dict], dict | None]:
     """(frames samples, template sample or None) of ``identity``, read straight from the shards."""
-    from emodifftalk.data.schema import template_key
-    from emodifftalk.data.shards import SkipStats, shard_urls
-
     stats = stats if stats is not None else SkipStats()
     frames = _identity_samples(shards_root, identity, "frames", stats)
     templates = [s for s in _samples_with_prefix(shard_urls(shards_root, "template"), template_key(identity), stats)
@@ -121,9 +119,6 @@ def fit_identity_feature_line(shards_root: str | Path, identity: str, rig_dir: P
     Returns its metrics, or None when the data has no moving frames with AU codes (only the
     neutral frame was packed: repack with ``data.frames_stride`` > 0) or ``feature_line.steps`` is 0.
     """
-    from emodifftalk.rig.feature_line_fit import fit_feature_line, moving_frames, save_feature_line
-    from emodifftalk.rig.gaussians import GaussianRig
-
     if cfg.feature_line.steps <= 0:
         return None
     seqs = {s["meta"]["clip"]: s for s in _identity_samples(shards_root, identity, "seq", stats)}
@@ -145,12 +140,6 @@ def rig_identity_from_shards(shards_root: str, identity: str, out_root: str, cfg
     Returns a status record {"identity", "status": "ok" | "skipped" | "failed", metrics,
     "seconds", "error", ...}; errors are reported in the record, not raised.
     """
-    from emodifftalk.config import config_from_dict
-    from emodifftalk.data.shards import SkipStats
-    from emodifftalk.rig.feature_line_fit import FEATURE_LINE_TENSORS
-    from emodifftalk.rig.gaussians import GaussianRig, is_complete
-    from emodifftalk.rig.reconstruct import reconstruct_identity
-
     t0, cpu0 = time.perf_counter(), time.process_time()
     rig_dir = Path(out_root) / identity
     try:
@@ -248,9 +237,6 @@ def run_rig_jobs(shards_root: str | Path, out_root: str | Path, cfg, *, identiti
     order and writes them to ``out_root/rig_summary.json``.
     """
     import ray
-
-    from emodifftalk.rig.gaussians import GaussianRig, is_complete
-    from emodifftalk.utils import atomic_write_text
 
     shards_root, out_root = str(Path(shards_root).resolve()), Path(out_root).resolve()
     known = list_identities(shards_root)

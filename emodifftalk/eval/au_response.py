@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from emodifftalk.au import AU_INDEX
+from emodifftalk.diffusion.windowed import sample_motion
 
 REGION_FRACTION = 0.2  # a vertex belongs to an AU's region if |D_k(v)| >= this x max_v |D_k(v)|
 
@@ -56,10 +57,8 @@ def au_edit_response(model, schedule, template: np.ndarray, aus: np.ndarray, fea
     template (V, 3) m, aus (T, 17) codes the model is conditioned on, feats (Ta, D) audio features
     or None, fields (17, V, 3) ground-truth per-unit AU displacements in metres.
     ``reference_guidance``: guide the edited sample away from the unedited codes (as ``animate``
-    does with ``infer.guidance_reference=speech``); otherwise both samples use classic CFG.
+    does with ``diffusion.guidance_reference=speech``); otherwise both samples use classic CFG.
     """
-    from emodifftalk.motion_inference import sample_motion
-
     unknown = [a for a in probe_aus if a not in AU_INDEX]
     if unknown:
         raise ValueError(f"unknown AU names {unknown}")

@@ -1,6 +1,6 @@
 """``emodifftalk eval motion``: the diffusion motion model vs. baselines on held-out clips.
 
-Methods compared (every one through the same long-sequence path, ``motion_inference.sample_motion``):
+Methods compared (every one through the same long-sequence path, ``diffusion.windowed.sample_motion``):
 
 * ``ddpm-full``: ancestral sampling through all ``diffusion.num_train_steps`` steps;
 * ``ddim-10`` / ``ddim-25`` / ``ddim-50``: DDIM (η = 0) with that many steps (≤ N);
@@ -23,8 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from emodifftalk.data.shards import SkipStats, iter_dataset, shard_urls
+from emodifftalk.diffusion.windowed import sample_motion
 from emodifftalk.eval.metrics import motion_metrics
+from emodifftalk.motion.data import ClipFeatures, load_template_infos, usable_reason
+from emodifftalk.motion.inference import load_motion
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,32 +39,16 @@ REPORT_JSON = "motion_eval.json"
 REPORT_MD = "motion_eval.md"
 
 
-def _load(model_dir, overrides, device):
-    from emodifftalk.config import apply_overrides
-    from emodifftalk.train.export import load_exported
-
-    model, cfg = load_exported(model_dir, task="motion", map_location=device)
-    if overrides:
-        apply_overrides(cfg, list(overrides))
-        cfg.validate()
-    if not float(model.offset_scale) > 0:
-        raise ValueError(f"{model_dir}: exported model has no offset_scale (was it trained?)")
-    return model, cfg
-
-
 def load_eval_clips(data: str | Path, split: str, cfg, max_clips: int | None = None) -> tuple[list[dict], dict]:
     """Usable clips of ``split`` (meshes + template + matching fps) with features, and the templates."""
-    from emodifftalk.data.shards import SkipStats, iter_dataset, shard_urls
-    from emodifftalk.train.tasks.motion import _FeatureMaker, load_template_infos, usable_reason
-
     if not shard_urls(data, "seq", split):
         raise ValueError(f"no {split} seq shards in {data}")
     templates = load_template_infos(data)
-    feats = _FeatureMaker(cfg.audio)
+    feats = ClipFeatures(cfg.audio)
     stats = SkipStats()
     clips, unusable = [], {}
     for s in iter_dataset(data, "seq", split, stats=stats):
-        reason = usable_reason(s, templates, cfg.infer.fps)
+        reason = usable_reason(s, templates, cfg.diffusion.fps)
         if reason is not None:
             unusable[s["key"]] = reason
             continue
@@ -98,21 +87,17 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     Writes ``motion_eval.json`` and ``motion_eval.md`` into ``out`` (a directory) when given.
     ``methods`` restricts the rows (e.g. ``["ddim-10", "template"]``). Returns the report dict.
     """
-    from tqdm.auto import tqdm
-
-    from emodifftalk.diffusion.schedule import NoiseSchedule
-    from emodifftalk.motion_inference import sample_motion
-
     device = torch.device(device)
-    model, cfg = _load(model_dir, overrides, device)
+    loaded = load_motion(model_dir, device, overrides)
+    model, cfg, schedule = loaded.model, loaded.cfg, loaded.schedule
     base = None
     if baseline is not None:
-        base, base_cfg = _load(baseline, overrides, device)
+        base_loaded = load_motion(baseline, device, overrides)
+        base, base_cfg = base_loaded.model, base_loaded.cfg
         if not base_cfg.diffusion.regression:
             raise ValueError(f"--baseline {baseline} is not a regression export (diffusion.regression=false)")
     clips, info = load_eval_clips(data, split, cfg, max_clips)
     templates = info["templates"]
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
     rows = _methods(model, cfg, base)
     if methods:
         unknown = set(methods) - {r[0] for r in rows}
@@ -122,7 +107,7 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
 
     gts = [c["verts"] for c in clips]
     tpls = [templates[c["meta"]["identity"]] for c in clips]
-    seconds_of_audio = sum(c["aus"].shape[0] for c in clips) / cfg.infer.fps
+    seconds_of_audio = sum(c["aus"].shape[0] for c in clips) / cfg.diffusion.fps
     results = {}
     # DDPM-full over a whole split takes minutes on a CPU: one bar over every (method, clip)
     bar = tqdm(total=len(rows) * len(clips), desc="eval motion", unit="clip", disable=not progress)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from emodifftalk.data.raw import RawDataset
-from emodifftalk.eval.metrics import psnr, ssim
+from emodifftalk.losses.image import psnr, ssim
 from emodifftalk.render import rasterize
 from emodifftalk.rig.deform import deform
 from emodifftalk.rig.feature_line_fit import load_feature_line

@@ -32,7 +32,12 @@ import numpy as np
 import torch
 
 from emodifftalk.au import NUM_AUS
+from emodifftalk.data.shards import SkipStats, iter_dataset, load_manifest, shard_urls
 from emodifftalk.eval.au_metrics import AUMetricAccumulator
+from emodifftalk.featurize import FeatureSource
+from emodifftalk.models.speech_inference import load_s2au, predict_from_features
+from emodifftalk.models.speech_to_au import pool_to_frames
+from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +91,6 @@ class RidgeBaseline:
 
 def _clips(root: str, split: str, features, stats):
     """Decoded seq clips of ``split`` with their features (Ta, D) attached."""
-    from emodifftalk.data.shards import iter_dataset, shard_urls
-
     if not shard_urls(root, "seq", split):
         return
     for s in iter_dataset(root, "seq", split, stats=stats):
@@ -95,8 +98,6 @@ def _clips(root: str, split: str, features, stats):
 
 
 def _frame_feats(feats: torch.Tensor, n_frames: int, fps: float, rate: float) -> np.ndarray:
-    from emodifftalk.models.speech_to_au import pool_to_frames
-
     return pool_to_frames(feats[None].double(), None, n_frames, fps, rate)[0].numpy()
 
 
@@ -105,11 +106,6 @@ def run_eval(model_dir: str | Path, data_root: str | Path, splits: tuple[str, ..
              overrides: list[str] | None = None) -> dict:
     """Evaluate an s2au export on ``splits`` of the packed folder ``data_root``; returns the report
     (and writes it as JSON to ``out`` when given)."""
-    from emodifftalk.data.shards import SkipStats, load_manifest
-    from emodifftalk.featurize import FeatureSource
-    from emodifftalk.models.speech_inference import load_s2au, predict_from_features
-    from emodifftalk.utils import atomic_write_text
-
     manifest = load_manifest(data_root)  # clear error for a folder that is not packed shards
     bundle = load_s2au(model_dir, device=device, overrides=overrides)
     cfg = bundle.cfg

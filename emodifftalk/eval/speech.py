@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.au import AU_INDEX
-from emodifftalk.data.audio import frame_levels_db
+from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, load_audio
+from emodifftalk.data.shards import iter_dataset, shard_urls
 from emodifftalk.eval.metrics import pearson
-from emodifftalk.models.audio_frontend import SAMPLE_RATE  # the models' input rate
+from emodifftalk.motion.data import load_template_infos
+from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +234,6 @@ def audio_files(audio: str | Path) -> list[Path]:
 def pick_template(data: str | Path, identity: str | None):
     """The template mesh (``TemplateInfo``) the mouth is measured on: ``identity``, else the first
     identity of the shards' test split (a held-out face), else the first template."""
-    from emodifftalk.data.shards import iter_dataset, shard_urls
-    from emodifftalk.train.tasks.motion import load_template_infos
-
     if not Path(data).is_dir():
         raise SpeechEvalError(f"--data {data}: shard folder not found (it holds the template meshes)")
     templates = load_template_infos(data)
@@ -253,10 +252,7 @@ def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int =
     import torch
     from tqdm import tqdm
 
-    from emodifftalk.data.audio import load_audio
-    from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
-
-    fps = float(cfg.infer.fps)
+    fps = models.frame_rate(cfg)
     tmpl = torch.from_numpy(template.verts)
     results = []
     for path in tqdm(files, desc="eval speech", unit="file", disable=not progress):

@@ -24,6 +24,9 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from emodifftalk.render.cameras import project_points
 
 AXES = ("opencv", "opengl")
 DIRECTIONS = ("w2c", "c2w")
@@ -198,17 +201,12 @@ class CropResize:
 # --------------------------------------------------------------------------------------------
 
 
-def project(points, k, viewmat) -> tuple[np.ndarray, np.ndarray]:
-    """World points (N, 3) -> (pixel coords (N, 2) in the project's convention, depth (N,))."""
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    v = as_4x4(viewmat)
-    cam = p @ v[:3, :3].T + v[:3, 3]
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = cam[:, :2] / z[:, None]
-    k = np.asarray(k, dtype=np.float64)
-    uv = np.stack([k[0, 0] * xy[:, 0] + k[0, 1] * xy[:, 1] + k[0, 2], k[1, 1] * xy[:, 1] + k[1, 2]], axis=1)
-    return uv, z
+def project(points, viewmat, k) -> tuple[np.ndarray, np.ndarray]:
+    """World points (N, 3) -> (pixel coords (N, 2) in the project's convention, depth (N,)), float64
+    numpy: ``render.cameras.project_points`` (the rasterizer's projection) on (3, 4) or (4, 4) viewmats."""
+    p = torch.from_numpy(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    uv, z = project_points(p, torch.from_numpy(as_4x4(viewmat)), torch.from_numpy(np.asarray(k, dtype=np.float64)))
+    return uv.numpy(), z.numpy()
 
 
 def distort_normalized(xy: np.ndarray, d) -> np.ndarray:

@@ -28,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from emodifftalk.data.schema import SPLITS
+from emodifftalk.data.shards import SkipStats, iter_dataset, load_templates
 from emodifftalk.ingest.cameras import Convention, all_conventions, project, to_viewmat
+from emodifftalk.ingest.folder import FolderClip, plan_folder, read_camera_file
+from emodifftalk.ingest.images import decode_mask, decode_rgb
+from emodifftalk.ingest.renderme360 import RT_CONVENTION, SMCClip, discover_smc
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ def foreground(image: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray
 def point_stats(points: np.ndarray, k: np.ndarray, viewmat: np.ndarray, width: int, height: int,
                 fg: np.ndarray | None = None, kp2d: np.ndarray | None = None,
                 kp3d: np.ndarray | None = None) -> dict[str, float]:
-    uv, z = project(points, k, viewmat)
+    uv, z = project(points, viewmat, k)
     front = z > 1e-6
     finite = np.all(np.isfinite(uv), axis=1)
     inside = front & finite & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
@@ -61,7 +66,7 @@ def point_stats(points: np.ndarray, k: np.ndarray, viewmat: np.ndarray, width: i
         rows = np.clip((uv[inside, 1] * sy).astype(int), 0, fg.shape[0] - 1)
         out["on_fg"] = float(fg[rows, cols].sum() / len(points)) if len(points) else 0.0
     if kp2d is not None and kp3d is not None and len(kp2d) and len(kp3d):
-        uv3, z3 = project(kp3d, k, viewmat)
+        uv3, z3 = project(kp3d, viewmat, k)
         n = min(len(uv3), len(kp2d))
         d = np.linalg.norm(uv3[:n] - kp2d[:n], axis=1)
         d = d[np.isfinite(d) & (z3[:n] > 0)]
@@ -126,8 +131,6 @@ def _pick(ids: list[int], n: int) -> list[int]:
 def views_from_source(source, n_frames: int, raw_matrices: dict[str, np.ndarray], pixel_shift: float = 0.0,
                       with_keypoints: bool = False) -> list[dict]:
     """Views of a ``ClipSource`` at up to ``n_frames`` frames having both points and images."""
-    from emodifftalk.ingest.images import decode_mask, decode_rgb
-
     cams = source.camera_names()
     with_images = {f for c in cams for f in source.frame_ids(c)}
     point_frames = sorted(set(source.verts_frame_ids()) & with_images)
@@ -160,8 +163,6 @@ def _nonempty(a) -> bool:
 
 
 def check_manifest(path: str | Path, n_frames: int = 2) -> list[dict]:
-    from emodifftalk.ingest.folder import FolderClip, plan_folder, read_camera_file
-
     tasks, skipped, _ = plan_folder(path)
     out = [{"clip": f"{s['identity']}/{s['clip']}", "error": s["reason"]} for s in skipped]
     for t in tasks:
@@ -181,8 +182,6 @@ def check_manifest(path: str | Path, n_frames: int = 2) -> list[dict]:
 
 
 def check_smc(smc_dir: str | Path, n_frames: int = 2, max_clips: int | None = None) -> list[dict]:
-    from emodifftalk.ingest.renderme360 import RT_CONVENTION, SMCClip, discover_smc
-
     pairs, skipped = discover_smc(smc_dir)
     out = [{"clip": f"{s.get('identity')}/{s.get('clip')}", "error": s["reason"]} for s in skipped]
     for p in pairs[:max_clips]:
@@ -213,9 +212,6 @@ def check_smc(smc_dir: str | Path, n_frames: int = 2, max_clips: int | None = No
 
 def check_shards(root: str | Path, n_samples: int = 4) -> list[dict]:
     """Frames samples with verts (else the identity's template) of a shard folder."""
-    from emodifftalk.data.schema import SPLITS
-    from emodifftalk.data.shards import SkipStats, iter_dataset, load_templates
-
     templates = {i: t["verts"] for i, t in load_templates(root, stats=SkipStats(max_logged=0)).items()
                  if len(t["verts"])}
     by_clip: dict[str, list[dict]] = {}

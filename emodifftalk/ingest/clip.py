@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from emodifftalk.au import NUM_AUS
+from emodifftalk.data.audio import SAMPLE_RATE, resample, write_wav
+from emodifftalk.data.openface import read_openface_csv
 from emodifftalk.data.schema import MODALITIES, frames_key, seq_key, validate_name
-from emodifftalk.data.shard_writer import SAMPLE_RATE, ShardSetWriter, encode_json, encode_npy
+from emodifftalk.data.shard_writer import ShardSetWriter, encode_json, encode_npy
 from emodifftalk.ingest.cameras import CropResize, camera_record, has_distortion, remap, undistort_maps
 from emodifftalk.ingest.images import ImageError, composite, decode_mask, decode_rgb, encode_image, image_size
 from emodifftalk.utils import atomic_dir, atomic_write_text
@@ -349,8 +351,6 @@ class _CameraPipeline:
 
 
 def _wav_bytes(audio16k: np.ndarray, scratch: Path) -> bytes:
-    from emodifftalk.data.audio import write_wav
-
     path = write_wav(scratch / ".audio.wav", audio16k, SAMPLE_RATE)
     try:
         return path.read_bytes()
@@ -359,8 +359,6 @@ def _wav_bytes(audio16k: np.ndarray, scratch: Path) -> bytes:
 
 
 def _load_audio_16k(source: ClipSource) -> np.ndarray | None:
-    from emodifftalk.data.audio import resample
-
     got = source.audio()
     if got is None:
         return None
@@ -454,8 +452,6 @@ def ingest_clip(source: ClipSource, out_root: str | Path, split: str, opts: Inge
                      counts["trimmed_audio_samples"], timeline.n_frames)
         audio16 = audio16[:n_keep]
         if openface_csv is not None and Path(openface_csv).is_file():
-            from emodifftalk.data.openface import read_openface_csv
-
             aus = read_openface_csv(openface_csv, fps=fps, n_frames=timeline.n_frames)
             if aus.aus.shape != (timeline.n_frames, NUM_AUS):
                 raise ClipDataError(f"{openface_csv}: AUs came out {aus.aus.shape}, "

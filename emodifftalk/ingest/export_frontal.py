@@ -27,6 +27,8 @@ import numpy as np
 from emodifftalk.ingest.cameras import CropResize
 from emodifftalk.ingest.clip import Timeline
 from emodifftalk.ingest.images import decode_rgb, image_size
+from emodifftalk.ingest.renderme360 import SMCClip, discover_smc
+from emodifftalk.render.video import write_video
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,6 @@ def _frames(clip, camera: str, crop: CropResize, timeline: Timeline, available: 
 def export_clip(raw: str | Path, anno: str | Path | None, out_path: Path, *, camera: str = "25", size: int = 0,
                 fps: float | None = None, with_audio: bool = True) -> dict[str, Any]:
     """Write one clip's ``camera`` video; returns {"status", "path", "n_frames", "reason"}."""
-    from emodifftalk.ingest.renderme360 import SMCClip
-    from emodifftalk.render.video import write_video
-
     clip = SMCClip(raw, anno)
     try:
         if camera not in clip.camera_names():
@@ -80,8 +79,6 @@ def export_frontal(smc_dir: str | Path, out_dir: str | Path, *, camera: str = "2
                    fps: float | None = None, overwrite: bool = False, with_audio: bool = True,
                    openface_bin: str = "FeatureExtraction", csv_dir: str | Path | None = None) -> list[dict]:
     """Export every clip's frontal video; returns one record per clip (ok / exists / skipped / failed)."""
-    from emodifftalk.ingest.renderme360 import discover_smc
-
     pairs, skipped = discover_smc(smc_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

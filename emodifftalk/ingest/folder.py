@@ -51,9 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emodifftalk.data.audio import read_audio
 from emodifftalk.data.schema import validate_name
 from emodifftalk.ingest.cameras import UNITS, Convention, check_intrinsics, shift_pixel_center, to_viewmat
 from emodifftalk.ingest.clip import ClipDataError, ClipSource, SourceCamera
+from emodifftalk.ingest.images import image_size
 
 SEQUENCE_KEYS = ("frames", "masks", "cameras", "camera_format", "camera_convention", "pixel_center", "audio",
                  "meshes", "mesh_units", "openface", "fps", "emotion", "frontal_camera", "first_frame",
@@ -456,8 +458,6 @@ class FolderClip(ClipSource):
     def camera(self, name: str) -> SourceCamera:
         cam = self._cams[name]
         if not cam.width or not cam.height:
-            from emodifftalk.ingest.images import image_size
-
             first = self._images[name][min(self._images[name])]
             w, h = image_size(Path(first), first)
             cam = self._cams[name] = SourceCamera(cam.name, cam.K, cam.viewmat, w, h, cam.dist)
@@ -492,8 +492,6 @@ class FolderClip(ClipSource):
         if not Path(path).is_file():
             self.note(f"audio file {path} not found: no audio")
             return None
-        from emodifftalk.data.audio import read_audio
-
         return read_audio(path)
 
     def verts_frame_ids(self) -> list[int]:

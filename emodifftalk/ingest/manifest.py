@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from emodifftalk.data.audio import SAMPLE_RATE
 from emodifftalk.data.schema import SCHEMA_VERSION, SPLITS, VERTEX_SETS, template_key
-from emodifftalk.data.shard_writer import MANIFEST, PACK_FIELDS, SAMPLE_RATE, ShardSetWriter, encode_json, encode_npy
+from emodifftalk.data.shard_writer import MANIFEST, PACK_FIELDS, ShardSetWriter, encode_json, encode_npy
 from emodifftalk.ingest.clip import CLIPS_DIR, PART_FILE, read_part
 from emodifftalk.utils import atomic_write_text
 

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from emodifftalk.data.schema import seq_key
+from emodifftalk.data.shard_writer import MANIFEST
+from emodifftalk.data.shards import load_manifest
+from emodifftalk.data.splits import make_splits
+from emodifftalk.distributed.ray_jobs import init_ray
 from emodifftalk.ingest.clip import CLIPS_DIR, ClipDataError, IngestOptions, ingest_clip, is_done, task_digest
+from emodifftalk.ingest.folder import FolderClip
+from emodifftalk.ingest.manifest import build_manifest, collect_parts
+from emodifftalk.ingest.renderme360 import SMCClip
+from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +50,9 @@ def open_source(task: dict):
     src = task["source"]
     kind = src.get("kind")
     if kind == "renderme360":
-        from emodifftalk.ingest.renderme360 import SMCClip
-
         return SMCClip(src["raw"], src.get("anno"), actor=task["identity"], perf=task["clip"],
                        cameras=src.get("cameras"))
     if kind == "folder":
-        from emodifftalk.ingest.folder import FolderClip
-
         return FolderClip.from_task(src)
     raise ValueError(f"unknown source kind {kind!r} in task {task.get('identity')}/{task.get('clip')}")
 
@@ -147,8 +151,6 @@ def _clean_stale_temp(out_root: Path) -> None:
 
 def _check_out(out_root: Path) -> None:
     """Refuse a folder that holds something else (e.g. ``emodifftalk pack`` output)."""
-    from emodifftalk.data.shard_writer import MANIFEST
-
     m = out_root / MANIFEST
     if m.is_file():
         try:
@@ -164,8 +166,6 @@ def _check_out(out_root: Path) -> None:
 
 def assign_splits(tasks: list[dict], data_cfg) -> tuple[dict[str, str], dict[str, str]]:
     """({clip key: split}, {identity: split}) by ``data.splits`` rules (a function of the names)."""
-    from emodifftalk.data.splits import make_splits
-
     clips: dict[str, list[str]] = {}
     for t in tasks:
         clips.setdefault(t["identity"], []).append(t["clip"])
@@ -194,8 +194,6 @@ def _run_tasks(todo: list[tuple[dict, str, str]], out_root: str, opts: IngestOpt
             done(ingest_task(task, out_root, opts_dict, split, digest, overwrite, retries))
     elif todo:
         import ray
-
-        from emodifftalk.distributed.ray_jobs import init_ray
 
         started = init_ray(address, num_cpus)
         try:
@@ -229,8 +227,6 @@ def run_ingest(tasks: list[dict], out_root: str | Path, cfg, opts: IngestOptions
                template_vertex_sets=None, source_path: str | None = None) -> dict[str, Any]:
     """Ingest ``tasks`` into ``out_root`` and (re)build its manifest; returns the summary (also
     written to ``out_root/ingest_summary.json``). Raises ``ValueError`` when no clip made it."""
-    from emodifftalk.ingest.manifest import build_manifest, collect_parts
-
     t0 = time.perf_counter()
     opts.validate()
     cfg.data.validate()
@@ -275,13 +271,9 @@ def run_ingest(tasks: list[dict], out_root: str | Path, cfg, opts: IngestOptions
             build_manifest(out_root, parts, identity_splits, cfg.data, name=name, skipped=skipped, ingest_info=info,
                            template_faces=template_faces, template_vertex_sets=template_vertex_sets,
                            shard_url=opts.shard_url)
-            from emodifftalk.data.shards import load_manifest
-
             m = load_manifest(out_root)
             summary["templates"] = m.get("templates", {})
             summary["bytes_total"] = m["totals"]["bytes"]
-        from emodifftalk.utils import atomic_write_text
-
         atomic_write_text(out_root / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
     if not parts:
         raise ValueError(f"no clip was ingested into {out_root} ({len(summary['skipped'])} skipped; see "

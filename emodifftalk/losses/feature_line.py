@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from emodifftalk.eval.metrics import ssim
+from emodifftalk.losses.image import ssim
 
 
 def _check_motion(delta_mu: torch.Tensor, delta_alpha: torch.Tensor | None = None) -> None:

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emodifftalk.config import LEVEL_DIM, AudioConfig
+from emodifftalk.data.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 WIN_LENGTH = 400  # 25 ms at 16 kHz
 HOP_LENGTH = 320  # 20 ms at 16 kHz -> 50 Hz
 N_FFT = 512
@@ -301,8 +301,6 @@ class LevelFeatures(AudioFrontend):
 
 def build_frontend(cfg: AudioConfig) -> AudioFrontend:
     """The front end named by ``cfg.frontend`` ("mel" or "hubert")."""
-    if cfg.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"audio.sample_rate must be {SAMPLE_RATE}, got {cfg.sample_rate}")
     if abs(cfg.feature_rate - SAMPLE_RATE / HOP_LENGTH) > 1e-6:
         raise ValueError(f"audio.feature_rate must be {SAMPLE_RATE / HOP_LENGTH} Hz "
                          f"(both front ends hop 20 ms), got {cfg.feature_rate}")

@@ -150,11 +150,11 @@ class Denoiser(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, offset_scale: float = 1.0) -> Denoiser:
-        """Build from the full ``Config`` (diffusion + audio sections; fps from ``cfg.infer``)."""
+        """Build from the full ``Config`` (diffusion + audio sections)."""
         d = cfg.diffusion
         return cls(audio_dim=cfg.audio.feature_dim, d_model=d.d_model, n_heads=d.n_heads,
                    n_layers=d.n_layers, rank=d.vertex_embed_rank, audio_window=d.audio_window,
-                   fps=cfg.infer.fps, feature_rate=cfg.audio.feature_rate, dropout=d.dropout,
+                   fps=d.fps, feature_rate=cfg.audio.feature_rate, dropout=d.dropout,
                    causal=d.causal, offset_scale=offset_scale)
 
     def _init_weights(self) -> None:

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emodifftalk.config import Config, load_config
+from emodifftalk.au import AU_INDEX
+from emodifftalk.config import Config, apply_overrides, load_config
+from emodifftalk.data.audio import AudioError, frame_levels_db, load_audio
 from emodifftalk.models.audio_frontend import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -45,6 +47,7 @@ from emodifftalk.models.audio_frontend import (
     encoder_id,
 )
 from emodifftalk.models.speech_to_au import SpeechToAU, frames_for_duration, pool_to_frames
+from emodifftalk.safetensors_io import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +184,6 @@ def speech_activity(audio: np.ndarray, n_frames: int, fps: float, closed_db: flo
     """(n_frames,) weight in [0, 1] from each video frame's RMS level re the file's loudest frame
     (frame ``t`` = samples ``[t/fps, (t+1)/fps)`` at 16 kHz): 0 below ``closed_db``, 1 above
     ``open_db``, linear between, then a running max over ±``GATE_HOLD_FRAMES`` frames."""
-    from emodifftalk.data.audio import frame_levels_db
-
     db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
     w = np.clip((db - closed_db) / (open_db - closed_db), 0.0, 1.0)
     padded = np.pad(w, GATE_HOLD_FRAMES)
@@ -191,8 +192,6 @@ def speech_activity(audio: np.ndarray, n_frames: int, fps: float, closed_db: flo
 
 def gate_silence(aus: np.ndarray, audio: np.ndarray, fps: float, s2au_cfg) -> np.ndarray:
     """``aus`` (T, 17) with the ``GATED_AUS`` scaled by :func:`speech_activity` (``s2au.silence_gate``)."""
-    from emodifftalk.au import AU_INDEX
-
     w = speech_activity(audio, aus.shape[0], fps, s2au_cfg.gate_closed_db, s2au_cfg.gate_open_db)
     out = aus.copy()
     for name in GATED_AUS:
@@ -227,9 +226,6 @@ def load_s2au(model_dir: str | Path, device: str | torch.device = "cpu",
     ``audio.hubert_path=/new/place`` when the weights moved; the front end's ``encoder_id`` must
     still equal the one the model was trained with, else ``ValueError``.
     """
-    from emodifftalk.config import apply_overrides
-    from emodifftalk.safetensors_io import load_tensors
-
     model_dir = Path(model_dir)
     for name in ("config.json", "model.safetensors", EXPORT_META):
         if not (model_dir / name).is_file():
@@ -263,8 +259,6 @@ def load_s2au(model_dir: str | Path, device: str | torch.device = "cpu",
 
 
 def _audio_16k(wav_path_or_array, sample_rate: int | None) -> np.ndarray:
-    from emodifftalk.data.audio import AudioError, load_audio
-
     if isinstance(wav_path_or_array, (str, Path)):
         return load_audio(wav_path_or_array, sample_rate=sample_rate, target_sr=SAMPLE_RATE)
     if isinstance(wav_path_or_array, torch.Tensor):

@@ -27,7 +27,20 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
-from emodifftalk.render.cameras import most_frontal_camera
+from emodifftalk.data.audio import load_audio
+from emodifftalk.diffusion.windowed import sample_motion
+from emodifftalk.edits import apply_edits, load_edits
+from emodifftalk.models.speech_inference import extract_features, load_s2au, predict_aus
+from emodifftalk.motion.inference import load_motion
+from emodifftalk.render import rasterize
+from emodifftalk.render.cameras import intrinsics, look_at, most_frontal_camera
+from emodifftalk.render.video import write_video
+from emodifftalk.rig.deform import deform
+from emodifftalk.rig.feature_line_fit import load_feature_line
+from emodifftalk.rig.gaussians import GaussianRig, is_complete
+from emodifftalk.rig.ply import write_gaussians_ply
+from emodifftalk.text2au.modulation import modulate_with_dynamics
+from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.utils import atomic_dir, ensure_writable
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,11 @@ class Models:
     schedule: object | None
     motion_frontend: object | None  # audio front end matching the motion model's features
     text2au: object | None = None  # text2au.predict.Text2AU
+
+    def frame_rate(self, cfg: Config) -> float:
+        """Frames per second of the animation: the motion model's own (``diffusion.fps`` of its
+        export), or ``cfg.diffusion.fps`` without a motion model."""
+        return float(self.motion.fps) if self.motion is not None else float(cfg.diffusion.fps)
 
 
 @dataclass
@@ -72,32 +90,18 @@ def load_models(s2au_dir: str | Path | None, motion_dir: str | Path | None, text
     motion; the viewer can show an ``animate`` folder with none, or edit opacity without motion)."""
     s2au = motion = mcfg = schedule = frontend = t2a = None
     if s2au_dir:
-        from emodifftalk.models.speech_inference import load_s2au
-
         if not Path(s2au_dir).is_dir():
             raise AnimateError(f"--s2au {s2au_dir}: model directory does not exist")
         s2au = load_s2au(s2au_dir, device=device)
     if motion_dir:
-        from emodifftalk.diffusion.schedule import NoiseSchedule
-        from emodifftalk.models.audio_frontend import build_frontend
-        from emodifftalk.train.export import load_exported
-
         if not Path(motion_dir).is_dir():
             raise AnimateError(f"--motion {motion_dir}: model directory does not exist")
         try:
-            motion, mcfg = load_exported(motion_dir, task="motion", map_location=device)
-        except (FileNotFoundError, KeyError, RuntimeError) as e:
+            loaded = load_motion(motion_dir, device=device)
+        except (FileNotFoundError, KeyError, ValueError) as e:
             raise AnimateError(f"--motion {motion_dir}: cannot load the motion model ({e})") from None
-        motion.eval()
-        frontend = build_frontend(mcfg.audio).to(device).eval()
-        if frontend.dim != motion.audio_dim:
-            raise AnimateError(f"--motion {motion_dir}: model expects {motion.audio_dim}-d audio features but "
-                               f"its audio front end ({mcfg.audio.frontend}) gives {frontend.dim}")
-        d = mcfg.diffusion
-        schedule = None if d.regression else NoiseSchedule(d.num_train_steps, d.schedule, d.beta_start, d.beta_end)
+        motion, mcfg, schedule, frontend = loaded.model, loaded.cfg, loaded.schedule, loaded.frontend
     if text2au_dir:
-        from emodifftalk.text2au.predict import Text2AU
-
         t2a = Text2AU.load(text2au_dir)
     return Models(s2au=s2au, motion=motion, motion_cfg=mcfg, schedule=schedule, motion_frontend=frontend,
                   text2au=t2a)
@@ -107,9 +111,6 @@ def check_inputs(rig_dir: str | Path, wav, out: str | Path, *, edits_path: str |
                  camera: str = "front", overwrite: bool = False) -> None:
     """Cheap checks of every ``animate`` input, before any model is loaded: each failure is an
     ``AnimateError``/``FileExistsError``/``OutputError`` naming the argument and the path."""
-    from emodifftalk.edits import load_edits
-    from emodifftalk.rig.gaussians import is_complete
-
     rig_dir = Path(rig_dir)
     if not rig_dir.is_dir():
         raise AnimateError(f"RIG_DIR {rig_dir}: no such folder (make rigs with `emodifftalk rig SHARDS OUT_DIR`)")
@@ -148,8 +149,6 @@ def warn_edits_outside_audio(curves, seconds: float, source: str) -> list[str]:
 
 
 def load_audio_16k(wav) -> np.ndarray:
-    from emodifftalk.data.audio import load_audio
-
     try:
         audio = load_audio(wav, target_sr=16000)
     except Exception as e:  # noqa: BLE001 - unreadable audio of any kind → one clear message
@@ -167,8 +166,6 @@ def load_audio_16k(wav) -> np.ndarray:
 
 
 def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
-    from emodifftalk.models.speech_inference import predict_aus
-
     device = next(models.s2au.model.parameters()).device  # predict_aus would move it to its default, the CPU
     return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au, device=device)
 
@@ -184,15 +181,11 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
              audio: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Text modulation (following the speech in ``audio``, 16 kHz; else the speech AU codes), then
     explicit edit curves; returns final AUs and what the text asked for."""
-    from emodifftalk.edits import apply_edits
-
     info: dict = {}
     out = aus
     if check_text(text) is not None:
         if models.text2au is None:
             raise AnimateError("--text needs a Text-to-AU model (--text2au DIR)")
-        from emodifftalk.text2au.modulation import modulate_with_dynamics
-
         probs = models.text2au.predict_probs([text])[0].cpu().numpy()
         out = modulate_with_dynamics(out, probs, fps, cfg.text2au, audio=audio, sample_rate=16000)
         info = {"text": text, "probs": {n: round(float(p), 4) for n, p in zip(au.AU_NAMES, probs)},
@@ -204,28 +197,25 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
 
 
 def guidance_reference(cfg: Config, speech: np.ndarray) -> np.ndarray | None:
-    """The AU codes guidance pushes away from (``infer.guidance_reference``): the speech-only codes,
+    """The AU codes guidance pushes away from (``diffusion.guidance_reference``): the speech-only codes,
     or None for the null condition."""
-    return speech if cfg.infer.guidance_reference == "speech" else None
+    return speech if cfg.diffusion.guidance_reference == "speech" else None
 
 
 def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audio: np.ndarray, cfg: Config,
                    seed: int = 0, progress: bool = False, reference_aus: np.ndarray | None = None) -> torch.Tensor:
     """Offsets (T, V, 3) m for AU codes ``aus``; ``reference_aus``: what guidance pushes away from
     (``sample_motion``), e.g. the speech-only codes so that only edits are amplified."""
-    from emodifftalk.models.speech_inference import extract_features
-    from emodifftalk.motion_inference import sample_motion
-
     mcfg = models.motion_cfg
     device = next(models.motion.parameters()).device
     feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds,
                              device)
     gen = torch.Generator(device=device).manual_seed(seed)
     return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
-                         steps=cfg.infer.ddim_steps, guidance_scale=cfg.infer.guidance_scale,
+                         steps=cfg.diffusion.ddim_steps, guidance_scale=cfg.diffusion.animate_guidance_scale,
                          reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
                          generator=gen, device=device,
-                         window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
+                         window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
 
 
 CAMERA_SPECS = "expected 'front', 'orbit', a cameras JSON file, or a capture camera index"
@@ -258,8 +248,6 @@ def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torc
     rig's capture cameras ("0"), "orbit" (one turn over the clip), or a JSON file
     ``{"cameras": [{"K", "viewmat", "width", "height"}, ...]}`` (one per frame, or one for all).
     """
-    from emodifftalk.render.cameras import intrinsics, look_at
-
     center = rig.canonical_verts.mean(0)
     extent = float((rig.canonical_verts.max(0).values - rig.canonical_verts.min(0).values).max())
     if spec == "orbit":
@@ -295,9 +283,6 @@ def render_frames(rig, feature_line, offsets: torch.Tensor, aus: np.ndarray, cam
                   progress: bool = True) -> Iterator[np.ndarray]:
     """Yield uint8 frames (H, W, 3), one at a time (memory stays one frame). Renders on the rig's
     device (``GaussianRig.load(..., device="cuda")``; the feature line must be on it too)."""
-    from emodifftalk.render import rasterize
-    from emodifftalk.rig.deform import deform
-
     template = rig.canonical_verts
     dev = template.device
     bg = torch.tensor(cfg.render.background, dtype=torch.float32)
@@ -356,9 +341,6 @@ def plot_aus(path: Path, speech: np.ndarray, final: np.ndarray, fps: float, titl
 
 def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray, feature_line,
                        y_up: bool = False) -> None:
-    from emodifftalk.rig.deform import deform
-    from emodifftalk.rig.ply import write_gaussians_ply
-
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for t in range(offsets.shape[0]):
@@ -370,11 +352,6 @@ def write_ply_sequence(folder: Path, rig, offsets: torch.Tensor, aus: np.ndarray
 def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Config, *, text: str | None = None,
             edits_path: str | Path | None = None, camera: str = "front", ply: bool = False, seed: int = 0,
             overwrite: bool = False, progress: bool = True) -> AnimationResult:
-    from emodifftalk.edits import load_edits
-    from emodifftalk.render.video import write_video
-    from emodifftalk.rig.feature_line_fit import load_feature_line
-    from emodifftalk.rig.gaussians import GaussianRig
-
     check_text(text)
     if models.s2au is None or models.motion is None:
         raise AnimateError("animate needs a Speech-to-AU and a motion model (--s2au, --motion or --model)")
@@ -385,7 +362,7 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
         raise AnimateError(f"RIG_DIR {rig_dir}: {e}") from None
     feature_line = load_feature_line(rig_dir, rig)
     edits = load_edits(edits_path) if edits_path else []
-    fps = cfg.infer.fps
+    fps = models.frame_rate(cfg)
     audio = load_audio_16k(wav)
     edit_warnings = warn_edits_outside_audio(edits, audio.shape[0] / 16000, str(edits_path))
     timings: dict[str, float] = {}

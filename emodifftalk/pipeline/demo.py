@@ -28,6 +28,9 @@ import numpy as np
 
 from emodifftalk.config import Config, save_config
 
+# Each stage imports what it runs inside its function: `emodifftalk --help` imports this module
+# (commands/demo.py reads STAGES and DEFAULT_TEXT), and must not load the whole package.
+
 log = logging.getLogger(__name__)
 
 STAGES = ("synth", "pack", "rig", "s2au", "motion", "text2au")
@@ -109,7 +112,7 @@ PROBE_AUS = ["AU01", "AU02", "AU06", "AU12", "AU26"]  # the AUs the demo's promp
 def _held_out_clips(shards: Path, cfg: Config) -> tuple[list[dict], dict]:
     """Every usable val + test clip (meshes + template) and the templates."""
     from emodifftalk.eval.motion import load_eval_clips
-    from emodifftalk.train.tasks.motion import load_template_infos
+    from emodifftalk.motion.data import load_template_infos
 
     clips = []
     for split in ("val", "test"):
@@ -203,7 +206,6 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     write_wav(wav, clip["audio"], int(clip["sample_rate"]))
     edits_path = results / "edits.json"
     edits_path.write_text(json.dumps(edits if edits is not None else DEFAULT_EDITS, indent=2))
-    cfg.infer.fps = float(meta["fps"])
     models = load_models(s2au_dir, motion_dir, t2a_dir)
     t0 = time.perf_counter()
     cam = capture_camera_index(GaussianRig.load(rigs / identity), cfg.infer.camera)  # "front" by default
@@ -215,7 +217,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     for name in ("video.mp4", "aus.png", "aus.csv", "animation.json"):
         shutil.copy(edited.out_dir / name, results / name)
 
-    from emodifftalk.train.tasks.motion import load_template_infos
+    from emodifftalk.motion.data import load_template_infos
 
     tmpl = load_template_infos(shards)[identity]
     cams = json.loads((rigs / identity / "rig.json").read_text())["cameras"]
@@ -232,7 +234,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
 
     pixels = edit_pixel_change(iio.imread(results / "video_speech.mp4", index=None),
                                iio.imread(results / "video.mp4", index=None),
-                               parse_edits(json.loads(edits_path.read_text())), cfg.infer.fps, box)
+                               parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg), box)
     clips, templates = _held_out_clips(shards, models.motion_cfg)
     held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS)
     s2au_report = eval_s2au(s2au_dir, shards)

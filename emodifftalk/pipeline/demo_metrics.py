@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from emodifftalk.data.audio import load_audio
+from emodifftalk.eval.au_response import au_edit_response
+from emodifftalk.eval.metrics import motion_metrics
+from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
+
 PLATEAU_FRACTION = 0.9  # an edit is "at its plateau" where |curve| >= this x its peak
 
 
@@ -66,18 +71,13 @@ def edit_pixel_change(speech: np.ndarray, edited: np.ndarray, curves, fps: float
 def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, probe: list[str],
                     delta: float = 0.5) -> dict:
     """Speech-only LVE vs the template-only baseline, and the AU-edit response with and without
-    ``infer.guidance_scale``, over ``clips`` (held-out ``seq`` samples with meshes and the motion
+    ``diffusion.animate_guidance_scale``, over ``clips`` (held-out ``seq`` samples with meshes and the motion
     model's audio ``feats``, as ``eval.motion.load_eval_clips`` gives them).
     ``fields_of(identity)`` → (17, V, 3) true AU fields, or None to skip the edit response."""
     import torch
 
-    from emodifftalk.data.audio import load_audio
-    from emodifftalk.eval.au_response import au_edit_response
-    from emodifftalk.eval.metrics import motion_metrics
-    from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
-
     lve, lve_template, keys = [], [], []
-    guided = cfg.infer.guidance_scale
+    guided = cfg.diffusion.animate_guidance_scale
     response = {g: {a: {"gain": [], "cosine": []} for a in probe} for g in ("guided", "unguided")}
     for clip in clips:
         tpl = templates[clip["meta"]["identity"]]
@@ -100,7 +100,7 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
         for name, scale in (("guided", guided), ("unguided", 1.0)):
             stats = au_edit_response(models.motion, models.schedule, tpl.verts, aus, clip["feats"], fields,
                                      models.motion_cfg, probe, delta=delta, guidance_scale=scale,
-                                     reference_guidance=cfg.infer.guidance_reference == "speech")
+                                     reference_guidance=cfg.diffusion.guidance_reference == "speech")
             for a in probe:
                 response[name][a]["gain"].append(stats[a]["gain"])
                 response[name][a]["cosine"].append(stats[a]["cosine"])
@@ -108,7 +108,7 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
            "pipeline": "audio -> Speech-to-AU -> DDIM (infer.*) -> offsets vs tracked meshes"}
     if response["guided"][probe[0]]["gain"]:
         out["au_edit_response"] = {
-            "delta": delta, "guidance_reference": cfg.infer.guidance_reference,
+            "delta": delta, "guidance_reference": cfg.diffusion.guidance_reference,
             "guided": {"guidance_scale": guided, **{a: {k: mean_spread(v) for k, v in s.items()}
                                                     for a, s in response["guided"].items()}},
             "unguided": {"guidance_scale": 1.0, **{a: {k: mean_spread(v) for k, v in s.items()}

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.data.schema import SPLITS
+from emodifftalk.data.shards import iter_dataset, load_manifest
+from emodifftalk.render.video import frame_grid, write_video
 
 
 def _find_clip(root: Path, clip_key: str | None) -> dict:
-    from emodifftalk.data.shards import iter_dataset, load_manifest
-
     manifest = load_manifest(root)
     splits = [s for s in SPLITS if manifest.get("counts", {}).get("seq", {}).get(s, 1)]
     for split in splits:
@@ -27,8 +27,6 @@ def _find_clip(root: Path, clip_key: str | None) -> dict:
 
 
 def clip_frames(root: Path, identity: str, clip: str, split: str) -> list[dict]:
-    from emodifftalk.data.shards import iter_dataset
-
     prefix = f"{identity}__{clip}__"
     return sorted((s for s in iter_dataset(root, "frames", split) if s["key"].startswith(prefix)),
                   key=lambda s: int(s["meta"]["frame"]))
@@ -36,8 +34,6 @@ def clip_frames(root: Path, identity: str, clip: str, split: str) -> list[dict]:
 
 def preview_clip(shards: str | Path, out: str | Path, clip_key: str | None = None, max_cameras: int = 4,
                  cols: int = 2) -> Path:
-    from emodifftalk.render.video import frame_grid, write_video
-
     root = Path(shards)
     seq = _find_clip(root, clip_key)
     meta = seq["meta"]

@@ -22,6 +22,9 @@ import torch
 
 from emodifftalk.config import Config, config_from_dict
 from emodifftalk.threads import apply_threads, usable_cores
+from emodifftalk.train.loop import run_training
+from emodifftalk.train.task import get_task
+from emodifftalk.train.tasks.text2au import train_text2au
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,9 @@ def _train_stage(name: str, cfg: Config, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     if name == "text2au":  # its own loop (frozen encoder, head ensemble), not the shared trainer
-        from emodifftalk.train.tasks.text2au import train_text2au
-
         train_text2au(cfg, out)
         return
-    from emodifftalk.train.loop import run_training
-    from emodifftalk.train.task import get_task
-
-    run_training(get_task(name), cfg, out)
+    run_training(get_task(name, cfg), out)
 
 
 def _stage_process(name: str, cfg_dict: dict, out: str, log_path: str, threads: int) -> float:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from emodifftalk.render.projection import quat_to_rotmat
+
 
 def vertex_one_ring(faces: torch.Tensor, n_verts: int, max_k: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     """Each vertex plus its mesh neighbours: idx (V, K) long, w (V, K) (uniform, 0 = padding).
@@ -112,14 +114,9 @@ def matrix_to_quat(r: torch.Tensor) -> torch.Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Quaternions (..., 4) wxyz (normalised here) -> rotation matrices (..., 3, 3)."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*q.shape[:-1], 3, 3)
+# Quaternion (wxyz) -> rotation matrix is the rasterizer's ``render.projection.quat_to_rotmat``; the
+# name stays importable here for rig/reconstruct.py until it imports the render one itself.
+quat_to_matrix = quat_to_rotmat
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from emodifftalk.config import Config
-from emodifftalk.eval.metrics import psnr
+from emodifftalk.losses.image import psnr
 from emodifftalk.losses.feature_line import feature_line_step_losses
 from emodifftalk.models.feature_line import FeatureLine
 from emodifftalk.render import rasterize

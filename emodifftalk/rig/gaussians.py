@@ -28,6 +28,9 @@ from typing import Any
 
 import torch
 
+from emodifftalk.safetensors_io import load_tensors
+from emodifftalk.utils import atomic_dir, umask
+
 RIG_TENSORS = "rig.safetensors"
 RIG_JSON = "rig.json"
 RIG_FORMAT_VERSION = 1
@@ -172,8 +175,6 @@ class GaussianRig:
         """Write the rig directory atomically; ``extra_files`` (name -> bytes) go in with it."""
         from safetensors.torch import save_file
 
-        from emodifftalk.utils import atomic_dir, umask
-
         self.check()
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
         meta = {
@@ -199,8 +200,6 @@ class GaussianRig:
 
     @classmethod
     def load(cls, rig_dir: str | Path, device: str | torch.device = "cpu") -> GaussianRig:
-        from emodifftalk.safetensors_io import load_tensors
-
         rig_dir = Path(rig_dir)
         if not is_complete(rig_dir):
             raise FileNotFoundError(f"{rig_dir} is not a complete rig directory "

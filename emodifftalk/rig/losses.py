@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from emodifftalk.eval import metrics
+from emodifftalk.losses import image
 
 
 def _to_bchw(x: torch.Tensor) -> torch.Tensor:
@@ -22,18 +22,17 @@ def _to_bchw(x: torch.Tensor) -> torch.Tensor:
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5,
          data_range: float = 1.0) -> torch.Tensor:
     """Per-image SSIM (B,) of (B, 3, H, W) or channels-last (..., H, W, 3) images:
-    :func:`emodifftalk.eval.metrics.ssim` (Gaussian window 11, σ 1.5) in this module's layouts."""
+    :func:`emodifftalk.losses.image.ssim` (Gaussian window 11, σ 1.5) in this module's layouts."""
     x, y = _to_bchw(a), _to_bchw(b)
     if x.shape != y.shape:
         raise ValueError(f"ssim: shapes differ {tuple(x.shape)} vs {tuple(y.shape)}")
-    return metrics.ssim(x, y, window_size=window, sigma=sigma, data_range=data_range, reduction="none")
+    return image.ssim(x, y, window_size=window, sigma=sigma, data_range=data_range, reduction="none")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB over (..., H, W, 3) or (B, 3, H, W); returns (B,)."""
-    x, y = _to_bchw(a).float(), _to_bchw(b).float()
-    mse = ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10.0 * torch.log10(data_range ** 2 / mse)
+    """Per-image PSNR in dB (B,) of (B, 3, H, W) or channels-last (..., H, W, 3) images:
+    :func:`emodifftalk.losses.image.psnr` in this module's layouts."""
+    return image.psnr(_to_bchw(a), _to_bchw(b), data_range=data_range, reduction="none")
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, lambda_ssim: float) -> torch.Tensor:

@@ -13,19 +13,8 @@ import math
 import numpy as np
 import torch
 
-
-def look_at_viewmat(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
-    """4x4 world-to-camera matrix, OpenCV axes (x right, y down, z forward), world y-up."""
-    eye, target, up = (np.asarray(a, dtype=np.float64) for a in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    m = np.eye(4)
-    m[:3, :3] = np.stack([x, y, z])
-    m[:3, 3] = -m[:3, :3] @ eye
-    return m.astype(np.float32)
+from emodifftalk.render import rasterize
+from emodifftalk.render.cameras import look_at
 
 
 def uv_sphere(n_lat: int, n_lon: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +51,6 @@ def make_toy_identity(identity: str = "toy", *, n_lat: int = 12, n_lon: int = 18
                       n_cameras: int = 4, image_size: int = 48, n_clips: int = 1, seed: int = 0,
                       background=(1.0, 1.0, 1.0)) -> tuple[list[dict], dict]:
     """(frames samples, template) of one toy identity; neutral frame 0 of every clip."""
-    from emodifftalk.render import rasterize
-
     rng = np.random.default_rng(seed)
     radius = 0.09
     verts, faces = uv_sphere(n_lat, n_lon, radius)
@@ -89,8 +76,8 @@ def make_toy_identity(identity: str = "toy", *, n_lat: int = 12, n_lon: int = 18
     for k in range(n_cameras):
         ang = math.radians(-50 + 100 * k / max(n_cameras - 1, 1))
         eye = (0.42 * math.sin(ang), 0.05, 0.42 * math.cos(ang))
-        cams.append({"name": f"cam{k}", "K": K, "viewmat": look_at_viewmat(eye), "width": image_size,
-                     "height": image_size})
+        viewmat = look_at(torch.tensor(eye, dtype=torch.float64), (0.0, 0.0, 0.0)).float().numpy()
+        cams.append({"name": f"cam{k}", "K": K, "viewmat": viewmat, "width": image_size, "height": image_size})
     with torch.no_grad():
         out = rasterize(torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales),
                         torch.from_numpy(opac), torch.from_numpy(colors),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from emodifftalk.au import NUM_AUS
-from emodifftalk.text2au.evaluate import multilabel_metrics
+from emodifftalk.text2au.metrics import multilabel_metrics
 
 THRESHOLD_GRID = np.round(np.arange(0.15, 0.851, 0.05), 2)
 MIN_SUPPORT = 3

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MINILM_ID = "minilm:sentence-transformers/all-MiniLM-L6-v2"
 HASHING_VERSION = 1
+HASHING_DIM = 1024
 PROGRESS_MIN_BATCHES = 4  # encode() calls this many batches or more get a progress bar
 
 
@@ -242,7 +243,7 @@ class OpenCLIPEncoder(TextEncoder):
 class HashingEncoder(TextEncoder):
     """Signed feature hashing of word 1-2-grams and char 3-5-grams (blake2b; process-independent)."""
 
-    def __init__(self, dim: int = 1024, max_chars: int = 300, batch_size: int = 256, prompt_subject: str = ""):
+    def __init__(self, dim: int = HASHING_DIM, max_chars: int = 300, batch_size: int = 256, prompt_subject: str = ""):
         super().__init__(max_chars, batch_size, prompt_subject)
         self.dim = dim
         self._base_id = f"hashing:v{HASHING_VERSION}:d{dim}"
@@ -267,6 +268,22 @@ class HashingEncoder(TextEncoder):
 # --------------------------------------------------------------------------------------------
 # Factory and cache
 # --------------------------------------------------------------------------------------------
+
+
+def encoder_dim(t2a_cfg) -> int:
+    """Feature size of the configured encoder without loading any weights."""
+    if t2a_cfg.encoder == "minilm":
+        return MINILM_DIM * len(check_minilm_layers(t2a_cfg.minilm_layers))
+    if t2a_cfg.encoder == "hashing":
+        return HASHING_DIM
+    if t2a_cfg.encoder == "open_clip":
+        import open_clip  # heavy and optional: only when the open_clip encoder is configured
+
+        mcfg = open_clip.get_model_config(t2a_cfg.open_clip_model)
+        if mcfg is None:
+            raise ValueError(f"unknown open_clip model {t2a_cfg.open_clip_model!r} (text2au.open_clip_model)")
+        return int(mcfg["embed_dim"])
+    raise ValueError(f"unknown text encoder {t2a_cfg.encoder!r}")
 
 
 def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:

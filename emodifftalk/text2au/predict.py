@@ -20,7 +20,21 @@ import torch
 from torch import Tensor
 
 from emodifftalk.au import AU_NAMES, NUM_AUS
-from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder
+from emodifftalk.config import load_config
+from emodifftalk.models.text_to_au import TextToAUEnsemble
+from emodifftalk.safetensors_io import load_tensors
+from emodifftalk.text2au.calibration import apply_thresholds
+from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder, build_encoder, encoder_dim
+
+INFO_FILE = "text2au.json"  # the export's Text-to-AU record: encoder, thresholds, metrics
+
+
+def build_text2au_model(t2a_cfg, in_dim: int | None = None) -> TextToAUEnsemble:
+    """The head ensemble ``cfg.text2au`` describes, on ``in_dim``-d text features (default: the
+    configured encoder's size, found without loading it)."""
+    dim = encoder_dim(t2a_cfg) if in_dim is None else int(in_dim)
+    return TextToAUEnsemble(dim, members=t2a_cfg.members, hidden_dim=t2a_cfg.hidden_dim, proj_dim=t2a_cfg.proj_dim,
+                            dropout=t2a_cfg.dropout)
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:
@@ -29,8 +43,6 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
         raise FileNotFoundError(f"model directory {d} does not exist")
     if not (d / "model.safetensors").is_file() and (d / "export" / "model.safetensors").is_file():
         d = d / "export"
-    from emodifftalk.train.tasks.text2au import INFO_FILE
-
     for name in ("model.safetensors", "config.json", INFO_FILE):
         if not (d / name).is_file():
             raise FileNotFoundError(f"{d / name} not found: {model_dir} is not a Text-to-AU export "
@@ -54,27 +66,29 @@ class Text2AU:
 
     @classmethod
     def load(cls, model_dir: str | Path, encoder: TextEncoder | None = None, device: str = "cpu") -> Text2AU:
-        from emodifftalk.config import load_config
-        from emodifftalk.train.export import load_exported
-        from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, make_encoder
-
         d = resolve_model_dir(model_dir)
         info = json.loads((d / INFO_FILE).read_text())
         if "members" not in info:
             raise ValueError(f"{d} was exported by an older Text-to-AU version (a single head, data v1); "
                              "retrain it with `emodifftalk text2au train --out DIR`")
         recorded = info.get("encoder_id")
+        cfg = load_config(d / "config.json")
         if encoder is None:
-            cfg = load_config(d / "config.json")
             if cfg.text2au.encoder != info.get("encoder"):
                 raise EncoderMismatchError(f"{d}: config.json says text2au.encoder={cfg.text2au.encoder} but the "
                                            f"model was trained with {info.get('encoder')!r}")
-            encoder = make_encoder(cfg.text2au)
+            encoder = build_encoder(cfg.text2au)
         if encoder.encoder_id != recorded:
             raise EncoderMismatchError(
                 f"model {d} was trained on features of text encoder {recorded!r}, but the encoder in use is "
                 f"{encoder.encoder_id!r}; load it with the same encoder (same kind and weights) or retrain")
-        model, cfg = load_exported(d, task=Text2AUTask(encoder=encoder), map_location=device)
+        model = build_text2au_model(cfg.text2au, encoder.dim)
+        try:
+            model.load_state_dict(load_tensors(d / "model.safetensors", device=device), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{d / 'model.safetensors'} does not fit the Text-to-AU heads its config.json "
+                             f"describes: {e}") from None
+        model.to(device)
         return cls(model, encoder, info.get("threshold", cfg.text2au.threshold), info, d)
 
     @torch.no_grad()
@@ -84,8 +98,6 @@ class Text2AU:
         device = next(self.model.parameters()).device
         probs = torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
         if self.au_thresholds is not None:
-            from emodifftalk.text2au.calibration import apply_thresholds
-
             probs = apply_thresholds(probs, self.au_thresholds, self.threshold)
         assert probs.shape == (feats.shape[0], NUM_AUS)
         return probs

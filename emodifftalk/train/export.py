@@ -2,7 +2,9 @@
 
 ``model.safetensors`` holds the weights inference should use (the EMA when the task keeps one;
 then the raw weights are in ``model_raw.safetensors``). All tensors are full (ZeRO-3 shards are
-gathered) CPU tensors stored in float32. ``load_exported`` rebuilds the model through the task.
+gathered) CPU tensors stored in float32. ``load_exported`` rebuilds the model through the task
+(training tools and tests; inference loads through each family's own loader, e.g.
+``motion.inference.load_motion``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import save_file
 
 from emodifftalk.config import Config, load_config, save_config
 from emodifftalk.safetensors_io import load_tensors
+from emodifftalk.train.task import get_task, optional_hook
 from emodifftalk.utils import atomic_dir, atomic_write_text, git_sha
 
 log = logging.getLogger(__name__)
@@ -44,11 +47,10 @@ def gather_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
     return _to_cpu_fp32(state)
 
 
-def export_model(task: Any, cfg: Config, raw_state: dict[str, torch.Tensor], out_dir: Path,
+def export_model(task: Any, raw_state: dict[str, torch.Tensor], out_dir: Path,
                  ema_state: dict[str, torch.Tensor] | None = None, meta: dict | None = None) -> Path:
-    """Main process only: write the export dir atomically and run ``task.export_extra``."""
-    from emodifftalk.train.task import optional_hook
-
+    """Main process only: write the export dir (with ``task.cfg``) atomically and run ``task.export_extra``."""
+    cfg = task.cfg
     final = Path(out_dir)
     model_state = dict(raw_state)
     if ema_state is not None:
@@ -65,22 +67,20 @@ def export_model(task: Any, cfg: Config, raw_state: dict[str, torch.Tensor], out
         save_config(cfg, tmp)
         atomic_write_text(tmp / TASK_FILE, json.dumps(info, indent=2, sort_keys=True))
         # export_extra sees a clean CPU model holding exactly the exported weights (also under ZeRO-3)
-        model = task.build_model(cfg)
+        model = task.build_model()
         model.load_state_dict(model_state, strict=True)
         model.eval()
-        optional_hook(task, "export_extra")(model, tmp, cfg)
+        optional_hook(task, "export_extra")(model, tmp)
     return final
 
 
-def load_exported(export_dir: str | Path, task: Any = None, weights: str = "model",
+def load_exported(export_dir: str | Path, task: str | None = None, weights: str = "model",
                   map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """Rebuild the exported model (eval mode) and its config.
 
-    ``task``: a Task, a task name, or ``None`` (read from ``task.json``). ``weights``: ``"model"``
-    (EMA if there was one) or ``"model_raw"``.
+    ``task``: a task name, or ``None`` (read from ``task.json``); it is built for the export's
+    config. ``weights``: ``"model"`` (EMA if there was one) or ``"model_raw"``.
     """
-    from emodifftalk.train.task import get_task
-
     export_dir = Path(export_dir)
     if weights not in ("model", "model_raw"):
         raise ValueError(f"weights must be 'model' or 'model_raw', got {weights!r}")
@@ -89,15 +89,14 @@ def load_exported(export_dir: str | Path, task: Any = None, weights: str = "mode
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} not found: is {export_dir} a training export dir?")
     cfg = load_config(export_dir / "config.json")
-    if task is None or isinstance(task, str):
-        name = task
-        if name is None:
-            task_file = export_dir / TASK_FILE
-            if not task_file.is_file():
-                raise FileNotFoundError(f"{task_file} not found; pass the task explicitly")
-            name = json.loads(task_file.read_text())["task"]
-        task = get_task(name)
-    model = task.build_model(cfg)
+    name = task
+    if name is None:
+        task_file = export_dir / TASK_FILE
+        if not task_file.is_file():
+            raise FileNotFoundError(f"{task_file} not found; pass the task explicitly")
+        name = json.loads(task_file.read_text())["task"]
+    task = get_task(name, cfg)
+    model = task.build_model()
     state = load_tensors(weights_path, device=map_location)
     try:
         model.load_state_dict(state, strict=True)

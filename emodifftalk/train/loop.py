@@ -1,4 +1,4 @@
-"""The one training loop: ``run_training(task, cfg, out_dir, resume)``.
+"""The one training loop: ``run_training(task, out_dir, resume)``.
 
 accelerate handles devices, DDP across processes/nodes, DeepSpeed ZeRO-2/3 (when launched with
 ``--use_deepspeed`` or a DeepSpeed accelerate config), mixed precision, gradient accumulation,
@@ -178,17 +178,17 @@ def _release(acc) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_training(task: Any, cfg: Config, out_dir: str | Path, resume: str | os.PathLike | None = None) -> Path:
-    """Train ``task`` with ``cfg`` into ``out_dir``; return the export directory.
+def run_training(task: Any, out_dir: str | Path, resume: str | os.PathLike | None = None) -> Path:
+    """Train ``task`` (with its config, ``task.cfg``) into ``out_dir``; return the export directory.
 
     ``resume``: ``None`` (fresh; refuses a dir that already has checkpoints), ``"latest"`` (newest
     checkpoint in ``out_dir/checkpoints``, or fresh if none) or a checkpoint directory.
     Collective: under a launcher every process calls it with the same arguments.
     """
     check_task(task)
-    cfg.validate()
+    cfg = task.cfg.validate()
     out_dir = Path(out_dir)
-    optional_hook(task, "check_data")(cfg)  # bad data fails here: no run folder, no model yet
+    optional_hook(task, "check_data")()  # bad data fails here: no run folder, no model yet
     if cfg.train.warmup_steps >= cfg.train.max_steps:
         log.warning("train.warmup_steps=%d >= train.max_steps=%d: the run ends while the learning rate is "
                     "still warming up (it never reaches train.lr=%g); lower train.warmup_steps",
@@ -303,7 +303,7 @@ class _Trainer:
 
         # Identical initial weights on every rank, then a per-rank stream for dropout & co.
         seed_everything(t.seed, rank=0)
-        model = task.build_model(self.cfg)
+        model = task.build_model()
         optimizer = build_optimizer(model, t)
         if _is_deepspeed(acc):
             _configure_deepspeed(acc, self.cfg)
@@ -334,7 +334,7 @@ class _Trainer:
         hparams.update(task=getattr(task, "name", "task"), world_size=self.world, zero_stage=_zero_stage(acc))
         acc.init_trackers(TB_RUN_NAME, config=hparams)
 
-        batches = iter(task.train_batches(self.cfg, self.rank, self.world, t.seed, self.step * t.grad_accum))
+        batches = iter(task.train_batches(self.rank, self.world, t.seed, self.step * t.grad_accum))
         self._train(model, optimizer, unwrapped, ema, batches, zero3)
         self._check_data_skips(final=True)
         self._record_data_skips()
@@ -348,7 +348,7 @@ class _Trainer:
         export_dir = self.out / "export"
         if acc.is_main_process:
             log.info("exporting the model to %s ...", export_dir)  # task export hooks can take a while
-            export_model(task, self.cfg, raw, export_dir, ema.state_dict() if ema is not None else None,
+            export_model(task, raw, export_dir, ema.state_dict() if ema is not None else None,
                          meta={"step": self.step, "seed": t.seed, "world_size": self.world})
             self._append_metrics({"event": "done", "step": self.step, "nonfinite_total": self.nonfinite_total,
                                   "export": str(export_dir)})
@@ -506,11 +506,12 @@ class _Trainer:
         model.eval()
         try:
             with torch.no_grad(), acc.autocast():
-                metrics = {f"val/{k}": float(v) for k, v in validate(unwrapped, self.cfg, self.step).items()}
+                result = validate(unwrapped, self.step)
+                metrics = {f"val/{k}": float(v) for k, v in result.metrics.items()}
                 if ema is not None and not zero3 and metrics:
                     with ema.swapped_in(unwrapped):
-                        metrics.update({f"val_ema/{k}": float(v)
-                                        for k, v in validate(unwrapped, self.cfg, self.step).items()})
+                        result = validate(unwrapped, self.step)
+                        metrics.update({f"val_ema/{k}": float(v) for k, v in result.metrics.items()})
             if acc.is_main_process:
                 if metrics:
                     acc.log(metrics, step=self.step)
@@ -518,7 +519,7 @@ class _Trainer:
                 if not zero3:
                     writer = acc.get_tracker("tensorboard", unwrap=True)
                     with torch.no_grad(), acc.autocast():
-                        optional_hook(task, "log_media")(unwrapped, writer, self.step)
+                        optional_hook(task, "log_media")(writer, self.step, result.media)
         finally:
             model.train()
         acc.wait_for_everyone()

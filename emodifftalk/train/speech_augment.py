@@ -19,17 +19,14 @@ import numpy as np
 
 from emodifftalk.au import AU_INDEX
 from emodifftalk.config import AudioConfig
-from emodifftalk.data.audio import frame_levels_db
-from emodifftalk.data.shard_writer import SAMPLE_RATE  # the rate packed audio is stored at
+from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, resample
+from emodifftalk.data.augment import augment_audio
 SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
 CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
 
 
 def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mono 16 kHz ``audio`` through ``augment_audio`` and back through the loader's path."""
-    from emodifftalk.data.audio import resample
-    from emodifftalk.data.augment import augment_audio
-
     aug = augment_audio(audio, SAMPLE_RATE, rng)
     x = aug.audio.mean(axis=1) if aug.audio.ndim == 2 else aug.audio  # the loader's down-mix
     x = resample(x, aug.sample_rate, SAMPLE_RATE)

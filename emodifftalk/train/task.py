@@ -3,15 +3,21 @@
 A task says *what* to train (model, data, loss, validation); :func:`emodifftalk.train.loop.run_training`
 says *how* (devices, DDP/DeepSpeed, precision, accumulation, logging, checkpoints, export).
 
-Tasks register a factory under a name (``register_task("s2au", S2AUTask)``). ``get_task(name)``
-imports ``emodifftalk.train.tasks.<name>`` on first use, so a task module registers itself on import
-and nothing heavy is imported until a task is asked for.
+A task is built for one config (``S2AUTask(cfg)``) and keeps it as ``self.cfg``: its methods
+take no config, and nothing a later call needs is left behind by an earlier one (validation
+returns its media for ``log_media`` in a ``Validation``).
+
+Tasks register a factory ``factory(cfg) -> Task`` under a name (``register_task("s2au", S2AUTask)``).
+``get_task(name, cfg)`` imports ``emodifftalk.train.tasks.<name>`` on first use, so a task module
+registers itself on import and nothing heavy is imported until a task is asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +27,18 @@ from torch import Tensor
 from emodifftalk.config import Config
 
 
+@dataclass
+class Validation:
+    """What ``Task.validate`` measured: scalar ``metrics`` (logged as ``val/<name>``) and ``media``,
+    anything the task's ``log_media`` draws (e.g. a curve of the first val clip), or None."""
+
+    metrics: dict[str, float]
+    media: Any = None
+
+
 class Task:
-    """Base class / protocol for a trainable task. Override the first three methods.
+    """Base class / protocol for a trainable task, built for one config (``self.cfg``). Override the
+    first three methods.
 
     ``ema``: keep an exponential moving average of the weights (decay ``cfg.train.ema_decay``);
     the EMA weights are exported as ``model.safetensors`` and the raw ones as ``model_raw.safetensors``.
@@ -32,12 +48,14 @@ class Task:
     ema: bool = False
     ddp_find_unused_parameters: bool = False  # set if some batches leave parameters unused (DDP)
 
-    def build_model(self, cfg: Config) -> torch.nn.Module:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def build_model(self) -> torch.nn.Module:
         """Architecture only; called with the same RNG state on every rank (identical init)."""
         raise NotImplementedError
 
-    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
-                      start_step: int) -> Iterator[dict]:
+    def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         """Infinite iterator of collated CPU batches (dict of tensors + any python values) for this rank.
 
         Deterministic in ``(seed, rank)``. ``start_step`` is the number of batches this rank has
@@ -54,15 +72,16 @@ class Task:
 
     # ---- optional hooks ------------------------------------------------------------------------
 
-    def validate(self, model: torch.nn.Module, cfg: Config, step: int) -> dict[str, float]:
-        """Validation metrics. Called on *every* rank with the unwrapped model in eval mode (under
-        ZeRO-3 the forward pass gathers parameters collectively); rank 0's values are logged."""
-        return {}
+    def validate(self, model: torch.nn.Module, step: int) -> Validation:
+        """Validation metrics (and media). Called on *every* rank with the unwrapped model in eval mode
+        (under ZeRO-3 the forward pass gathers parameters collectively); rank 0's values are logged."""
+        return Validation({})
 
-    def log_media(self, model: torch.nn.Module, writer: Any, step: int) -> None:
-        """TensorBoard images/figures via ``writer`` (a ``SummaryWriter``); rank 0 only, not under ZeRO-3."""
+    def log_media(self, writer: Any, step: int, media: Any) -> None:
+        """TensorBoard images/figures of ``media`` (from the last ``validate``: the EMA weights' when
+        the task keeps an EMA) via ``writer`` (a ``SummaryWriter``); rank 0 only, not under ZeRO-3."""
 
-    def check_data(self, cfg: Config) -> None:
+    def check_data(self) -> None:
         """Raise a clear error when the task's data is missing or damaged. Called once per process
         before the run folder or any model exists (e.g. shard folder, manifest, checksums)."""
 
@@ -71,7 +90,7 @@ class Task:
         ``corrupt_samples`` (unreadable or damaged data) counts against ``data.max_skip_fraction``."""
         return {}
 
-    def export_extra(self, model: torch.nn.Module, out_dir: Path, cfg: Config) -> None:
+    def export_extra(self, model: torch.nn.Module, out_dir: Path) -> None:
         """Extra files next to ``model.safetensors``; ``model`` is a CPU model with the exported weights."""
 
     def batch_size(self, batch: dict) -> int:
@@ -86,7 +105,7 @@ class Task:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-TaskFactory = Callable[[], Task]
+TaskFactory = Callable[[Config], Task]
 TASKS: dict[str, TaskFactory] = {}
 
 # Modules that register a task, for names that do not live under emodifftalk.train.tasks.
@@ -94,7 +113,7 @@ _BUILTIN_MODULES = {"toy": "emodifftalk.train.toy"}
 
 
 def register_task(name: str, factory: TaskFactory | None = None):
-    """Register ``factory`` (a zero-argument callable returning a Task) under ``name``.
+    """Register ``factory`` (``factory(cfg)`` returns a Task) under ``name``.
 
     Usable directly (``register_task("s2au", S2AUTask)``) or as a class/function decorator.
     """
@@ -112,8 +131,8 @@ def task_module(name: str) -> str:
     return _BUILTIN_MODULES.get(name, f"emodifftalk.train.tasks.{name}")
 
 
-def get_task(name: str) -> Task:
-    """Instantiate the task registered as ``name``, importing its module on first use."""
+def get_task(name: str, cfg: Config) -> Task:
+    """The task registered as ``name``, built for ``cfg``, importing its module on first use."""
     if name not in TASKS:
         module = task_module(name)
         try:
@@ -127,7 +146,7 @@ def get_task(name: str) -> Task:
                 "a task registers itself with emodifftalk.train.register_task)") from None
         if name not in TASKS:
             raise ValueError(f"module {module} was imported but did not call register_task({name!r}, ...)")
-    task = TASKS[name]()
+    task = TASKS[name](cfg)
     check_task(task)
     return task
 
@@ -147,4 +166,4 @@ def optional_hook(task: Any, name: str) -> Callable:
     fn = getattr(task, name, None)
     if callable(fn):
         return fn
-    return getattr(Task(), name)
+    return functools.partial(getattr(Task, name), task)

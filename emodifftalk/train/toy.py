@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from emodifftalk.config import Config
 from emodifftalk.distributed.seed import torch_generator
-from emodifftalk.train.task import Task, register_task
+from emodifftalk.train.task import Task, Validation, register_task
 
 _TEACHER_KEY = 10_000_019  # generator keys that cannot collide with a rank id
 _VAL_KEY = 10_000_079
@@ -59,6 +59,7 @@ class ToyRegressor(nn.Module):
 
 @dataclasses.dataclass
 class ToyTask(Task):
+    cfg: Config
     d_in: int = 16
     d_out: int = 8
     d_model: int = 64
@@ -79,7 +80,7 @@ class ToyTask(Task):
         self._skipped = 0
 
     @classmethod
-    def from_env(cls) -> ToyTask:
+    def from_env(cls, cfg: Config) -> ToyTask:
         env = os.environ.get
 
         def _int(key, default):
@@ -87,7 +88,7 @@ class ToyTask(Task):
 
         steps = tuple(int(s) for s in env("EMODIFFTALK_TOY_NAN_STEPS", "").split(",") if s.strip())
         nan_rank = env("EMODIFFTALK_TOY_NAN_RANK")
-        return cls(d_model=_int("EMODIFFTALK_TOY_D_MODEL", 64), n_layers=_int("EMODIFFTALK_TOY_LAYERS", 2),
+        return cls(cfg, d_model=_int("EMODIFFTALK_TOY_D_MODEL", 64), n_layers=_int("EMODIFFTALK_TOY_LAYERS", 2),
                    seq_len=_int("EMODIFFTALK_TOY_SEQ", 16), nan_steps=steps,
                    nan_rank=int(nan_rank) if nan_rank not in (None, "") else None,
                    sleep=float(env("EMODIFFTALK_TOY_SLEEP", "0")), sample_log=env("EMODIFFTALK_TOY_SAMPLE_LOG"),
@@ -96,7 +97,7 @@ class ToyTask(Task):
 
     # ---- model and data ------------------------------------------------------------------------
 
-    def build_model(self, cfg: Config) -> nn.Module:
+    def build_model(self) -> nn.Module:
         return ToyRegressor(self.d_in, self.d_out, self.d_model, self.n_layers, self.n_heads, self.seq_len,
                             self.dropout)
 
@@ -119,11 +120,10 @@ class ToyTask(Task):
     def _skips_before(self, batch_index: int) -> int:
         return batch_index // self.skip_every if self.skip_every > 0 else 0
 
-    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
-                      start_step: int) -> Iterator[dict]:
+    def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         self._rank = rank
         self._skipped = self._skips_before(start_step)  # counters resume with the data position
-        bs = cfg.data.batch_size
+        bs = self.cfg.data.batch_size
         with contextlib.ExitStack() as stack:
             log_file = None
             if self.sample_log:
@@ -156,25 +156,23 @@ class ToyTask(Task):
         return {"loss": total, "mse": mse.detach(), "smooth": smooth.detach()}
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
-        x, y = self._make(cfg.train.seed, torch_generator(cfg.train.seed, _VAL_KEY), 64)
+    def validate(self, model: nn.Module, step: int) -> Validation:
+        seed = self.cfg.train.seed
+        x, y = self._make(seed, torch_generator(seed, _VAL_KEY), 64)
         device = next(model.parameters()).device
         pred = model(x.to(device)).float().cpu()
-        return {"mse": float(F.mse_loss(pred, y))}
+        return Validation({"mse": float(F.mse_loss(pred, y))}, media=(pred[0], y[0]))
 
-    @torch.no_grad()
-    def log_media(self, model: nn.Module, writer, step: int) -> None:
-        x, y = self._make(0, torch_generator(0, _VAL_KEY), 1)
-        device = next(model.parameters()).device
-        pred = model(x.to(device)).float().cpu()[0]
-        img = torch.cat([pred, y[0]], dim=1).T  # (2 * d_out, T): prediction rows above target rows
+    def log_media(self, writer, step: int, media) -> None:
+        pred, y = media
+        img = torch.cat([pred, y], dim=1).T  # (2 * d_out, T): prediction rows above target rows
         img = (img - img.min()) / (img.max() - img.min() + 1e-8)
         writer.add_image("toy/prediction_vs_target", img.unsqueeze(0).expand(3, -1, -1), step)
 
     def skip_stats(self) -> dict[str, int]:
         return {"corrupt_samples": self._skipped}
 
-    def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
+    def export_extra(self, model: nn.Module, out_dir: Path) -> None:
         (out_dir / "toy_model.txt").write_text(f"ToyRegressor d_model={self.d_model} layers={self.n_layers}\n")
 
 

@@ -31,6 +31,12 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
+from emodifftalk.pipeline.animate import (camera_path, capture_camera_index, load_audio_16k, load_models,
+                                          motion_offsets, render_frames, speech_aus, write_ply_sequence)
+from emodifftalk.render.video import write_video
+from emodifftalk.rig.feature_line_fit import load_feature_line
+from emodifftalk.rig.gaussians import GaussianRig
+from emodifftalk.utils import atomic_dir, atomic_write_text
 from emodifftalk.viewer.edit_worker import EditWorker, MotionEditor
 from emodifftalk.viewer.source import (
     SourceError,
@@ -67,8 +73,6 @@ def load_viewer_models(s2au_dir=None, motion_dir=None, text2au_dir=None, device:
     """``pipeline.animate.Models`` for the viewer (each part optional; an ``animate`` folder needs no
     Speech-to-AU model, and without a motion model edits change only the feature-line opacity).
     None when no model is given."""
-    from emodifftalk.pipeline.animate import load_models
-
     if not (s2au_dir or motion_dir or text2au_dir):
         return None
     return load_models(s2au_dir, motion_dir, text2au_dir, device=device)
@@ -93,8 +97,6 @@ class ViewerApp:
                  camera: str | None = None, edit_steps: int = 8, seed: int = 0, source: str = "canonical head",
                  verbose: bool = False):
         import viser
-
-        from emodifftalk.rig.feature_line_fit import load_feature_line
 
         self.rig, self.cfg, self.models, self.audio = rig, cfg, models, audio
         self.feature_line = load_feature_line(rig_dir, rig)
@@ -179,8 +181,6 @@ class ViewerApp:
         cams = self.rig.info.get("cameras", {}) or {}
         fov = np.radians(30.0)
         try:
-            from emodifftalk.pipeline.animate import capture_camera_index
-
             idx = capture_camera_index(self.rig, "front")
             vm = np.asarray(cams["viewmats"][idx], dtype=np.float64)
             rot, trans = vm[:3, :3], vm[:3, 3]
@@ -422,13 +422,7 @@ class ViewerApp:
     # ------------------------------------------------------------------ jobs (worker thread)
 
     def _generate(self, wav, progress) -> str:
-        from emodifftalk.pipeline.animate import (
-            load_audio_16k,
-            motion_offsets,
-            speech_aus,
-        )
-
-        fps = self.cfg.infer.fps
+        fps = self.models.frame_rate(self.cfg)
         progress(0.05, "reading audio")
         audio = load_audio_16k(wav)
         progress(0.1, "Speech-to-AU")
@@ -476,8 +470,6 @@ class ViewerApp:
 
     def export_edits(self) -> Path:
         """Write the edit curves (``edits_to_dict`` JSON) to ``out_dir``; returns the file."""
-        from emodifftalk.utils import atomic_write_text
-
         data = self.state.edits_dict()
         path = _next_free(self.out_dir / "edits.json")
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -491,9 +483,6 @@ class ViewerApp:
         return str(path)
 
     def _export_video(self, progress) -> str:
-        from emodifftalk.pipeline.animate import camera_path, render_frames
-        from emodifftalk.render.video import write_video
-
         clip, offsets = self._good_tensors()
         n = clip.n_frames
         cams = camera_path(self.rig, self.camera, n, self.cfg.infer.image_size)
@@ -511,9 +500,6 @@ class ViewerApp:
         return str(path)
 
     def _export_ply(self, progress) -> str:
-        from emodifftalk.pipeline.animate import write_ply_sequence
-        from emodifftalk.utils import atomic_dir
-
         clip, offsets = self._good_tensors()
         path = _next_free(self.out_dir / "ply")
         with atomic_dir(path) as tmp:
@@ -532,14 +518,12 @@ def start_viewer(rig_dir: str | Path, cfg: Config, *, animation: str | Path | No
     animated in the viewer (needs ``models`` with Speech-to-AU and motion). ``audio`` overrides the
     folder's sound. ``models``: ``load_viewer_models(...)`` or None.
     """
-    from emodifftalk.rig.gaussians import GaussianRig
-
     rig_dir = Path(rig_dir)
     try:
         rig = GaussianRig.load(rig_dir)
     except (FileNotFoundError, ValueError) as e:
         raise SourceError(f"RIG_DIR {rig_dir}: {e}") from None
-    fps = cfg.infer.fps
+    fps = models.frame_rate(cfg) if models is not None else float(cfg.diffusion.fps)
     sound = load_audio_file(audio) if audio is not None else None
     generate = None
     if animation is None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk import au
+from emodifftalk.data.audio import SAMPLE_RATE, AudioError, load_audio
 from emodifftalk.viewer.state import Clip
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
 
 
@@ -54,23 +54,19 @@ def read_au_csv(path: str | Path) -> np.ndarray:
 
 def audio_from_video(video: Path) -> np.ndarray | None:
     """Mono 16 kHz float32 soundtrack of ``video``, or None if it has none (or cannot be decoded)."""
-    from emodifftalk.data.audio import AudioError, load_audio
-
     try:
-        return load_audio(video, target_sr=AUDIO_RATE)
+        return load_audio(video, target_sr=SAMPLE_RATE)
     except (AudioError, OSError) as e:  # a silent video: the viewer simply plays no sound
         log.info("%s: no soundtrack (%s)", video, e)
         return None
 
 
 def load_audio_file(path: str | Path) -> np.ndarray:
-    from emodifftalk.data.audio import load_audio
-
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"audio {path}: file does not exist")
     try:
-        return load_audio(path, target_sr=AUDIO_RATE)
+        return load_audio(path, target_sr=SAMPLE_RATE)
     except Exception as e:  # noqa: BLE001 - unreadable audio of any kind → one clear message
         raise SourceError(f"audio {path}: cannot read ({e})") from None
 
@@ -116,7 +112,7 @@ def is_audio_path(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
 
 
-def wav_bytes(audio: np.ndarray, sample_rate: int = AUDIO_RATE) -> bytes:
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM mono WAV bytes (for the page's audio element)."""
     import io
     import wave

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emodifftalk.rig.binding import quat_to_matrix
+from emodifftalk.render.projection import quat_to_rotmat
 from emodifftalk.rig.gaussians import GaussianRig, Gaussians
 
 VIEW_EXTENT = 2.0  # head size in view units
@@ -39,7 +39,7 @@ def splat_arrays(g: Gaussians, view: ViewFrame) -> dict[str, np.ndarray]:
     """One moment of ``Gaussians`` → {centers (N,3), covariances (N,3,3), rgbs (N,3), opacities (N,1)}."""
     if g.num_frames is not None:
         raise ValueError("splat_arrays needs a single moment; call Gaussians.frame(t) first")
-    rot = quat_to_matrix(g.quats.detach().float())  # (N, 3, 3)
+    rot = quat_to_rotmat(g.quats.detach().float())  # (N, 3, 3)
     s2 = (g.scales.detach().float() * view.scale) ** 2  # (N, 3)
     cov = (rot * s2[:, None, :]) @ rot.transpose(-1, -2)  # R diag(s²) Rᵀ
     centers = (g.means.detach().double().cpu().numpy() - view.center) * view.scale

@@ -54,8 +54,8 @@ def cfg_with(*overrides: str):
     return build_config("tiny", base + list(overrides))
 
 
-def probe_outputs(model: torch.nn.Module, task: ToyTask) -> torch.Tensor:
-    x = torch.randn(3, task.seq_len, task.d_in, generator=torch.Generator().manual_seed(99))
+def probe_outputs(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(3, model.seq_len, model.d_in, generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
         return model.eval()(x)
 
@@ -69,7 +69,7 @@ def probe_outputs(model: torch.nn.Module, task: ToyTask) -> torch.Tensor:
 def single_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
     cfg = cfg_with("train.max_steps=6", "train.ckpt_every=3", "train.val_every=3", "train.keep_last=3")
-    export = run_training(ToyTask(skip_every=4), cfg, out)
+    export = run_training(ToyTask(cfg, skip_every=4), out)
     return out, export, cfg
 
 
@@ -102,43 +102,41 @@ def test_single_process_writes_tensorboard_metrics_and_export(single_run):
     losses = curve(out)
     assert losses[6] < losses[1]  # it learns
     # the export holds exactly the final checkpoint's weights
-    task = ToyTask()
     model, cfg2 = load_exported(export)
     assert cfg2.to_dict() == cfg.to_dict()
-    ref = task.build_model(cfg)
+    ref = ToyTask(cfg).build_model()
     ref.load_state_dict(load_file(str(out / "checkpoints" / "step_0000006" / "model.safetensors")))
-    assert torch.equal(probe_outputs(model, task), probe_outputs(ref, task))
+    assert torch.equal(probe_outputs(model), probe_outputs(ref))
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3, 6]
 
 
 def test_same_seed_same_loss_curve_and_other_seed_differs(single_run, tmp_path):
     out, _, cfg = single_run
-    run_training(ToyTask(skip_every=4), cfg, tmp_path / "again")
+    run_training(ToyTask(cfg, skip_every=4), tmp_path / "again")
     assert curve(tmp_path / "again") == curve(out)  # bitwise on CPU
     cfg_other = cfg_with("train.max_steps=2", "train.seed=1", "train.ckpt_every=3", "train.val_every=0")
-    run_training(ToyTask(skip_every=4), cfg_other, tmp_path / "seed1")
+    run_training(ToyTask(cfg_other, skip_every=4), tmp_path / "seed1")
     assert curve(tmp_path / "seed1")[1] != curve(out)[1]
 
 
 def test_resume_from_checkpoint_continues_the_same_curve(single_run, tmp_path):
     out, export, cfg = single_run
     with pytest.raises(FileExistsError, match="--resume latest"):
-        run_training(ToyTask(skip_every=4), cfg, out)  # never mixes two runs in one dir
-    resumed = run_training(ToyTask(skip_every=4), cfg, tmp_path / "r",
+        run_training(ToyTask(cfg, skip_every=4), out)  # never mixes two runs in one dir
+    resumed = run_training(ToyTask(cfg, skip_every=4), tmp_path / "r",
                            resume=str(out / "checkpoints" / "step_0000003"))
     ref, got = curve(out), curve(tmp_path / "r")
     assert sorted(got) == [4, 5, 6]
     for s in got:  # dropout RNG, optimizer state and data position all restored
         assert abs(got[s] - ref[s]) < 1e-6, (s, got[s], ref[s])
     assert curve(tmp_path / "r", "data/skipped_corrupt_samples")[6] == 1
-    task = ToyTask()
-    assert torch.allclose(probe_outputs(load_exported(resumed)[0], task),
-                          probe_outputs(load_exported(export)[0], task), atol=1e-6)
+    assert torch.allclose(probe_outputs(load_exported(resumed)[0]), probe_outputs(load_exported(export)[0]),
+                          atol=1e-6)
 
 
 def test_nan_steps_are_skipped_and_keep_last_k(tmp_path):
     cfg = cfg_with("train.max_steps=5", "train.ckpt_every=1", "train.keep_last=2", "train.val_every=0")
-    run_training(ToyTask(nan_steps=(4,)), cfg, tmp_path)  # step index 4 = the 5th and last step
+    run_training(ToyTask(cfg, nan_steps=(4,)), tmp_path)  # step index 4 = the 5th and last step
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [4, 5]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     before = load_file(str(tmp_path / "checkpoints" / "step_0000004" / "model.safetensors"))
@@ -155,19 +153,19 @@ def test_nan_in_a_row_stops_with_clear_error(tmp_path):
     cfg = cfg_with("train.max_steps=20", "train.max_nonfinite_in_a_row=3", "train.val_every=0",
                    "train.ckpt_every=100")
     with pytest.raises(NonFiniteLossError, match=r"3 optimizer steps in a row \(steps 2\.\.4"):
-        run_training(ToyTask(nan_steps=(2, 3, 4)), cfg, tmp_path)
+        run_training(ToyTask(cfg, nan_steps=(2, 3, 4)), tmp_path)
     events = [m for m in metrics(tmp_path) if m.get("event") == "nonfinite_abort"]
     assert events and events[0]["step"] == 4
     assert not (tmp_path / "export").exists()
     # two in a row stay below the limit
-    run_training(ToyTask(nan_steps=(2, 3)), cfg_with("train.max_steps=5", "train.max_nonfinite_in_a_row=3",
-                                                     "train.val_every=0"), tmp_path / "ok")
+    run_training(ToyTask(cfg_with("train.max_steps=5", "train.max_nonfinite_in_a_row=3", "train.val_every=0"),
+                         nan_steps=(2, 3)), tmp_path / "ok")
     assert curve(tmp_path / "ok", "nonfinite/total")[5] == 2
 
 
 def test_ema_is_checkpointed_and_exported(tmp_path):
     cfg = cfg_with("train.max_steps=4", "train.ckpt_every=4", "train.val_every=4", "train.ema_decay=0.9")
-    export = run_training(ToyTask(ema=True), cfg, tmp_path)
+    export = run_training(ToyTask(cfg, ema=True), tmp_path)
     ckpt = tmp_path / "checkpoints" / "step_0000004"
     ema = load_file(str(ckpt / "ema.safetensors"))
     exported = load_file(str(export / "model.safetensors"))
@@ -181,12 +179,12 @@ def test_ema_is_checkpointed_and_exported(tmp_path):
 def test_grad_accumulation_counts_batches_and_resumes(tmp_path):
     cfg = cfg_with("train.max_steps=4", "train.grad_accum=2", "train.ckpt_every=2", "train.val_every=0",
                    "data.batch_size=4", "data.max_skip_fraction=0.1")  # the toy drops 2 of 32 samples
-    run_training(ToyTask(skip_every=3), cfg, tmp_path / "a")
+    run_training(ToyTask(cfg, skip_every=3), tmp_path / "a")
     state = json.loads((tmp_path / "a" / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
     assert state["batches_per_rank"] == 4
     stats = json.loads((tmp_path / "a" / "ranks" / "rank0.json").read_text())
     assert stats["samples"] == 4 * 2 * 4 - 2  # 8 batches of 4, batch indices 2 and 5 lost one sample
-    run_training(ToyTask(skip_every=3), cfg, tmp_path / "b", resume=str(tmp_path / "a/checkpoints/step_0000002"))
+    run_training(ToyTask(cfg, skip_every=3), tmp_path / "b", resume=str(tmp_path / "a/checkpoints/step_0000002"))
     ref, got = curve(tmp_path / "a"), curve(tmp_path / "b")
     assert sorted(got) == [3, 4] and all(abs(got[s] - ref[s]) < 1e-6 for s in got)
 
@@ -195,7 +193,7 @@ def test_grad_accumulation_counts_batches_and_resumes(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_single_gpu_run(tmp_path):
     cfg = cfg_with("train.max_steps=4", "train.ckpt_every=4", "train.val_every=4", "train.mixed_precision=bf16")
-    export = run_training(ToyTask(), cfg, tmp_path)
+    export = run_training(ToyTask(cfg), tmp_path)
     run = json.loads((tmp_path / "run.json").read_text())["runs"][0]
     assert run["mixed_precision"] == "bf16"
     state = load_file(str(export / "model.safetensors"))
@@ -296,7 +294,7 @@ def test_ddp_two_processes_split_data_and_stay_in_sync(ddp_run):
     assert curve(out, "nonfinite/in_a_row")[6] == 1 and 6 not in curve(out)
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [8, 12]
     model, _ = load_exported(out / "export")
-    assert torch.isfinite(probe_outputs(model, ToyTask())).all()
+    assert torch.isfinite(probe_outputs(model)).all()
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(ddp_run, tmp_path):
@@ -375,4 +373,4 @@ def test_deepspeed_zero3_two_processes_with_ema(ddp_run, tmp_path):
     assert not torch.equal(ema["embed.weight"], raw["embed.weight"])
     assert (out / "checkpoints" / "step_0000012" / "ema.safetensors").is_file()
     model, _ = load_exported(out / "export")
-    assert torch.isfinite(probe_outputs(model, ToyTask())).all()
+    assert torch.isfinite(probe_outputs(model)).all()

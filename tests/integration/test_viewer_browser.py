@@ -53,7 +53,8 @@ def make_tiny_rig(out: Path) -> Path:
     from emodifftalk.rig.binding import bind_free_points, vertex_one_ring
     from emodifftalk.rig.feature_line_fit import save_feature_line
     from emodifftalk.rig.gaussians import GaussianRig
-    from emodifftalk.rig.toy import _pattern, look_at_viewmat, uv_sphere
+    from emodifftalk.render.cameras import look_at
+    from emodifftalk.rig.toy import _pattern, uv_sphere
 
     radius = 0.09
     verts, faces = uv_sphere(16, 24, radius)
@@ -72,7 +73,7 @@ def make_tiny_rig(out: Path) -> Path:
     size = 256
     f = size * 1.6
     eye = (0.0, 0.02, 0.55)
-    cams = {"viewmats": [look_at_viewmat(eye).tolist()], "Ks": [[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]],
+    cams = {"viewmats": [look_at(eye, (0.0, 0.0, 0.0)).tolist()], "Ks": [[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]],
             "width": size, "height": size}
     rig = GaussianRig(
         identity="tiny", means=torch.cat([verts_t, torch.from_numpy(hair)]), log_scales=torch.from_numpy(np.log(scales)),
@@ -207,7 +208,7 @@ def test_viewer_in_headless_chromium(tmp_path):
 
     rig_dir = make_tiny_rig(tmp_path / "rig")
     anim = make_animation(tmp_path / "anim", rig_dir)
-    cfg = build_config("tiny", ["infer.window_frames=16", "infer.overlap_frames=4", "infer.image_size=64"])
+    cfg = build_config("tiny", ["diffusion.window_frames=16", "diffusion.context_frames=4", "infer.image_size=64"])
     app = start_viewer(rig_dir, cfg, animation=anim, audio=make_wav(tmp_path / "voice.wav"), models=tiny_models(),
                        port=_free_port(), out_dir=tmp_path / "out", edit_steps=2)
     shots = tmp_path / "screenshots"
@@ -318,8 +319,8 @@ def test_viewer_animates_audio_and_exports(tmp_path):
     from emodifftalk.viewer.source import audio_from_video
 
     rig_dir = make_tiny_rig(tmp_path / "rig")
-    cfg = build_config("tiny", ["infer.window_frames=16", "infer.overlap_frames=4", "infer.image_size=48",
-                                "infer.ddim_steps=2"])
+    cfg = build_config("tiny", ["diffusion.window_frames=16", "diffusion.context_frames=4", "infer.image_size=48",
+                                "diffusion.ddim_steps=2"])
     app = start_viewer(rig_dir, cfg, animation=make_wav(tmp_path / "voice.wav", 1.2),
                        models=tiny_models(with_speech=True), port=_free_port(), out_dir=tmp_path / "out",
                        edit_steps=2)

@@ -76,7 +76,7 @@ def _linear_setup(v: int = 30, t: int = 20):
 
 
 def test_reference_guidance_amplifies_only_the_edit():
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
 
     cfg, model, template, fields, aus, schedule = _linear_setup()
     edited = aus.clone()
@@ -101,7 +101,7 @@ def test_reference_guidance_amplifies_only_the_edit():
 
 
 def test_viewer_resampling_uses_the_same_reference_guidance():
-    from emodifftalk.viewer.edit_worker import resample_spans
+    from emodifftalk.diffusion.windowed import resample_spans
 
     cfg, model, template, fields, aus, schedule = _linear_setup()
     edited = aus.clone()

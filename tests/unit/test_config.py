@@ -67,3 +67,27 @@ def test_from_dict_ignores_unknown_keys():
 def test_apply_overrides_rejects_assigning_to_section():
     with pytest.raises(ConfigError):
         apply_overrides(Config(), ["train.lr.x=1"])
+
+
+def test_moved_knobs_name_their_one_home():
+    # each sampler knob has one home (diffusion.*); the old infer.* spellings say where it went
+    with pytest.raises(ConfigError, match=r"infer.ddim_steps is now diffusion.ddim_steps.*diffusion.ddim_steps=5"):
+        build_config("tiny", ["infer.ddim_steps=5"])
+    with pytest.raises(ConfigError, match="diffusion.context_frames"):
+        build_config("tiny", ["infer.overlap_frames=4"])
+    with pytest.raises(ConfigError, match="diffusion.animate_guidance_scale"):
+        build_config("tiny", ["infer.guidance_scale=3"])
+    # the sample rate is not a setting (16 kHz everywhere: data.audio.SAMPLE_RATE)
+    with pytest.raises(ConfigError, match="audio.sample_rate is no longer a setting.*16 kHz"):
+        build_config("tiny", ["audio.sample_rate=16000"])
+
+
+def test_config_files_written_before_the_move_keep_their_values():
+    d = Config().to_dict()
+    for key in ("fps", "animate_guidance_scale", "guidance_reference"):
+        del d["diffusion"][key]
+    d["infer"].update(fps=30.0, guidance_scale=3.0, guidance_reference="null", ddim_steps=7)
+    cfg = config_from_dict(d)
+    assert cfg.diffusion.fps == 30.0 and cfg.diffusion.animate_guidance_scale == 3.0
+    assert cfg.diffusion.guidance_reference == "null"
+    assert cfg.diffusion.ddim_steps == Config().diffusion.ddim_steps  # the file's own diffusion.ddim_steps wins

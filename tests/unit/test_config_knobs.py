@@ -25,7 +25,8 @@ PACKAGE = Path(emodifftalk.__file__).parent
 SECTION_PARAMETERS = {
     "rig": ("rig_cfg", "rc"),  # rig/reconstruct.py helpers
     "text2au": ("t2a_cfg", "t2a"),  # text2au/losses.py, text2au/modulation.py
-    "diffusion": ("weights",),  # losses/geometry.py: geometry_loss(..., weights=cfg.diffusion)
+    "diffusion": ("weights", "dcfg"),  # losses/geometry.py: geometry_loss(..., weights=cfg.diffusion);
+    # diffusion/schedule.py: NoiseSchedule.from_config(dcfg), how every loader builds the schedule
     "data": ("data_cfg",),
     "audio": ("audio_cfg",),
     "s2au": ("s2au_cfg",),  # models/speech_inference.py: gate_silence(..., s2au_cfg)

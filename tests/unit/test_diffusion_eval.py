@@ -17,8 +17,8 @@ def exports(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("motion_eval")
     shards = make_motion_shards(tmp)
     common = ("train.max_steps=2", "train.val_every=0", "train.ckpt_every=2", "train.log_every=1")
-    diff = run_training(MotionTask(), tiny_motion_config(shards, *common), tmp / "diff")
-    reg = run_training(MotionTask(), tiny_motion_config(shards, *common, "diffusion.regression=true"), tmp / "reg")
+    diff = run_training(MotionTask(tiny_motion_config(shards, *common)), tmp / "diff")
+    reg = run_training(MotionTask(tiny_motion_config(shards, *common, "diffusion.regression=true")), tmp / "reg")
     return shards, diff, reg, tmp
 
 

@@ -10,7 +10,7 @@ from emodifftalk.render import rasterize
 from emodifftalk.rig.deform import deform
 from emodifftalk.rig.feature_line_fit import (MovingFrame, fit_feature_line, load_feature_line,
                                               save_feature_line)
-from emodifftalk.rig.toy import look_at_viewmat
+from emodifftalk.render.cameras import look_at
 
 SIZE = 32
 
@@ -18,7 +18,7 @@ SIZE = 32
 def _cameras():
     vms, ks = [], []
     for x in (-0.15, 0.0, 0.15):
-        vms.append(torch.tensor(look_at_viewmat((x, 0.0, 0.5)), dtype=torch.float32))
+        vms.append(look_at((x, 0.0, 0.5), (0.0, 0.0, 0.0)))
         ks.append(torch.tensor([[60.0, 0, SIZE / 2], [0, 60.0, SIZE / 2], [0, 0, 1]]))
     return torch.stack(vms), torch.stack(ks)
 

@@ -278,7 +278,7 @@ def test_short_runs_warn_about_warmup_and_say_they_export(tmp_path, caplog):
     cfg = build_config("tiny", ["train.max_steps=2", "train.warmup_steps=5", "train.val_every=0",
                                 "train.ckpt_every=2", "data.batch_size=4"])
     with caplog.at_level(logging.INFO):
-        run_training(ToyTask(), cfg, tmp_path / "run")
+        run_training(ToyTask(cfg), tmp_path / "run")
     assert "still warming up" in caplog.text
     assert "exporting the model" in caplog.text
 

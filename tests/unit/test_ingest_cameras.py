@@ -52,11 +52,11 @@ def test_renderme_rt_is_camera_to_world():
     np.testing.assert_allclose(v, np.linalg.inv(rt), atol=1e-12)
     np.testing.assert_allclose(camera_center(v), CAMERA_CENTRES["25"], atol=1e-12)
     k = shift_pixel_center(intrinsics(20, 16), 0.0)
-    uv, z = project(HEAD, k, v)
+    uv, z = project(HEAD, v, k)
     np.testing.assert_allclose(uv[0], [10.0, 8.0], atol=1e-9)  # image centre in the +0.5 convention
     assert z[0] == pytest.approx(1.2)
     # the same point projected with OpenCV's convention is 0.5 px less on both axes
-    np.testing.assert_allclose(project_opencv(MARK, intrinsics(20, 16), rt)[0] + 0.5, project(MARK, k, v)[0][0],
+    np.testing.assert_allclose(project_opencv(MARK, intrinsics(20, 16), rt)[0] + 0.5, project(MARK, v, k)[0][0],
                                atol=1e-9)
 
 
@@ -71,7 +71,7 @@ def test_opengl_and_units_are_converted():
     w2c_gl = np.diag([1.0, -1.0, -1.0, 1.0]) @ np.linalg.inv(rt)
     np.testing.assert_allclose(to_viewmat(w2c_gl, "opengl_w2c_m"), np.linalg.inv(rt), atol=1e-12)
     # a wrong convention moves the head behind the camera
-    _, z = project(HEAD, intrinsics(20, 16), to_viewmat(rt, "opencv_w2c_m"))
+    _, z = project(HEAD, to_viewmat(rt, "opencv_w2c_m"), intrinsics(20, 16))
     assert z[0] < 0
 
 
@@ -98,8 +98,8 @@ def test_crop_resize_keeps_projection():
     crop = CropResize.square(48, 40, 20)
     assert crop.box == (4, 0, 44, 40) and (crop.out_w, crop.out_h) == (20, 20)
     pts = HEAD + np.random.default_rng(1).normal(scale=0.05, size=(10, 3))
-    uv, _ = project(pts, k, v)
-    uv2, _ = project(pts, crop.apply_to_K(k), v)
+    uv, _ = project(pts, v, k)
+    uv2, _ = project(pts, v, crop.apply_to_K(k))
     np.testing.assert_allclose(uv2, (uv - [4, 0]) * 0.5, atol=1e-9)
     keep = CropResize.square(48, 40, 0)
     assert keep.identity and np.allclose(keep.apply_to_K(k), k)

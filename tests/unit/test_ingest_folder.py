@@ -50,7 +50,7 @@ def _render(verts, cam: str) -> np.ndarray:
     """Grey background, the tetrahedron's silhouette in orange."""
     from PIL import Image, ImageDraw
 
-    uv, _ = project(verts, K, w2c(CAMS[cam]))
+    uv, _ = project(verts, w2c(CAMS[cam]), K)
     im = Image.new("RGB", (SIZE, SIZE), (128, 128, 128))
     draw = ImageDraw.Draw(im)
     for f in TETRA_FACES:
@@ -112,7 +112,7 @@ def test_recipe_vertices_project_in_frame(tmp_path):
     cams, conv = read_camera_file(tmp_path / "0001" / "angry_1" / "cams.json")
     assert conv == "opencv_w2c_m" and sorted(cams) == ["A", "B", "C"]
     for c in cams.values():
-        uv, z = project(TETRA, c["K"], c["matrix"])
+        uv, z = project(TETRA, c["matrix"], c["K"])
         assert (z > 0).all() and ((uv >= 0) & (uv < SIZE)).all()
 
 

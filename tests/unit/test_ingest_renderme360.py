@@ -134,7 +134,7 @@ def test_camera_round_trip_after_resize(tmp_path):
     for cam in s["cameras"]:
         img = s["images"][cam["name"]]
         assert img.shape == (20, 20, 3) and (cam["width"], cam["height"]) == (20, 20)
-        uv, _ = project(fx.MARK, cam["K"], cam["viewmat"])
+        uv, _ = project(fx.MARK, cam["viewmat"], cam["K"])
         # exact: the fixture's OpenCV projection, +0.5 (pixel centres), minus the crop, times the scale
         ref = (fx.project_opencv(fx.MARK, fx.intrinsics(48, 40), fx.look_at_c2w(fx.CAMERA_CENTRES[cam["name"]]))[0]
                + 0.5 - [4, 0]) * 0.5

@@ -8,16 +8,14 @@ from emodifftalk.eval.metrics import (
     fdd,
     fdd_abs,
     fdd_abs_per_sequence,
-    gaussian_window,
     lve_mm,
     lve_sq,
     mod,
     motion_metrics,
     mouth_opening,
-    psnr,
-    ssim,
     upper_face_dynamics,
 )
+from emodifftalk.losses.image import gaussian_window, psnr, ssim
 
 
 def seqs():

@@ -42,7 +42,7 @@ def train_and_eval_s2au(tmp, seed: int = 0, overrides: tuple[str, ...] = tuple(N
                                 "train.max_steps=200", "train.lr=5e-3", "train.warmup_steps=1",
                                 "train.val_every=0", "train.log_every=1000", "train.ckpt_every=100000",
                                 f"train.seed={seed}"])
-    export = run_training(get_task("s2au"), cfg, tmp / "run")
+    export = run_training(get_task("s2au", cfg), tmp / "run")
     return run_eval(export, shards)
 
 
@@ -75,7 +75,7 @@ def motion_export(tmp_path_factory):
 def train_motion(shards, out, seed: int = 0):
     cfg = tiny_motion_config(shards, "train.max_steps=300", "train.val_every=0", "train.ckpt_every=100000",
                              "train.log_every=1000", f"train.seed={seed}")
-    return run_training(get_task("motion"), cfg, out)
+    return run_training(get_task("motion", cfg), out)
 
 
 def test_motion_model_beats_the_template_lve(motion_export):
@@ -95,7 +95,7 @@ def edit_region_motion(export, shards, raw, name: str) -> tuple[float, float, di
     from emodifftalk.diffusion import NoiseSchedule
     from emodifftalk.eval.au_response import au_edit_response
     from emodifftalk.eval.motion import load_eval_clips
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.diffusion.windowed import sample_motion
     from emodifftalk.train.export import load_exported
 
     model, cfg = load_exported(export, task="motion")
@@ -147,7 +147,7 @@ def test_rig_held_out_psnr_is_well_above_flat_colours(tmp_path):
 
 
 def rig_holdout_psnr(tmp, seed: int = 0) -> tuple[float, float, float]:
-    from emodifftalk.eval.metrics import psnr
+    from emodifftalk.losses.image import psnr
     from emodifftalk.render import rasterize
     from emodifftalk.rig.deform import deform
     from emodifftalk.rig.gaussians import GaussianRig

@@ -107,7 +107,7 @@ def test_truncated_export_and_rig_errors_name_the_file(tmp_path):
     export.mkdir()
     cfg = build_config("tiny")
     save_config(cfg, export)
-    save_file(ToyTask().build_model(cfg).state_dict(), str(export / "model.safetensors"))
+    save_file(ToyTask(cfg).build_model().state_dict(), str(export / "model.safetensors"))
     truncate(export / "model.safetensors")
     with pytest.raises(CorruptFileError, match="export/model.safetensors.*truncated or damaged"):
         load_exported(export, task="toy")
@@ -135,7 +135,7 @@ def toy_cfg(*extra):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "run"
-    run_training(ToyTask(), toy_cfg("train.max_steps=4"), out)
+    run_training(ToyTask(toy_cfg("train.max_steps=4")), out)
     return out
 
 
@@ -169,7 +169,7 @@ def test_resume_latest_falls_back_past_a_damaged_checkpoint(toy_run, tmp_path, c
     flip_block(opt) if damage == "flip" else truncate(opt)
     assert "optimizer.safetensors" in verify_checkpoint(latest)
     with caplog.at_level(logging.WARNING):
-        run_training(ToyTask(), toy_cfg("train.max_steps=5"), out, resume="latest")
+        run_training(ToyTask(toy_cfg("train.max_steps=5")), out, resume="latest")
     assert "step_0000004 is damaged" in caplog.text and "falling back" in caplog.text
     entry = json.loads((out / "run.json").read_text())["runs"][-1]
     assert entry["resumed_from"].endswith("step_0000002") and entry["resume_requested"] == "latest"
@@ -235,20 +235,20 @@ def test_unverifiable_shards_count_skips_report_and_fail_past_the_limit(shards, 
     root, bad = _damaged_copy(shards, tmp_path / "shards", strip_sha=True)
     with caplog.at_level(logging.WARNING):
         with pytest.raises(DataSkipError, match="max_skip_fraction"):
-            run_training(get_s2au(), s2au_cfg(root, "data.max_skip_fraction=0.01"), tmp_path / "strict")
+            run_training(get_s2au(s2au_cfg(root, "data.max_skip_fraction=0.01")), tmp_path / "strict")
     assert "cannot be verified" in caplog.text and bad in caplog.text
     entry = json.loads((tmp_path / "strict" / "run.json").read_text())["runs"][-1]
     assert entry["skipped"]["corrupt_samples"] >= 1
     # a generous limit trains, and still records what was skipped
-    run_training(get_s2au(), s2au_cfg(root, "data.max_skip_fraction=1"), tmp_path / "lenient")
+    run_training(get_s2au(s2au_cfg(root, "data.max_skip_fraction=1")), tmp_path / "lenient")
     entry = json.loads((tmp_path / "lenient" / "run.json").read_text())["runs"][-1]
     assert entry["skipped"]["corrupt_samples"] >= 1 and entry["samples_read"] == 4 * 3
 
 
-def get_s2au():
+def get_s2au(cfg):
     from emodifftalk.train.task import get_task
 
-    return get_task("s2au")
+    return get_task("s2au", cfg)
 
 
 @pytest.mark.parametrize("layout", ["empty", "no_manifest", "missing"])

@@ -25,20 +25,20 @@ def shards(tmp_path_factory):
 
 
 def test_batches_and_loss(shards):
-    task = get_task("s2au")
     cfg = tiny_cfg(shards)
-    it = task.train_batches(cfg, rank=0, world_size=1, seed=0, start_step=0)
+    task = get_task("s2au", cfg)
+    it = task.train_batches(rank=0, world_size=1, seed=0, start_step=0)
     b = next(it)
     assert b["feats"].shape[0] == 3 and b["feats"].shape[2] == 16 + 2  # n_mels + level channels
     assert b["aus"].shape == (3, 20, 17) and b["frame_mask"].all()
     assert b["feats"].shape[1] == 40  # 20 frames at 25 fps = 40 feature frames at 50 Hz
     assert torch.all(b["fps"] == 25.0) and torch.all(b["n_frames"] == 20)
     # deterministic in (seed, rank), different across ranks
-    again = next(task.train_batches(cfg, 0, 1, 0, 0))
-    other = next(task.train_batches(cfg, 1, 2, 0, 0))
+    again = next(task.train_batches(0, 1, 0, 0))
+    other = next(task.train_batches(1, 2, 0, 0))
     assert torch.equal(again["feats"], b["feats"])
     assert not torch.equal(other["feats"], b["feats"])
-    model = task.build_model(cfg)
+    model = task.build_model()
     terms = task.loss(model, b, step=0)
     assert set(terms) == {"loss", "reg", "temp"} and torch.isfinite(terms["loss"])
     terms["loss"].backward()
@@ -46,9 +46,9 @@ def test_batches_and_loss(shards):
 
 
 def test_missing_data_root_is_a_clear_error():
-    task = get_task("s2au")
+    task = get_task("s2au", build_config("tiny"))
     with pytest.raises(ValueError, match="--data"):
-        next(task.train_batches(build_config("tiny"), 0, 1, 0, 0))
+        next(task.train_batches(0, 1, 0, 0))
 
 
 def test_train_export_predict_eval(shards, tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_train_export_predict_eval(shards, tmp_path, capsys):
     from emodifftalk.train.loop import run_training
 
     cfg = tiny_cfg(shards)
-    export = run_training(get_task("s2au"), cfg, tmp_path / "run")
+    export = run_training(get_task("s2au", cfg), tmp_path / "run")
     meta = json.loads((export / "s2au.json").read_text())
     assert meta["in_dim"] == 16 + 2 and meta["encoder_id"].startswith("mel")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -95,7 +95,7 @@ def test_minilm_layer_pooling_concatenates_unit_layer_means(minilm):
     with pytest.raises(ValueError, match="minilm_layers"):
         MiniLMEncoder(layers=(0, 6))
     from emodifftalk.config import Text2AUConfig
-    from emodifftalk.train.tasks.text2au import encoder_dim
+    from emodifftalk.text2au.encoders import encoder_dim
 
     assert encoder_dim(Text2AUConfig(minilm_layers=(4, 6))) == enc.dim  # the head is sized before loading
 
@@ -105,7 +105,7 @@ def test_open_clip_text_tower_from_local_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
     from emodifftalk.config import build_config
-    from emodifftalk.train.tasks.text2au import encoder_dim, make_encoder
+    from emodifftalk.text2au.encoders import build_encoder, encoder_dim
 
     cfg_dir = tmp_path / "cfgs"
     cfg_dir.mkdir()
@@ -133,7 +133,7 @@ def test_open_clip_text_tower_from_local_checkpoint(tmp_path):
     # the config-driven path used by training and Text2AU.load
     cfg = build_config("tiny", ["text2au.encoder=open_clip", f"text2au.open_clip_model={name}",
                                 f"text2au.open_clip_checkpoint={ckpt}"])
-    from_cfg = make_encoder(cfg.text2au)
+    from_cfg = build_encoder(cfg.text2au)
     assert from_cfg.encoder_id == f"{enc.encoder_id}|subject=a person" and encoder_dim(cfg.text2au) == enc.dim == 24
 
 

@@ -8,10 +8,12 @@ from emodifftalk.cli import main
 from emodifftalk.config import build_config
 from emodifftalk.models.text_to_au import TextToAU, TextToAUEnsemble
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
-from emodifftalk.text2au.evaluate import evaluate_model, multilabel_metrics
+from emodifftalk.text2au.evaluate import evaluate_model
+from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.train.task import get_task
-from emodifftalk.train.tasks.text2au import INFO_FILE, Text2AUTask, intra_op_threads, steps_per_epoch
+from emodifftalk.text2au.predict import INFO_FILE
+from emodifftalk.train.tasks.text2au import Text2AUTask, intra_op_threads, steps_per_epoch
 
 
 HASH_ID = "hashing:v1:d1024|subject=a person"  # the default prompt template is part of the id
@@ -63,38 +65,37 @@ def hashing_cfg():
 
 
 @pytest.fixture(scope="module")
-def hashing_task():
-    return Text2AUTask()
+def hashing_task(hashing_cfg):
+    return Text2AUTask(hashing_cfg)
 
 
 def test_train_batches_deterministic_rank_disjoint_and_resumable(hashing_cfg, hashing_task):
-    cfg = hashing_cfg
-    data = hashing_task.prepare(cfg)["train"]
-    it = hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=0)
+    data = hashing_task.prepare()["train"]
+    it = hashing_task.train_batches(0, 1, seed=3, start_step=0)
     first = [next(it) for _ in range(5)]
-    again = hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=0)
+    again = hashing_task.train_batches(0, 1, seed=3, start_step=0)
     assert all(torch.equal(a["anchor"], next(again)["anchor"]) for a in first)
-    resumed = next(hashing_task.train_batches(cfg, 0, 1, seed=3, start_step=4))
+    resumed = next(hashing_task.train_batches(0, 1, seed=3, start_step=4))
     assert torch.equal(resumed["labels"], first[4]["labels"]) and torch.equal(resumed["anchor"], first[4]["anchor"])
     b = first[0]
     assert b["anchor"].shape == (16, data.anchor.shape[1]) and b["positives"].shape[1:] == (3, data.anchor.shape[1])
     assert b["labels"].shape == (16, NUM_AUS)
     # one epoch covers every training row exactly once
     spe = steps_per_epoch(len(data), 16)
-    rows = torch.cat([bt["anchor"] for bt in [next(hashing_task.train_batches(cfg, 0, 1, 3, k)) for k in range(spe)]])
+    rows = torch.cat([bt["anchor"] for bt in [next(hashing_task.train_batches(0, 1, 3, k)) for k in range(spe)]])
     assert rows.shape[0] == len(data) and torch.unique(rows, dim=0).shape[0] == torch.unique(data.anchor, dim=0).shape[0]
     # two ranks split the global batch into disjoint halves
-    r0 = next(hashing_task.train_batches(cfg, 0, 2, 3, 0))["anchor"]
-    r1 = next(hashing_task.train_batches(cfg, 1, 2, 3, 0))["anchor"]
+    r0 = next(hashing_task.train_batches(0, 2, 3, 0))["anchor"]
+    r1 = next(hashing_task.train_batches(1, 2, 3, 0))["anchor"]
     assert r0.shape[0] == r1.shape[0] == 8
     assert torch.equal(torch.cat([r0, r1]).sort(dim=0).values, first[0]["anchor"].sort(dim=0).values)
 
 
 def test_loss_is_finite_and_decreases_with_a_few_steps(hashing_cfg, hashing_task):
     torch.manual_seed(0)
-    model = hashing_task.build_model(hashing_cfg)
+    model = hashing_task.build_model()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    it = hashing_task.train_batches(hashing_cfg, 0, 1, 0, 0)
+    it = hashing_task.train_batches(0, 1, 0, 0)
     batch = next(it)
     losses = []
     with intra_op_threads(1):
@@ -109,7 +110,7 @@ def test_loss_is_finite_and_decreases_with_a_few_steps(hashing_cfg, hashing_task
 
 
 def test_task_is_registered():
-    assert isinstance(get_task("text2au"), Text2AUTask)
+    assert isinstance(get_task("text2au", build_config("tiny")), Text2AUTask)
 
 
 @pytest.fixture(scope="module")

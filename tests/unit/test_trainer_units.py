@@ -17,7 +17,7 @@ from emodifftalk.distributed.seed import derive_seed, seed_everything, torch_gen
 from emodifftalk.train import checkpoint as ck
 from emodifftalk.train.ema import EMA
 from emodifftalk.train.optim import build_optimizer, lr_at, param_groups
-from emodifftalk.train.task import TASKS, Task, get_task, optional_hook, register_task
+from emodifftalk.train.task import TASKS, Task, Validation, get_task, optional_hook, register_task
 from emodifftalk.train.toy import ToyTask
 
 # ---- seeding --------------------------------------------------------------------------------------
@@ -144,31 +144,37 @@ def test_checkpoint_listing_resume_and_prune(tmp_path):
 
 
 def test_registry_lazy_import_and_clear_errors():
-    assert isinstance(get_task("toy"), ToyTask)
+    cfg = build_config("tiny")
+    task = get_task("toy", cfg)
+    assert isinstance(task, ToyTask) and task.cfg is cfg
     with pytest.raises(ValueError, match="unknown training task 'no_such_task'.*toy"):
-        get_task("no_such_task")
+        get_task("no_such_task", cfg)
 
     class Proto:  # protocol-only task, not a Task subclass
-        def build_model(self, cfg): ...
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def build_model(self): ...
         def train_batches(self, *a): ...
         def loss(self, *a): ...
 
     register_task("_unit_proto", Proto)
     try:
-        t = get_task("_unit_proto")
-        assert optional_hook(t, "validate")(None, None, 0) == {}
+        t = get_task("_unit_proto", cfg)
+        assert optional_hook(t, "validate")(None, 0) == Validation({})
         assert optional_hook(t, "skip_stats")() == {}
 
         @register_task("_unit_bad")
         class Bad:
-            pass
+            def __init__(self, cfg):
+                self.cfg = cfg
 
         with pytest.raises(TypeError, match="missing build_model, train_batches, loss"):
-            get_task("_unit_bad")
+            get_task("_unit_bad", cfg)
     finally:
         TASKS.pop("_unit_proto", None)
         TASKS.pop("_unit_bad", None)
-    assert Task().batch_size({"meta": "x", "a": torch.zeros(5, 2)}) == 5
+    assert Task(cfg).batch_size({"meta": "x", "a": torch.zeros(5, 2)}) == 5
 
 
 # ---- toy task data ----------------------------------------------------------------------------------------
@@ -176,31 +182,32 @@ def test_registry_lazy_import_and_clear_errors():
 
 def test_toy_batches_deterministic_per_rank_and_resumable():
     cfg = build_config("tiny", ["data.batch_size=4"])
-    task = ToyTask(skip_every=3)
-    it = task.train_batches(cfg, rank=0, world_size=2, seed=5, start_step=0)
+    task = ToyTask(cfg, skip_every=3)
+    it = task.train_batches(rank=0, world_size=2, seed=5, start_step=0)
     first = [next(it) for _ in range(5)]
     assert task.skip_stats() == {"corrupt_samples": 1}  # batch index 2 lost a sample
     assert [b["x"].shape[0] for b in first] == [4, 4, 3, 4, 4]
-    again = list(zip(range(5), ToyTask(skip_every=3).train_batches(cfg, 0, 2, 5, 0)))
+    again = list(zip(range(5), ToyTask(cfg, skip_every=3).train_batches(0, 2, 5, 0)))
     assert all(torch.equal(a["x"], b["x"]) for a, (_, b) in zip(first, again))
-    resumed_task = ToyTask(skip_every=3)
-    resumed = next(resumed_task.train_batches(cfg, 0, 2, 5, start_step=3))
+    resumed_task = ToyTask(cfg, skip_every=3)
+    resumed = next(resumed_task.train_batches(0, 2, 5, start_step=3))
     assert torch.equal(resumed["x"], first[3]["x"]) and resumed_task.skip_stats() == {"corrupt_samples": 1}
-    other = next(ToyTask().train_batches(cfg, 1, 2, 5, 0))
+    other = next(ToyTask(cfg).train_batches(1, 2, 5, 0))
     assert not torch.equal(other["x"], first[0]["x"])
     assert set(other["sample_id"].tolist()).isdisjoint(first[0]["sample_id"].tolist())
-    model = task.build_model(cfg)
+    model = task.build_model()
     out = task.loss(model, first[0], step=0)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert not torch.isfinite(ToyTask(nan_steps=(2,)).loss(model, first[0], step=2)["loss"])
+    assert not torch.isfinite(ToyTask(cfg, nan_steps=(2,)).loss(model, first[0], step=2)["loss"])
 
 
 def test_toy_from_env(monkeypatch):
     monkeypatch.setenv("EMODIFFTALK_TOY_NAN_STEPS", "3, 5")
     monkeypatch.setenv("EMODIFFTALK_TOY_NAN_RANK", "1")
     monkeypatch.setenv("EMODIFFTALK_TOY_EMA", "1")
-    t = ToyTask.from_env()
-    assert t.nan_steps == (3, 5) and t.nan_rank == 1 and t.ema is True
+    cfg = build_config("tiny")
+    t = ToyTask.from_env(cfg)
+    assert t.cfg is cfg and t.nan_steps == (3, 5) and t.nan_rank == 1 and t.ema is True
 
 
 # ---- export round trip --------------------------------------------------------------------------------------
@@ -210,12 +217,12 @@ def test_export_and_load_exported_roundtrip(tmp_path):
     from emodifftalk.train.export import export_model, load_exported
 
     cfg = build_config("tiny")
-    task = ToyTask()
+    task = ToyTask(cfg)
     torch.manual_seed(0)
-    model = task.build_model(cfg).eval()
+    model = task.build_model().eval()
     raw = {k: v.clone() for k, v in model.state_dict().items()}
     ema = {k: v + 0.5 for k, v in model.named_parameters()}
-    out = export_model(task, cfg, raw, tmp_path / "export", ema_state=ema, meta={"step": 3})
+    out = export_model(task, raw, tmp_path / "export", ema_state=ema, meta={"step": 3})
     assert json.loads((out / "task.json").read_text())["task"] == "toy"
     assert (out / "toy_model.txt").is_file()  # export_extra ran
     x = torch.randn(2, task.seq_len, task.d_in)

@@ -10,7 +10,8 @@ import torch
 from emodifftalk import au
 from emodifftalk.config import build_config
 from emodifftalk.edits import apply_edits, load_edits, parse_edits
-from emodifftalk.viewer.edit_worker import EditWorker, resample_spans
+from emodifftalk.diffusion.windowed import resample_spans
+from emodifftalk.viewer.edit_worker import EditWorker
 from emodifftalk.viewer.state import Clip, ViewerState, frame_spans, track_to_curves
 
 FPS = 25.0

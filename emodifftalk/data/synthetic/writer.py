@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.config import SynthConfig
-from emodifftalk.data.audio import write_wav
+from emodifftalk.data.audio import SAMPLE_RATE, write_wav
 from emodifftalk.data.augment import augment_audio
 from emodifftalk.data.openface import write_openface_csv
 from emodifftalk.data.schema import SCHEMA_VERSION, validate_name
@@ -130,7 +130,7 @@ def make_clip(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> SynthCl
     if cfg.version == 2:
         return _make_clip_v2(cfg, ident, i, c)
     rng = _rng(cfg.seed, _S_CLIP, i, c)
-    speech = synthesize_clip(cfg.clip_seconds, cfg.sample_rate, cfg.fps, rng,
+    speech = synthesize_clip(cfg.clip_seconds, SAMPLE_RATE, cfg.fps, rng,
                              emotion=clip_emotion(cfg, i, c), voice=ident.params.voice,
                              gestures=cfg.gestures)
     verts = apply_rig(ident.template.verts, ident.rig, speech.aus)
@@ -159,7 +159,7 @@ def use_tts(cfg: SynthConfig) -> bool:
 
 def _make_clip_v2(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> SynthClip:
     rng = _rng(cfg.seed, _S_CLIP, i, c)
-    talk = talk_clip(cfg.clip_seconds, cfg.sample_rate, cfg.fps, rng, ident.voice,
+    talk = talk_clip(cfg.clip_seconds, SAMPLE_RATE, cfg.fps, rng, ident.voice,
                      emotion=clip_emotion(cfg, i, c), gestures=cfg.gestures,
                      formant_voice=None if use_tts(cfg) else ident.params.voice)
     verts = deform(ident.face, talk.aus, talk.articulators)
@@ -274,11 +274,11 @@ def _write_audio(cfg: SynthConfig, path: Path, audio: np.ndarray, i: int, c: int
     stereo, PCM24, noise ...; ``pack`` converts them). Returns (sample rate, effects)."""
     rng = _rng(cfg.seed, _S_AUGMENT, i, c)
     if cfg.version == 1 or rng.uniform() >= cfg.augment_prob:
-        write_wav(path, audio, cfg.sample_rate)
-        return cfg.sample_rate, []
+        write_wav(path, audio, SAMPLE_RATE)
+        return SAMPLE_RATE, []
     import soundfile as sf
 
-    aug = augment_audio(audio, cfg.sample_rate, rng)
+    aug = augment_audio(audio, SAMPLE_RATE, rng)
     buf = io.BytesIO()
     sf.write(buf, aug.audio, aug.sample_rate, format="WAV", subtype=str(rng.choice(["PCM_16", "PCM_24"])))
     path.write_bytes(buf.getvalue())
@@ -401,7 +401,7 @@ def generate_dataset(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = Fa
         else:
             generator["speech"] = "espeak-ng" if use_tts(cfg) else "formant"
         _save_json(tmp / "dataset.json", {
-            "name": "synthetic", "fps": cfg.fps, "sample_rate": cfg.sample_rate,
+            "name": "synthetic", "fps": cfg.fps, "sample_rate": SAMPLE_RATE,
             "schema_version": SCHEMA_VERSION, "identities": [d["identity"] for d in idents],
             "background": list(BACKGROUND), "generator": generator})
         if cfg.version == 2:

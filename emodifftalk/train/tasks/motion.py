@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,129 +36,32 @@ import torch
 from torch import Tensor, nn
 
 from emodifftalk.config import Config
+from emodifftalk.data.shards import (SkipStats, collate_sequences, crop_sequence, iter_dataset, shard_urls,
+                                    stream_samples)
 from emodifftalk.diffusion.schedule import NoiseSchedule
+from emodifftalk.diffusion.windowed import sample_motion
+from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
-from emodifftalk.losses.geometry import deformation_loss, geometry_loss, laplacian_matrix, mesh_edges
+from emodifftalk.losses.geometry import deformation_loss, geometry_loss
+from emodifftalk.models.audio_frontend import encoder_id
 from emodifftalk.models.denoiser import Denoiser
-from emodifftalk.train.task import Task, register_task
+from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
+from emodifftalk.train.data_check import check_training_shards
+from emodifftalk.train.speech_augment import augment_sample
+from emodifftalk.train.task import Task, Validation, register_task
+from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 MOTION_META_FILE = "motion.json"
 SCALE_ESTIMATE_CLIPS = 32
 VAL_CLIPS = 4
-FEATURE_CACHE_CLIPS = 2048  # computed audio features kept per process (use `featurize` for big sets)
 VAL_NOISE_LEVELS = (0.1, 0.5, 0.9)  # fractions of the chain for the fixed-noise validation loss
 
 
 # --------------------------------------------------------------------------------------------
 # Templates and samples
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TemplateInfo:
-    identity: str
-    verts: np.ndarray  # (V, 3) float32
-    lip_idx: np.ndarray  # int64
-    upper_idx: np.ndarray  # int64
-    face_idx: np.ndarray  # int64 (all vertices if the set is missing)
-    edges: Tensor  # (E, 2) long
-    topology: str  # key shared by templates with identical faces
-    laplacian: Tensor | None = None  # sparse (V, V), see losses.geometry.laplacian_matrix
-
-    @property
-    def num_vertices(self) -> int:
-        return self.verts.shape[0]
-
-
-def load_template_infos(root: str | Path) -> dict[str, TemplateInfo]:
-    """{identity: TemplateInfo} from the template shards of ``root``."""
-    from emodifftalk.data.shards import load_templates
-
-    out = {}
-    for identity, s in load_templates(root).items():
-        verts = np.asarray(s["verts"], dtype=np.float32)
-        sets = s["vertex_sets"]
-        if len(sets.get("lips", ())) == 0:
-            raise ValueError(f"template of {identity} in {root} has no 'lips' vertex set")
-        faces = np.asarray(s["faces"], dtype=np.int64)
-        v = verts.shape[0]
-        face_idx = np.asarray(sets.get("face", np.arange(v)), dtype=np.int64)
-        out[identity] = TemplateInfo(
-            identity=identity, verts=verts, lip_idx=np.asarray(sets["lips"], dtype=np.int64),
-            upper_idx=np.asarray(sets.get("upper_face", face_idx), dtype=np.int64),
-            face_idx=face_idx if face_idx.size else np.arange(v),
-            edges=mesh_edges(torch.from_numpy(faces)),
-            topology=f"{v}:{zlib.crc32(faces.tobytes()):08x}")
-        out[identity].laplacian = laplacian_matrix(out[identity].edges, v)
-    if not out:
-        raise ValueError(f"no template samples in {root}")
-    return out
-
-
-def _feats_encoder(meta) -> str | None:
-    if isinstance(meta, dict):
-        for key in ("encoder_id", "encoder", "id"):
-            if isinstance(meta.get(key), str):
-                return meta[key]
-    return meta if isinstance(meta, str) else None
-
-
-class _FeatureMaker:
-    """Audio features for a decoded seq sample: the cached ones if they match the encoder, else
-    computed from the whole clip with the configured front end (built lazily per process)."""
-
-    def __init__(self, audio_cfg, cache_size: int = FEATURE_CACHE_CLIPS):
-        self.audio_cfg = audio_cfg
-        self._frontend = None
-        self._enc_id = None
-        self._warned = False
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # key -> computed features (LRU)
-        self.cache_size = int(cache_size)
-
-    def __call__(self, sample: dict) -> np.ndarray:
-        from emodifftalk.models.audio_frontend import build_frontend, encoder_id
-
-        if self._enc_id is None:
-            self._enc_id = encoder_id(self.audio_cfg)
-        feats = sample.get("feats")
-        if feats is not None and _feats_encoder(sample.get("feats_meta")) == self._enc_id \
-                and feats.shape[1] == self.audio_cfg.feature_dim:
-            return feats
-        if feats is not None and not self._warned:
-            log.warning("cached features of %s were made by %r, not %r: recomputing from audio",
-                        sample.get("key"), _feats_encoder(sample.get("feats_meta")), self._enc_id)
-            self._warned = True
-        key = None if sample.get("augmented") else sample.get("key")  # augmented audio: never cached
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        if self._frontend is None:
-            self._frontend = build_frontend(self.audio_cfg).eval()
-        with torch.no_grad():
-            audio = torch.from_numpy(np.ascontiguousarray(sample["audio"], dtype=np.float32))[None]
-            out = self._frontend(audio)[0].numpy()
-        if key is not None and self.cache_size > 0:
-            self._cache[key] = out
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out
-
-
-def usable_reason(sample: dict, templates: dict[str, TemplateInfo], fps: float) -> str | None:
-    """Why a decoded seq sample cannot train the motion model (None if it can)."""
-    identity = sample["meta"].get("identity")
-    if sample.get("verts") is None:
-        return "no tracked meshes (verts.npy)"
-    if identity not in templates:
-        return f"no template for identity {identity!r}"
-    if sample["verts"].shape[1] != templates[identity].num_vertices:
-        return (f"verts have {sample['verts'].shape[1]} vertices, template of {identity} has "
-                f"{templates[identity].num_vertices}")
-    if abs(float(sample["meta"].get("fps", fps)) - fps) > 1e-3:
-        return f"clip fps {sample['meta'].get('fps')} != model fps {fps} (infer.fps)"
-    return None
 
 
 def add_template_fields(batch: dict, templates: dict[str, TemplateInfo]) -> dict:
@@ -195,19 +95,16 @@ class MotionBatches(torch.utils.data.IterableDataset):
         self.stats, self.unusable = stats, unusable
 
     def __iter__(self) -> Iterator[dict]:
-        from emodifftalk.data.shards import collate_sequences, crop_sequence, stream_samples
-        from emodifftalk.train.speech_augment import augment_sample
-
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         cfg = self.cfg
         stream = stream_samples(self.urls, shuffle_buffer=cfg.data.shuffle_buffer, resampled=True,
                                 seed=self.seed * 1009 + self.rank, stats=self.stats, epoch=self.epoch)
         rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
-        feats = _FeatureMaker(cfg.audio)
+        feats = ClipFeatures(cfg.audio)
         buckets: dict[int, list[dict]] = {}
         for sample in stream:
-            reason = usable_reason(sample, self.templates, cfg.infer.fps)
+            reason = usable_reason(sample, self.templates, cfg.diffusion.fps)
             if reason is not None:
                 self.unusable.skip(sample.get("key"), None, reason)
                 continue
@@ -225,8 +122,6 @@ class MotionBatches(torch.utils.data.IterableDataset):
 def estimate_offset_scale(root: str | Path, templates: dict[str, TemplateInfo],
                           max_clips: int = SCALE_ESTIMATE_CLIPS) -> float:
     """RMS per-coordinate offset over the ``face`` vertices of the first training clips (metres)."""
-    from emodifftalk.data.shards import iter_dataset
-
     sq, count = 0.0, 0
     for sample in iter_dataset(root, "seq", "train"):
         t = templates.get(sample["meta"].get("identity"))
@@ -258,78 +153,65 @@ class MotionTask(Task):
     name = "motion"
     ema = True
 
-    def __init__(self):
-        from emodifftalk.data.shards import SkipStats
-
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
         self.stats = SkipStats()  # unreadable shards / corrupt samples
         self.unusable = SkipStats(max_logged=20)  # decodable but unusable (no meshes, no template, fps)
+        self.schedule = NoiseSchedule.from_config(cfg.diffusion)
+        # read from the shards on first use (cheap to build the task, e.g. to load an export)
         self._templates: dict[str, TemplateInfo] | None = None
-        self._root: str | None = None
         self._scale: float | None = None
-        self._schedule: NoiseSchedule | None = None
         self._val: list[dict] | None = None
-        self._media: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---- set-up ------------------------------------------------------------------------------------
 
-    def _data_root(self, cfg: Config) -> str:
-        root = getattr(cfg.data, "root", "")
+    def _data_root(self) -> str:
+        root = getattr(self.cfg.data, "root", "")
         if not root:
             raise ValueError("the motion task needs packed shards: set data.root=/path/to/shards")
         return root
 
-    def templates(self, cfg: Config) -> dict[str, TemplateInfo]:
-        root = self._data_root(cfg)
-        if self._templates is None or self._root != root:
-            self._templates, self._root, self._scale, self._val = load_template_infos(root), root, None, None
+    def templates(self) -> dict[str, TemplateInfo]:
+        if self._templates is None:
+            self._templates = load_template_infos(self._data_root())
         return self._templates
 
-    def schedule(self, cfg: Config) -> NoiseSchedule:
-        if self._schedule is None or self._schedule.num_train_steps != cfg.diffusion.num_train_steps:
-            self._schedule = NoiseSchedule.from_config(cfg.diffusion)
-        return self._schedule
-
-    def offset_scale(self, cfg: Config) -> float:
-        if cfg.diffusion.offset_scale > 0:
-            return float(cfg.diffusion.offset_scale)
+    def offset_scale(self) -> float:
+        if self.cfg.diffusion.offset_scale > 0:
+            return float(self.cfg.diffusion.offset_scale)
         if self._scale is None:
-            self._scale = estimate_offset_scale(self._data_root(cfg), self.templates(cfg))
+            self._scale = estimate_offset_scale(self._data_root(), self.templates())
             log.info("diffusion.offset_scale estimated from training data: %.6f m", self._scale)
         return self._scale
 
-    def _ensure_offset_scale(self, model: nn.Module, cfg: Config) -> float:
+    def _ensure_offset_scale(self, model: nn.Module) -> float:
         m = _unwrap(model)
         if float(m.offset_scale) <= 0:
-            m.offset_scale.fill_(self.offset_scale(cfg))
+            m.offset_scale.fill_(self.offset_scale())
         return float(m.offset_scale)
 
     # ---- Task protocol -------------------------------------------------------------------------------
 
-    def build_model(self, cfg: Config) -> nn.Module:
+    def build_model(self) -> nn.Module:
         # offset_scale 0 = "not yet estimated"; set on the first loss/validate call (exports carry it)
-        self._cfg = cfg
-        return Denoiser.from_config(cfg, offset_scale=cfg.diffusion.offset_scale)
+        return Denoiser.from_config(self.cfg, offset_scale=self.cfg.diffusion.offset_scale)
 
-    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
-                      start_step: int) -> Iterator[dict]:
-        from emodifftalk.data.shards import shard_urls
-
-        self._cfg = cfg
-        root = self._data_root(cfg)
+    def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
+        cfg = self.cfg
+        root = self._data_root()
         urls = shard_urls(root, "seq", "train")
         if not urls:
             raise ValueError(f"no train seq shards in {root}")
-        templates = self.templates(cfg)
-        self.offset_scale(cfg)  # estimate once, before any worker starts
+        templates = self.templates()
+        self.offset_scale()  # estimate once, before any worker starts
         ds = MotionBatches(urls, templates, cfg, seed, rank, start_step, self.stats, self.unusable)
         if cfg.data.num_workers > 0:
             return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.data.num_workers))
         return iter(ds)
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
-        cfg = self._cfg
-        d = cfg.diffusion
-        scale = self._ensure_offset_scale(model, cfg)
+        d = self.cfg.diffusion
+        scale = self._ensure_offset_scale(model)
         verts, template = batch["verts"], batch["template"]
         fmask = batch["frame_mask"]
         b = fmask.shape[0]
@@ -343,21 +225,22 @@ class MotionTask(Task):
             x_n, drop = torch.zeros_like(x0), torch.zeros(b, dtype=torch.bool, device=x0.device)
         else:
             n = torch.randint(0, d.num_train_steps, (b,), device=x0.device)
-            x_n = self.schedule(cfg).q_sample(x0, n, torch.randn_like(x0))
+            x_n = self.schedule.q_sample(x0, n, torch.randn_like(x0))
             drop = torch.rand(b, device=x0.device) < d.cond_dropout
         drop_audio = torch.rand(b, device=x0.device) < d.audio_dropout
         pred = model(x_n, batch["template_unique"], aus, feats, n, drop_cond=drop, frame_mask=fmask,
                      template_index=batch["template_index"], drop_audio=drop_audio)
-        terms = self._geometry(pred.float(), x0, batch, fmask, cfg)
+        terms = self._geometry(pred.float(), x0, batch, fmask)
         # eq. (22) on the real frames' predicted offsets in metres, (N, V, 3); logged unweighted
         terms["move"] = distance_loss((pred.float() * scale)[fmask.bool()], d.move_tau, weight=1.0)
         out = {"loss": terms.pop("geometry") + d.lambda_move * terms["move"]}
         out.update({k: v.detach() for k, v in terms.items()})
         return out
 
-    def _geometry(self, pred: Tensor, x0: Tensor, batch: dict, fmask: Tensor, cfg: Config) -> dict:
+    def _geometry(self, pred: Tensor, x0: Tensor, batch: dict, fmask: Tensor) -> dict:
         """Eq. 17 in diffusion units; L_deform per topology group when a batch mixes templates."""
-        templates = self.templates(cfg)
+        cfg = self.cfg
+        templates = self.templates()
         infos = [templates[i] for i in batch["identity"]]
         same = len({i.topology for i in infos}) == 1
         terms = geometry_loss(pred, x0, lip_mask=batch["lip_mask"], edges=infos[0].laplacian if same else None,
@@ -375,19 +258,18 @@ class MotionTask(Task):
 
     # ---- validation ------------------------------------------------------------------------------------
 
-    def _val_clips(self, cfg: Config) -> list[dict]:
+    def _val_clips(self) -> list[dict]:
         """Up to VAL_CLIPS usable val clips (full length, features computed), cached."""
-        from emodifftalk.data.shards import iter_dataset, shard_urls
-
         if self._val is not None:
             return self._val
-        root = self._data_root(cfg)
-        templates = self.templates(cfg)
+        cfg = self.cfg
+        root = self._data_root()
+        templates = self.templates()
         clips: list[dict] = []
         if shard_urls(root, "seq", "val"):
-            feats = _FeatureMaker(cfg.audio)
+            feats = ClipFeatures(cfg.audio)
             for s in iter_dataset(root, "seq", "val"):
-                if usable_reason(s, templates, cfg.infer.fps) is None:
+                if usable_reason(s, templates, cfg.diffusion.fps) is None:
                     clips.append(dict(s, feats=feats(s)))
                 if len(clips) >= VAL_CLIPS:
                     break
@@ -397,19 +279,18 @@ class MotionTask(Task):
         return clips
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
-        from emodifftalk.eval.metrics import motion_metrics
-        from emodifftalk.motion_inference import sample_motion
-
-        self._cfg = cfg
-        clips = self._val_clips(cfg)
+    def validate(self, model: nn.Module, step: int) -> Validation:
+        """Fixed-noise denoising errors and sampled-motion metrics over the val clips; media: the
+        first clip's mouth opening, captured and sampled."""
+        cfg = self.cfg
+        clips = self._val_clips()
         if not clips:
-            return {}
-        scale = self._ensure_offset_scale(model, cfg)
-        templates = self.templates(cfg)
+            return Validation({})
+        scale = self._ensure_offset_scale(model)
+        templates = self.templates()
         device = next(model.parameters()).device
         d = cfg.diffusion
-        sched = None if d.regression else self.schedule(cfg)
+        sched = None if d.regression else self.schedule
         g = torch.Generator().manual_seed(1234)
         out: dict[str, float] = {}
         # fixed-noise denoising error (comparable across steps), diffusion units
@@ -442,20 +323,17 @@ class MotionTask(Task):
             uppers.append(tpl.upper_idx)
         m = motion_metrics(preds, gts, tpls, lips, uppers)
         out.update({k: m[k] for k in ("lve_mm", "mod", "fdd_abs")})
-        from emodifftalk.eval.metrics import mouth_opening
+        return Validation(out, media=(mouth_opening(gts[0], lips[0]), mouth_opening(preds[0], lips[0])))
 
-        self._media = (mouth_opening(gts[0], lips[0]), mouth_opening(preds[0], lips[0]))
-        return out
-
-    def log_media(self, model: nn.Module, writer, step: int) -> None:
-        if self._media is None or writer is None:
+    def log_media(self, writer, step: int, media) -> None:
+        if media is None or writer is None:
             return
-        import matplotlib
+        import matplotlib  # plotting only where TensorBoard figures are written
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        gt, pred = self._media
+        gt, pred = media
         fig, ax = plt.subplots(figsize=(6, 2.5))
         ax.plot(gt * 1000, label="ground truth")
         ax.plot(pred * 1000, label="sampled")
@@ -466,18 +344,14 @@ class MotionTask(Task):
         writer.add_figure("motion/mouth_opening_val0", fig, step)
         plt.close(fig)
 
-    def check_data(self, cfg: Config) -> None:
-        from emodifftalk.train.data_check import check_training_shards
-
-        check_training_shards(cfg, self.name, [("seq", "train"), ("template", None)])
+    def check_data(self) -> None:
+        check_training_shards(self.cfg, self.name, [("seq", "train"), ("template", None)])
 
     def skip_stats(self) -> dict[str, int]:
         return {"corrupt_samples": self.stats.n_skipped, "unusable_samples": self.unusable.n_skipped}
 
-    def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
-        from emodifftalk.models.audio_frontend import encoder_id
-        from emodifftalk.utils import atomic_write_text
-
+    def export_extra(self, model: nn.Module, out_dir: Path) -> None:
+        cfg = self.cfg
         try:
             enc = encoder_id(cfg.audio)
         except (FileNotFoundError, ValueError) as e:

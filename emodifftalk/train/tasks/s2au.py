@@ -31,9 +31,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from emodifftalk.au import AU_NAMES, NUM_AUS
-from emodifftalk.config import Config, S2AUConfig
+from emodifftalk.config import Config
+from emodifftalk.data.shards import (SkipStats, collate_sequences, crop_sequence, iter_dataset, shard_urls,
+                                    stream_samples)
+from emodifftalk.distributed.seed import derive_seed
+from emodifftalk.eval.au_metrics import AUMetricAccumulator
 from emodifftalk.featurize import FeatureSource
-from emodifftalk.train.task import Task, register_task
+from emodifftalk.losses import speech_to_au_loss
+from emodifftalk.models.audio_frontend import encoder_id, feature_dim
+from emodifftalk.models.speech_inference import EXPORT_META, predict_from_features
+from emodifftalk.models.speech_to_au import SpeechToAU
+from emodifftalk.train.data_check import check_training_shards
+from emodifftalk.train.speech_augment import augment_sample
+from emodifftalk.train.task import Task, Validation, register_task
+from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +62,6 @@ def shards_root(cfg: Config) -> str:
 
 def collate_s2au(samples: list[dict]) -> dict:
     """Collated crops -> the tensors the task uses (no audio, no python metadata)."""
-    from emodifftalk.data.shards import collate_sequences
-
     b = collate_sequences(samples)
     return {"feats": b["feats"], "feats_mask": b["feats_mask"], "aus": b["aus"], "au_mask": b["au_mask"],
             "frame_mask": b["frame_mask"], "n_frames": b["frame_mask"].sum(dim=1),
@@ -63,15 +72,10 @@ class S2AUBatches(IterableDataset):
     """Endless collated training batches for one rank (each DataLoader worker its own stream)."""
 
     def __init__(self, cfg: Config, rank: int, seed: int, start_step: int, stats):
-        from emodifftalk.distributed.seed import derive_seed
-
         self.cfg, self.rank, self.start_step, self.stats = cfg, rank, start_step, stats
         self.seed = derive_seed(seed, rank)
 
     def __iter__(self) -> Iterator[dict]:
-        from emodifftalk.data.shards import crop_sequence, shard_urls, stream_samples
-        from emodifftalk.train.speech_augment import augment_sample
-
         cfg = self.cfg
         urls = shard_urls(shards_root(cfg), "seq", "train")
         if not urls:
@@ -98,25 +102,19 @@ class S2AUTask(Task):
     name = "s2au"
     ema = False
 
-    def __init__(self):
-        from emodifftalk.data.shards import SkipStats
-
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
         self.stats = SkipStats()
-        self._val: list[dict] | None = None
-        # eq. 11 weights from cfg.s2au; loss() gets no cfg, so train_batches() records them
-        self._lambdas = (S2AUConfig.lambda_reg, S2AUConfig.lambda_temp)
+        self._val: list[dict] | None = None  # val clips with features, read once
 
     # ---- model and data ------------------------------------------------------------------------
 
-    def build_model(self, cfg: Config) -> nn.Module:
-        from emodifftalk.models.audio_frontend import feature_dim
-        from emodifftalk.models.speech_to_au import SpeechToAU
-
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
         return SpeechToAU(cfg.s2au, in_dim=feature_dim(cfg.audio), feature_rate=cfg.audio.feature_rate)
 
-    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
-                      start_step: int) -> Iterator[dict]:
-        self._lambdas = (cfg.s2au.lambda_reg, cfg.s2au.lambda_temp)
+    def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
+        cfg = self.cfg
         dataset = S2AUBatches(cfg, rank, seed, start_step, self.stats)
         if cfg.data.num_workers == 0:
             return iter(dataset)
@@ -124,21 +122,17 @@ class S2AUTask(Task):
                                persistent_workers=True))
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
-        from emodifftalk.losses import speech_to_au_loss
-
         pred = model(batch["feats"], batch["feats_mask"], n_frames=batch["n_frames"], fps=batch["fps"])
         aus = batch["aus"]
         assert pred.shape == aus.shape, f"prediction {tuple(pred.shape)} vs labels {tuple(aus.shape)}"
-        lam_reg, lam_temp = self._lambdas
         return speech_to_au_loss(pred.float(), aus, batch["au_mask"], batch["frame_mask"],
-                                 lambda_reg=lam_reg, lambda_temp=lam_temp)
+                                 lambda_reg=self.cfg.s2au.lambda_reg, lambda_temp=self.cfg.s2au.lambda_temp)
 
     # ---- validation ------------------------------------------------------------------------------
 
-    def _val_clips(self, cfg: Config) -> list[dict]:
+    def _val_clips(self) -> list[dict]:
+        cfg = self.cfg
         if self._val is None:
-            from emodifftalk.data.shards import iter_dataset, shard_urls
-
             self._val = []
             root = shards_root(cfg)
             if shard_urls(root, "seq", "val"):
@@ -154,39 +148,36 @@ class S2AUTask(Task):
         return self._val
 
     @torch.no_grad()
-    def _predict(self, model: nn.Module, cfg: Config, clip: dict) -> np.ndarray:
-        from emodifftalk.models.speech_inference import predict_from_features
-
+    def _predict(self, model: nn.Module, clip: dict) -> np.ndarray:
+        s = self.cfg.s2au
         device = next(model.parameters()).device
         return predict_from_features(model, clip["feats"], clip["n_frames"], clip["fps"],
-                                     cfg.s2au.window_seconds, cfg.s2au.overlap_seconds, device).numpy()
+                                     s.window_seconds, s.overlap_seconds, device).numpy()
 
-    def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
-        from emodifftalk.eval.au_metrics import AUMetricAccumulator
-
-        self._media_cfg = cfg
-        clips = self._val_clips(cfg)
+    def validate(self, model: nn.Module, step: int) -> Validation:
+        """AU metrics over the val clips; media: the first clip and its prediction."""
+        clips = self._val_clips()
         if not clips:
-            return {}
-        acc = AUMetricAccumulator(cfg.s2au.binarize_threshold)
-        for clip in clips:
-            acc.update(self._predict(model, cfg, clip), clip["aus"], clip["au_mask"])
+            return Validation({})
+        acc = AUMetricAccumulator(self.cfg.s2au.binarize_threshold)
+        preds = [self._predict(model, clip) for clip in clips]
+        for clip, pred in zip(clips, preds):
+            acc.update(pred, clip["aus"], clip["au_mask"])
         m = acc.compute()["mean"]
-        return {k: v for k, v in (("au_mae", m["mae"]), ("au_pearson", m["pearson"]), ("au_f1", m["f1"]),
-                                  ("au_accuracy", m["accuracy"])) if v is not None}
+        metrics = {k: v for k, v in (("au_mae", m["mae"]), ("au_pearson", m["pearson"]), ("au_f1", m["f1"]),
+                                     ("au_accuracy", m["accuracy"])) if v is not None}
+        return Validation(metrics, media=(clips[0], preds[0]))
 
-    def log_media(self, model: nn.Module, writer, step: int) -> None:
+    def log_media(self, writer, step: int, media) -> None:
         """Predicted vs OpenFace AU curves of the first val clip (the 4 AUs that move most)."""
-        cfg = getattr(self, "_media_cfg", None)
-        if writer is None or cfg is None or not self._val_clips(cfg):
+        if writer is None or media is None:
             return
-        import matplotlib
+        import matplotlib  # plotting only where TensorBoard figures are written
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        clip = self._val[0]
-        pred = self._predict(model, cfg, clip)
+        clip, pred = media
         gt = np.where(clip["au_mask"], clip["aus"], np.nan)
         m = clip["au_mask"]
         spread = np.array([clip["aus"][m[:, k], k].std() if m[:, k].any() else -1.0 for k in range(NUM_AUS)])
@@ -204,19 +195,14 @@ class S2AUTask(Task):
         writer.add_figure("s2au/val_au_curves", fig, step)
         plt.close(fig)
 
-    def check_data(self, cfg: Config) -> None:
-        from emodifftalk.train.data_check import check_training_shards
-
-        check_training_shards(cfg, self.name, [("seq", "train")])
+    def check_data(self) -> None:
+        check_training_shards(self.cfg, self.name, [("seq", "train")])
 
     def skip_stats(self) -> dict[str, int]:
         return {"corrupt_samples": self.stats.n_skipped}
 
-    def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
-        from emodifftalk.models.audio_frontend import encoder_id
-        from emodifftalk.models.speech_inference import EXPORT_META
-        from emodifftalk.utils import atomic_write_text
-
+    def export_extra(self, model: nn.Module, out_dir: Path) -> None:
+        cfg = self.cfg
         meta = {"in_dim": int(model.in_dim), "feature_rate": float(model.feature_rate),
                 "encoder_id": encoder_id(cfg.audio), "frontend": cfg.audio.frontend,
                 "au_names": list(AU_NAMES), "n_aus": NUM_AUS}

@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from emodifftalk.au import AU_NAMES
 from emodifftalk.config import Config
 from emodifftalk.distributed.seed import torch_generator
-from emodifftalk.models.text_to_au import TextToAUEnsemble
 from emodifftalk.text2au.calibration import apply_thresholds, calibrate_thresholds, concept_cv
 from emodifftalk.text2au.dataset import (
     DATA_VERSION,
@@ -59,42 +58,16 @@ from emodifftalk.text2au.dataset import (
     split_entries,
 )
 from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, build_encoder
-from emodifftalk.text2au.evaluate import multilabel_metrics
+from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.losses import text2au_loss
-from emodifftalk.train.task import Task, register_task
+from emodifftalk.text2au.predict import INFO_FILE, build_text2au_model
+from emodifftalk.train.loop import run_training
+from emodifftalk.train.task import Task, Validation, register_task
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-INFO_FILE = "text2au.json"
 _EPOCH_KEY = 7_919_003  # generator key for the per-epoch shuffle (cannot collide with a rank)
-HASHING_DIM = 1024
-
-
-def encoder_dim(t2a_cfg) -> int:
-    """Feature size of the configured encoder without loading any weights."""
-    if t2a_cfg.encoder == "minilm":
-        from emodifftalk.text2au.encoders import MINILM_DIM, check_minilm_layers
-
-        return MINILM_DIM * len(check_minilm_layers(t2a_cfg.minilm_layers))
-    if t2a_cfg.encoder == "hashing":
-        return HASHING_DIM
-    if t2a_cfg.encoder == "open_clip":
-        import open_clip
-
-        mcfg = open_clip.get_model_config(t2a_cfg.open_clip_model)
-        if mcfg is None:
-            raise ValueError(f"unknown open_clip model {t2a_cfg.open_clip_model!r} (text2au.open_clip_model)")
-        return int(mcfg["embed_dim"])
-    raise ValueError(f"unknown text encoder {t2a_cfg.encoder!r}")
-
-
-def make_encoder(t2a_cfg) -> TextEncoder:
-    if t2a_cfg.encoder == "hashing":
-        from emodifftalk.text2au.encoders import HashingEncoder
-
-        return HashingEncoder(dim=HASHING_DIM, max_chars=t2a_cfg.max_text_chars, prompt_subject=t2a_cfg.prompt_subject)
-    return build_encoder(t2a_cfg)
 
 
 @dataclass
@@ -118,13 +91,13 @@ class Text2AUTask(Task):
     name = "text2au"
     ema = False
 
-    def __init__(self, data_path: str | Path | None = None, cache_dir: str | Path | None = None,
+    def __init__(self, cfg: Config, data_path: str | Path | None = None, cache_dir: str | Path | None = None,
                  split_seed: int = 0, encoder: TextEncoder | None = None):
+        super().__init__(cfg)
         self.data_path = Path(data_path) if data_path else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.split_seed = split_seed
         self.encoder = encoder
-        self.cfg: Config | None = None
         self._splits: dict[str, SplitTensors] | None = None
         self._entries: dict[str, list[Entry]] | None = None
         self.data_sha256: str | None = None
@@ -142,21 +115,22 @@ class Text2AUTask(Task):
     def n_train(self) -> int:
         return len(self.entries()["train"])
 
-    def _encoder(self, cfg: Config) -> TextEncoder:
+    def _encoder(self) -> TextEncoder:
+        cfg = self.cfg
         if self.encoder is None:
-            self.encoder = make_encoder(cfg.text2au)
+            self.encoder = build_encoder(cfg.text2au)
         kind = self.encoder.encoder_id.split(":", 1)[0]
         if kind != cfg.text2au.encoder:
             raise EncoderMismatchError(f"text2au.encoder={cfg.text2au.encoder} but the task was given a "
                                        f"{self.encoder.encoder_id!r} encoder")
         return self.encoder
 
-    def prepare(self, cfg: Config) -> dict[str, SplitTensors]:
+    def prepare(self) -> dict[str, SplitTensors]:
         """Encode every text of every split once (feature cache in ``cache_dir`` when given)."""
-        self.cfg = cfg
         if self._splits is not None:
             return self._splits
-        enc = self._encoder(cfg)
+        cfg = self.cfg
+        enc = self._encoder()
         t0 = time.perf_counter()
         cache = FeatureCache(self.cache_dir, enc) if self.cache_dir else _MemoryCache(enc)
         out = {}
@@ -188,19 +162,15 @@ class Text2AUTask(Task):
 
     # ---- Task protocol -----------------------------------------------------------------------------
 
-    def build_model(self, cfg: Config) -> nn.Module:
-        self.cfg = cfg
-        t = cfg.text2au
-        dim = self.encoder.dim if self.encoder is not None else encoder_dim(t)
-        return TextToAUEnsemble(dim, members=t.members, hidden_dim=t.hidden_dim, proj_dim=t.proj_dim,
-                                dropout=t.dropout)
+    def build_model(self) -> nn.Module:
+        return build_text2au_model(self.cfg.text2au, self.encoder.dim if self.encoder is not None else None)
 
-    def train_batches(self, cfg: Config, rank: int, world_size: int, seed: int,
-                      start_step: int) -> Iterator[dict]:
+    def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         """Epoch-wise shuffles (same permutation on every rank, from ``(seed, epoch)``); each rank
         takes every ``world_size``-th row of the global batch. Batch ``i`` depends only on
         ``(seed, rank, i)``, so resuming at ``start_step`` continues the exact sequence."""
-        data = self.prepare(cfg)["train"]
+        cfg = self.cfg
+        data = self.prepare()["train"]
         n = len(data)
         gb = cfg.data.batch_size
         spe = steps_per_epoch(n, gb)
@@ -247,9 +217,10 @@ class Text2AUTask(Task):
             label_weight=(row_fold[None] != members).reshape(-1), anchor_weight=(fold[None] != members).reshape(-1))
 
     @torch.no_grad()
-    def split_metrics(self, model: nn.Module, cfg: Config, split: str, thresholds=None) -> dict | None:
+    def split_metrics(self, model: nn.Module, split: str, thresholds=None) -> dict | None:
         """Metrics of the ensemble on a split (``thresholds``: per-AU calibration, else the plain threshold)."""
-        data = self.prepare(cfg)[split]
+        cfg = self.cfg
+        data = self.prepare()[split]
         if len(data) == 0:
             return None
         device = next(model.parameters()).device
@@ -259,11 +230,11 @@ class Text2AUTask(Task):
         return multilabel_metrics(probs, data.labels.numpy(), cfg.text2au.threshold)
 
     @torch.no_grad()
-    def out_of_fold(self, model: nn.Module, cfg: Config) -> tuple | None:
+    def out_of_fold(self, model: nn.Module) -> tuple | None:
         """(probs, labels, folds) of the training anchors and paraphrases, each row predicted by
         the member that never saw its concept fold; ``None`` for a single-member model."""
-        data = self.prepare(cfg)["train"]
-        if cfg.text2au.members < 2 or len(data) == 0:
+        data = self.prepare()["train"]
+        if self.cfg.text2au.members < 2 or len(data) == 0:
             return None
         device = next(model.parameters()).device
         n, P, D = data.positives.shape
@@ -274,18 +245,19 @@ class Text2AUTask(Task):
         labels = torch.cat([data.labels, data.labels.repeat_interleave(P, dim=0)]).numpy()
         return probs, labels, folds.numpy()
 
-    def validate(self, model: nn.Module, cfg: Config, step: int) -> dict[str, float]:
-        m = self.split_metrics(model, cfg, "val")
-        return _flat_metrics(m) if m else {}
+    def validate(self, model: nn.Module, step: int) -> Validation:
+        m = self.split_metrics(model, "val")
+        return Validation(_flat_metrics(m) if m else {})
 
-    def export_extra(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
-        enc = self._encoder(cfg)
+    def export_extra(self, model: nn.Module, out_dir: Path) -> None:
+        cfg = self.cfg
+        enc = self._encoder()
         entries = self.entries()
-        oof = self.out_of_fold(model, cfg)
+        oof = self.out_of_fold(model)
         thresholds = None
         if oof is not None and cfg.text2au.calibration != "none":
             thresholds = calibrate_thresholds(oof[0], oof[1], cfg.text2au.threshold, mode=cfg.text2au.calibration)
-        metrics = {s: _flat_metrics(self.split_metrics(model, cfg, s, thresholds)) for s in ("val", "test")
+        metrics = {s: _flat_metrics(self.split_metrics(model, s, thresholds)) for s in ("val", "test")
                    if self._splits is not None and len(self._splits[s])}
         cv = None
         if oof is not None:
@@ -357,17 +329,15 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
     ``threads``: torch intra-op threads while encoding the texts and optimising (see
     :func:`intra_op_threads`); restored afterwards.
     """
-    from emodifftalk.train.loop import run_training
-
     out_dir = Path(out_dir)
-    task = Text2AUTask(data_path=data, cache_dir=out_dir / "features", encoder=encoder)
+    task = Text2AUTask(cfg, data_path=data, cache_dir=out_dir / "features", encoder=encoder)
     cfg.train.max_steps = cfg.text2au.epochs * steps_per_epoch(task.n_train(), cfg.data.batch_size)
     cfg.validate()
     t0 = time.perf_counter()
     with intra_op_threads(threads):
-        task.prepare(cfg)
+        task.prepare()
         encode_seconds = time.perf_counter() - t0
-        export_dir = run_training(task, cfg, out_dir, resume=resume)
+        export_dir = run_training(task, out_dir, resume=resume)
     seconds = time.perf_counter() - t0
     info = json.loads((export_dir / INFO_FILE).read_text()) if (export_dir / INFO_FILE).is_file() else {}
     return {"export_dir": str(export_dir), "steps": cfg.train.max_steps, "epochs": cfg.text2au.epochs,
@@ -377,4 +347,4 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
             "concept_cv": {k: v for k, v in (info.get("concept_cv") or {}).items() if k != "per_fold"}}
 
 
-__all__ = ["INFO_FILE", "SPLITS", "Text2AUTask", "encoder_dim", "steps_per_epoch", "train_text2au"]
+__all__ = ["SPLITS", "Text2AUTask", "steps_per_epoch", "train_text2au"]
