@@ -26,7 +26,7 @@ PACKAGE = Path(emodifftalk.__file__).parent
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # top first
     ("apps", ("emodifftalk.cli", "emodifftalk.commands", "emodifftalk.pipeline.demo",
-              "emodifftalk.pipeline.demo_metrics")),
+              "emodifftalk.pipeline.demo_metrics", "emodifftalk.pipeline.stage_pool")),
     ("training and jobs", ("emodifftalk.train", "emodifftalk.distributed.ray_jobs", "emodifftalk.ingest")),
     ("evaluation", ("emodifftalk.eval",)),
     ("inference", ("emodifftalk.pipeline", "emodifftalk.viewer")),
