@@ -151,10 +151,14 @@ class RigConfig:
     densify_grad_threshold: float = 2e-4
     # densification also recycles free points whose centre lands on background in a training view
     # (floaters: invisible against the plain background there, blobs in novel views)  # choice
-    prune_outside_hull: bool = False
+    prune_outside_hull: bool = True
     # weight of |rendered alpha − foreground mask| (the background colour is known, so every
     # training view gives the subject's silhouette; 0 = off)  # choice
-    lambda_alpha: float = 0.0
+    lambda_alpha: float = 0.5
+    # bound Gaussians no training camera saw (the back of the head of a frontal arc) take the
+    # harmonic extension of the seen colours over the mesh, not the triplane's guess, which
+    # repeats the face there (rig/visibility.py)  # choice
+    fill_unseen: bool = True
     holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
     cameras_per_step: int = 0  # training cameras rendered per step (0 = all; a random subset otherwise)
     neutral_frame: int = 0

@@ -31,6 +31,7 @@ PRUNE_OPACITY = 0.01  # free points below this are recycled  # choice
 SPLIT_SCALE = 1.5  # × mean edge: larger points are split, smaller are cloned  # choice
 RUNAWAY_SCALE = 20.0  # × mean edge: larger points are pruned  # choice
 SPLIT_SHRINK = 1.6  # both halves of a split shrink by this (3DGS)
+MIN_FRAMING_VIEWS = 3  # free points inside fewer training frames than this are floaters  # choice
 
 
 @dataclass
@@ -41,15 +42,16 @@ class Silhouettes:
     viewmats: torch.Tensor  # (C, 4, 4)
     Ks: torch.Tensor  # (C, 3, 3)
 
-    def outside(self, points: torch.Tensor) -> torch.Tensor:
-        """(P,) bool: points that project onto background in at least one view that frames them."""
+    def outside(self, points: torch.Tensor, min_views: int = 1) -> torch.Tensor:
+        """(P,) bool: points that project onto background in at least one view that frames them,
+        or that fewer than ``min_views`` views frame at all (their depth is unconstrained)."""
         uv, z = project(points, self.viewmats, self.Ks)
         _, h, w = self.masks.shape
         px, py = uv[..., 0].floor().long(), uv[..., 1].floor().long()
         framed = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (z > 0)  # (C, P)
         cam = torch.arange(len(self.masks), device=points.device).unsqueeze(1).expand_as(px)
         fg = self.masks[cam, py.clamp(0, h - 1), px.clamp(0, w - 1)]
-        return (framed & ~fg).any(0)
+        return (framed & ~fg).any(0) | (framed.sum(0) < min(min_views, len(self.masks)))
 
 
 @dataclass
@@ -115,7 +117,7 @@ class DensifyStrategy:
         highest-gradient ones into the free slots (never beyond the budget)."""
         opac = torch.sigmoid(params.free_opacity)
         runaway = params.free_log_scales.exp().amax(-1) > RUNAWAY_SCALE * self.edge
-        floater = (self.silhouettes.outside(params.free_means) if self.silhouettes is not None
+        floater = (self.silhouettes.outside(params.free_means, MIN_FRAMING_VIEWS) if self.silhouettes is not None
                    else torch.zeros_like(runaway))
         drop = (opac < PRUNE_OPACITY) | runaway | floater
         keep = torch.nonzero(~drop).squeeze(1)

@@ -124,20 +124,23 @@ def init_free_points(views: NeutralViews, faces: torch.Tensor, facial: torch.Ten
 
 
 @torch.no_grad()
-def mesh_depth_maps(views: NeutralViews, edge: float, cam_idx: list[int], cfg) -> torch.Tensor:
-    """Depth of the template mesh of the neutral moment in cameras ``cam_idx``: (C, H, W), inf
-    where the mesh is not. Rendered as small opaque Gaussians at the vertices."""
+def mesh_depth(verts: torch.Tensor, edge: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+               height: int, near_plane: float = 0.01, eps2d: float = 0.3) -> torch.Tensor:
+    """Depth of a template mesh in each camera: (C, H, W), inf where the mesh is not. Rendered as
+    small opaque Gaussians at the vertices."""
     from emodifftalk.render import rasterize
 
-    v = views.verts
-    n = v.shape[0]
-    out = rasterize(v, torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), torch.full((n, 3), 0.8 * edge),
-                    torch.full((n,), 0.99), torch.zeros(n, 3), views.viewmats[cam_idx], views.Ks[cam_idx],
-                    views.width, views.height, backend="torch", near_plane=cfg.render.near_plane,
-                    eps2d=cfg.render.eps2d)
+    n = verts.shape[0]
+    out = rasterize(verts, torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), torch.full((n, 3), 0.8 * edge),
+                    torch.full((n,), 0.99), torch.zeros(n, 3), viewmats, Ks, width, height, backend="torch",
+                    near_plane=near_plane, eps2d=eps2d)
     return torch.where(out.alpha[..., 0] > 0.5, out.depth[..., 0], torch.full_like(out.depth[..., 0], math.inf))
 
 
+def mesh_depth_maps(views: NeutralViews, edge: float, cam_idx: list[int], cfg) -> torch.Tensor:
+    """``mesh_depth`` of the neutral moment's mesh in cameras ``cam_idx`` of ``views``."""
+    return mesh_depth(views.verts, edge, views.viewmats[cam_idx], views.Ks[cam_idx], views.width, views.height,
+                      cfg.render.near_plane, cfg.render.eps2d)
 
 
 def surfel_init(verts: torch.Tensor, nbr_idx: torch.Tensor, nbr_w: torch.Tensor) -> tuple[torch.Tensor, ...]:

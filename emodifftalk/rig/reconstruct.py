@@ -39,7 +39,7 @@ import torch
 from emodifftalk.rig.binding import bind_free_points, knn, vertex_one_ring
 from emodifftalk.rig.densify import DensifyStrategy, Silhouettes
 from emodifftalk.rig.gaussians import GaussianRig
-from emodifftalk.rig.init_points import foreground_masks, init_free_points, mesh_depth_maps
+from emodifftalk.rig.init_points import foreground_masks, init_free_points, mesh_depth_maps, vertex_normals
 from emodifftalk.rig.losses import (
     mean_edge_length,
     opacity_regularizer,
@@ -51,6 +51,7 @@ from emodifftalk.rig.losses import (
 from emodifftalk.rig.params import RigParams, make_optimizer
 from emodifftalk.rig.triplane import TriplaneColorField, bbox_from_points
 from emodifftalk.rig.views import NeutralViews, RigDataError, select_neutral_views
+from emodifftalk.rig.visibility import MIN_CONTRIBUTION, blend_weights, fill_unseen, seen_vertices
 from emodifftalk.utils import git_sha
 
 log = logging.getLogger(__name__)
@@ -260,11 +261,35 @@ def evaluate_fit(fit: RigFit) -> tuple[dict[str, float], np.ndarray]:
 
 
 @torch.no_grad()
-def bake_rig(fit: RigFit, info: dict) -> GaussianRig:
-    """G0 with colours baked per Gaussian (eq. 5) and free points bound to the template."""
+def unseen_bound(fit: RigFit, cfg) -> torch.Tensor:
+    """(V,) bool: bound Gaussians the training views do not show (the back of the head of a frontal
+    arc): no camera sees their vertex (``seen_vertices``) and their summed blend weight over the
+    training images is below ``MIN_CONTRIBUTION`` pixels."""
+    p, views, mesh, tr = fit.params, fit.views, fit.mesh, fit.views.train_idx
+    normals = (vertex_normals(views.verts, mesh.faces) if mesh.faces.numel()
+               else torch.nn.functional.normalize(views.verts - views.verts.mean(0), dim=-1))
+    depth = mesh_depth_maps(views, mesh.edge, tr, cfg)
+    seen = seen_vertices(views.verts, normals, views.viewmats[tr], views.Ks[tr], depth, 2 * mesh.edge)
+
+    def render(colors):
+        with torch.no_grad():
+            means = p.means()
+            args = (means, p.quats(), p.log_scales().exp(), torch.sigmoid(p.opacity_logits()))
+        return fit.render(*args, colors, fit.views.train_idx).rgb
+
+    weights = blend_weights(render, p.n_bound + p.n_free, p.bound_means.device)
+    return ~seen & (weights[:p.n_bound] < MIN_CONTRIBUTION).cpu()
+
+
+@torch.no_grad()
+def bake_rig(fit: RigFit, info: dict, unseen: torch.Tensor | None = None) -> GaussianRig:
+    """G0 with colours baked per Gaussian (eq. 5) and free points bound to the template; bound
+    Gaussians in ``unseen`` (V,) take the harmonic fill of the seen colours (``rig.visibility``)."""
     p, views, mesh = fit.params, fit.views, fit.mesh
     means = p.means().cpu()
     colors = fit.color_field(p.means()).clamp(0, 1).cpu()
+    if unseen is not None:
+        colors[:p.n_bound] = fill_unseen(colors[:p.n_bound], ~unseen, mesh.nbr_idx, mesh.nbr_w)
     a_idx, a_w = bind_free_points(means[p.n_bound:], views.verts, k=FREE_ANCHORS)
     return GaussianRig(
         identity=views.identity, means=means, log_scales=p.log_scales().cpu(),
@@ -396,8 +421,10 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
     metrics, preview = evaluate_fit(fit)
     metrics["final_loss"] = logs["loss"]
     logger.close(metrics, cfg.rig.steps)
+    unseen = unseen_bound(fit, cfg) if cfg.rig.fill_unseen else None
     info = _rig_info(fit, cfg, metrics, seed, dev, train_seconds, time.perf_counter() - t_start)
-    rig = bake_rig(fit, info)
+    info["unseen_bound"] = None if unseen is None else int(unseen.sum())
+    rig = bake_rig(fit, info, unseen)
     save_rig(rig, fit.color_field, preview, out_dir, cfg, overwrite)
     seconds = time.perf_counter() - t_start
     log.info("%s: rig saved to %s (held-out PSNR %.2f dB, SSIM %.3f, %d steps in %.1f s)", views.identity,
