@@ -155,9 +155,9 @@ class RigConfig:
     # weight of |rendered alpha − foreground mask| (the background colour is known, so every
     # training view gives the subject's silhouette; 0 = off)  # choice
     lambda_alpha: float = 0.5
-    # bound Gaussians no training camera saw (the back of the head of a frontal arc) take the
-    # harmonic extension of the seen colours over the mesh, not the triplane's guess, which
-    # repeats the face there (rig/visibility.py)  # choice
+    # bound Gaussians no training camera sees (the back of the head of a frontal arc) take the
+    # harmonic extension of the seen colours over the mesh, during the fit and at baking, not the
+    # triplane's guess, which repeats the face there (rig/visibility.py)  # choice
     fill_unseen: bool = True
     holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
     cameras_per_step: int = 0  # training cameras rendered per step (0 = all; a random subset otherwise)

@@ -51,7 +51,7 @@ from emodifftalk.rig.losses import (
 from emodifftalk.rig.params import RigParams, make_optimizer
 from emodifftalk.rig.triplane import TriplaneColorField, bbox_from_points
 from emodifftalk.rig.views import NeutralViews, RigDataError, select_neutral_views
-from emodifftalk.rig.visibility import MIN_CONTRIBUTION, blend_weights, fill_unseen, seen_vertices
+from emodifftalk.rig.visibility import UnseenFill, seen_vertices
 from emodifftalk.utils import git_sha
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,15 @@ class RigFit:
     gen: torch.Generator
     rig_cfg: Any
     per_step: int  # training cameras rendered per step
+    fill: UnseenFill | None  # colours of the bound Gaussians no training camera sees
+
+    def colors(self, means: torch.Tensor) -> torch.Tensor:
+        """(N, 3) colours of the Gaussians at ``means``: the colour field, unseen bound ones filled."""
+        colors = self.color_field(means)
+        if self.fill is None:
+            return colors
+        nb = self.params.n_bound
+        return torch.cat([self.fill(colors[:nb]), colors[nb:]])
 
     @property
     def color_field(self) -> TriplaneColorField:
@@ -167,7 +176,7 @@ class RigFit:
         p = self.params
         means = p.means()
         return self.render(means, p.quats(), p.log_scales().exp(), torch.sigmoid(p.opacity_logits()),
-                           self.color_field(means), cam_idx)
+                           self.colors(means), cam_idx)
 
     def step(self, step: int) -> dict[str, float]:
         """One step: render a few training views, loss, backward, Adam, densify when due."""
@@ -211,7 +220,7 @@ def prepare_fit(views: NeutralViews, mesh: TemplateMesh, cfg, dev: torch.device,
     background = torch.tensor(cfg.render.background, dtype=torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        depth = mesh_depth_maps(views, mesh.edge, views.train_idx, cfg) if rc.n_free_points else None
+        depth = mesh_depth_maps(views, mesh.edge, views.train_idx, cfg)
         free0 = init_free_points(views, mesh.faces, mesh.facial_idx, rc.n_free_points, mesh.edge, background,
                                  gen, depth)
         lo, hi = bbox_from_points(torch.cat([views.verts, free0]), margin=0.1)
@@ -229,7 +238,14 @@ def prepare_fit(views: NeutralViews, mesh: TemplateMesh, cfg, dev: torch.device,
                          tile_size=cfg.render.tile_size)
 
     per_step = len(tr) if cameras_per_step is None else max(1, min(cameras_per_step, len(tr)))
-    return RigFit(views, mesh, params, make_optimizer(params, rc), strategy, render, images, fg, gen, rc, per_step)
+    fill = None
+    if rc.fill_unseen:
+        normals = (vertex_normals(views.verts, mesh.faces) if mesh.faces.numel()
+                   else torch.nn.functional.normalize(views.verts - views.verts.mean(0), dim=-1))
+        seen = seen_vertices(views.verts, normals, views.viewmats[tr], views.Ks[tr], depth, 2 * mesh.edge)
+        fill = UnseenFill.build(seen, mesh.nbr_idx, mesh.nbr_w)
+    return RigFit(views, mesh, params, make_optimizer(params, rc), strategy, render, images, fg, gen, rc, per_step,
+                  fill)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,35 +277,11 @@ def evaluate_fit(fit: RigFit) -> tuple[dict[str, float], np.ndarray]:
 
 
 @torch.no_grad()
-def unseen_bound(fit: RigFit, cfg) -> torch.Tensor:
-    """(V,) bool: bound Gaussians the training views do not show (the back of the head of a frontal
-    arc): no camera sees their vertex (``seen_vertices``) and their summed blend weight over the
-    training images is below ``MIN_CONTRIBUTION`` pixels."""
-    p, views, mesh, tr = fit.params, fit.views, fit.mesh, fit.views.train_idx
-    normals = (vertex_normals(views.verts, mesh.faces) if mesh.faces.numel()
-               else torch.nn.functional.normalize(views.verts - views.verts.mean(0), dim=-1))
-    depth = mesh_depth_maps(views, mesh.edge, tr, cfg)
-    seen = seen_vertices(views.verts, normals, views.viewmats[tr], views.Ks[tr], depth, 2 * mesh.edge)
-
-    def render(colors):
-        with torch.no_grad():
-            means = p.means()
-            args = (means, p.quats(), p.log_scales().exp(), torch.sigmoid(p.opacity_logits()))
-        return fit.render(*args, colors, fit.views.train_idx).rgb
-
-    weights = blend_weights(render, p.n_bound + p.n_free, p.bound_means.device)
-    return ~seen & (weights[:p.n_bound] < MIN_CONTRIBUTION).cpu()
-
-
-@torch.no_grad()
-def bake_rig(fit: RigFit, info: dict, unseen: torch.Tensor | None = None) -> GaussianRig:
-    """G0 with colours baked per Gaussian (eq. 5) and free points bound to the template; bound
-    Gaussians in ``unseen`` (V,) take the harmonic fill of the seen colours (``rig.visibility``)."""
+def bake_rig(fit: RigFit, info: dict) -> GaussianRig:
+    """G0 with colours baked per Gaussian (eq. 5) and free points bound to the template."""
     p, views, mesh = fit.params, fit.views, fit.mesh
     means = p.means().cpu()
-    colors = fit.color_field(p.means()).clamp(0, 1).cpu()
-    if unseen is not None:
-        colors[:p.n_bound] = fill_unseen(colors[:p.n_bound], ~unseen, mesh.nbr_idx, mesh.nbr_w)
+    colors = fit.colors(p.means()).clamp(0, 1).cpu()
     a_idx, a_w = bind_free_points(means[p.n_bound:], views.verts, k=FREE_ANCHORS)
     return GaussianRig(
         identity=views.identity, means=means, log_scales=p.log_scales().cpu(),
@@ -329,6 +321,7 @@ def _rig_info(fit: RigFit, cfg, metrics: dict, seed: int, dev, train_seconds: fl
         "mean_edge_length": fit.mesh.edge,
         "metrics": metrics,
         "densify": dict(fit.strategy.totals),
+        "unseen_bound": None if fit.fill is None else int(fit.fill.unseen.sum()),
         "steps": cfg.rig.steps,
         "train_seconds": train_seconds,
         "seconds": seconds,
@@ -421,10 +414,8 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
     metrics, preview = evaluate_fit(fit)
     metrics["final_loss"] = logs["loss"]
     logger.close(metrics, cfg.rig.steps)
-    unseen = unseen_bound(fit, cfg) if cfg.rig.fill_unseen else None
     info = _rig_info(fit, cfg, metrics, seed, dev, train_seconds, time.perf_counter() - t_start)
-    info["unseen_bound"] = None if unseen is None else int(unseen.sum())
-    rig = bake_rig(fit, info, unseen)
+    rig = bake_rig(fit, info)
     save_rig(rig, fit.color_field, preview, out_dir, cfg, overwrite)
     seconds = time.perf_counter() - t_start
     log.info("%s: rig saved to %s (held-out PSNR %.2f dB, SSIM %.3f, %d steps in %.1f s)", views.identity,

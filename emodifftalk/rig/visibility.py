@@ -1,24 +1,26 @@
 """Which parts of the template surface the training cameras saw, and colours for the rest.
 
-A capture arc in front of the face never sees the back of the head. Its bound Gaussians still get
-colours from the triplane, whose axis-aligned planes are shared by the front and the back of the
-head (the xy plane holds the face for every z): unseen, the back of the head shows a "ghost" of the
-face. A vertex counts as unseen when no training camera sees it facing and unoccluded
-(``seen_vertices``) and its surfel adds little to the training images (``blend_weights``): a
-large surfel whose centre hides behind the head may still shape a silhouette there. ``fill_unseen`` gives unseen vertices the harmonic extension of the seen colours over the
-mesh instead (each the mean of its one-ring, the seen ones fixed), so the back continues the hair
-and skin seen at the edges of the arc.
+A capture arc in front of the face never sees the back of the head. Its bound Gaussians would
+still get colours from the triplane, whose axis-aligned planes are shared by the front and the back
+of the head (the xy plane holds the face for every z): the back of the head shows a "ghost" of the
+face, or, where a back surfel pokes out of a training silhouette, whatever colour hides it there
+(the background's). Bound positions never move, so which vertices the training cameras see
+(``seen_vertices``: in frame, facing, unoccluded) is known before the fit; ``UnseenFill`` ties the
+unseen ones' colours to the harmonic extension of the seen colours during the fit and at baking,
+so the back of the head continues the hair and skin seen at the edges of the arc and the fit has
+to shape silhouettes with geometry and opacity, not with colour.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from emodifftalk.rig.init_points import project
 
 MIN_FACING_COS = 0.2  # a vertex seen at more than ~78° from its normal does not count as seen  # choice
-MIN_CONTRIBUTION = 2.0  # summed blend weight (pixels) that makes an off-view surfel count as seen  # choice
-FILL_ITERATIONS = 400  # Jacobi sweeps of the harmonic fill (the head is ~40 one-rings across)  # choice
+FILL_RIDGE = 1e-6  # pull of unseen islands towards the mean seen colour  # choice
 
 
 def seen_vertices(verts: torch.Tensor, normals: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
@@ -40,28 +42,36 @@ def seen_vertices(verts: torch.Tensor, normals: torch.Tensor, viewmats: torch.Te
     return (framed & unoccluded & facing).any(0)
 
 
-def blend_weights(render, n_points: int, device) -> torch.Tensor:
-    """(N,) each Gaussian's blend weight summed over every pixel of ``render(colors)`` (a function
-    of (N, 3) colours returning (C, H, W, 3) images): the gradient of the summed red channel with
-    respect to the colours, one backward pass instead of one render per Gaussian."""
-    colors = torch.zeros(n_points, 3, device=device, requires_grad=True)
-    with torch.enable_grad():
-        render(colors)[..., 0].sum().backward()
-    return colors.grad[:, 0].detach()
+@dataclass
+class UnseenFill:
+    """Colours of unseen vertices as the harmonic extension of the seen ones over the one-ring
+    graph (each unseen vertex the weighted mean of its neighbours, the seen ones fixed): a linear
+    map ``(U, S)`` solved once, applied at every step of the fit and at baking."""
 
+    unseen: torch.Tensor  # (V,) bool
+    operator: torch.Tensor  # (U, S): unseen values = operator @ seen values
 
-def fill_unseen(values: torch.Tensor, seen: torch.Tensor, nbr_idx: torch.Tensor, nbr_w: torch.Tensor,
-                iterations: int = FILL_ITERATIONS) -> torch.Tensor:
-    """``values`` (V, D) with the rows of unseen vertices replaced by the harmonic extension of the
-    seen rows over the one-ring graph (``nbr_idx``/``nbr_w`` (V, K), weights summing to 1)."""
-    if bool(seen.all()) or not bool(seen.any()):
-        return values
-    out = values.clone()
-    out[~seen] = values[seen].mean(0)
-    w = nbr_w.unsqueeze(-1).to(values)
-    for _ in range(iterations):
-        out = torch.where(seen.unsqueeze(-1), values, (out[nbr_idx] * w).sum(1))
-    return out
+    @classmethod
+    def build(cls, seen: torch.Tensor, nbr_idx: torch.Tensor, nbr_w: torch.Tensor) -> UnseenFill:
+        v = seen.shape[0]
+        w = torch.zeros(v, v, dtype=torch.float64)
+        w.index_put_((torch.arange(v).unsqueeze(1).expand_as(nbr_idx), nbr_idx), nbr_w.double(), accumulate=True)
+        u, s = ~seen, seen
+        n_s = int(s.sum())
+        # (I − W_uu + εI) x_u = W_us x_s + ε·mean(x_s): ε keeps islands without a seen neighbour
+        # (at the mean seen colour) from making the system singular
+        a = torch.eye(int(u.sum()), dtype=torch.float64) * (1 + FILL_RIDGE) - w[u][:, u]
+        b = w[u][:, s] + FILL_RIDGE / max(n_s, 1)
+        return cls(u, torch.linalg.solve(a, b).float() if n_s else b.float())
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (V, D) with the unseen rows replaced (differentiable in the seen rows)."""
+        if not bool(self.unseen.any()):
+            return values
+        unseen = self.unseen.to(values.device)
+        out = values.clone()
+        out[unseen] = self.operator.to(values) @ values[~unseen]
+        return out
 
 
 def surface_seen_fraction(verts: torch.Tensor, normals: torch.Tensor, edge: float, seen_by: tuple, views: tuple,
