@@ -7,10 +7,12 @@ a fixed budget of free points (the paper's "predetermined" count): pruning frees
 cloning (small points) and splitting (large points) refill where the image needs detail. Bound
 Gaussians (one per template vertex) are never touched.
 
-Pruned, besides transparent points: runaway blobs, and **floaters outside the visual hull**, free
-points whose centre lands on background pixels in a training view (they cannot be part of the
-subject; against a plain background they cost nothing in the training views, which is why the
-photometric loss alone leaves them, and they show up as blobs in novel views).
+Pruned, besides transparent points: runaway blobs, **floaters outside the visual hull** (free
+points whose centre lands on background pixels in a training view, or that fewer than
+``MIN_FRAMING_VIEWS`` views frame: they cannot be part of the subject, or nothing fixes their
+depth; against a plain background they cost nothing in the training views, which is why the
+photometric loss alone leaves them, and they show up as blobs in novel views) and **hidden**
+points, which no training view shows at all (behind the head of a frontal arc).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -32,6 +35,7 @@ SPLIT_SCALE = 1.5  # × mean edge: larger points are split, smaller are cloned  
 RUNAWAY_SCALE = 20.0  # × mean edge: larger points are pruned  # choice
 SPLIT_SHRINK = 1.6  # both halves of a split shrink by this (3DGS)
 MIN_FRAMING_VIEWS = 3  # free points inside fewer training frames than this are floaters  # choice
+MIN_BLEND_WEIGHT = 0.5  # summed blend weight (pixels) over the training views below which a free point is hidden  # choice
 
 
 @dataclass
@@ -68,16 +72,40 @@ class DensifyStrategy:
     stop_step: int
     grad_threshold: float
     silhouettes: Silhouettes | None = None
-    totals: dict[str, int] = field(default_factory=lambda: {"pruned": 0, "floaters": 0, "cloned": 0, "split": 0})
+    # (N,) summed blend weight of every Gaussian over the training views (``RigFit.blend_weights``)
+    blend_weights: Callable[[], torch.Tensor] | None = None
+    totals: dict[str, int] = field(default_factory=lambda: {"pruned": 0, "floaters": 0, "hidden": 0, "cloned": 0,
+                                                            "split": 0})
     _grad_sum: torch.Tensor | None = None
     _grad_count: torch.Tensor | None = None
 
     @classmethod
-    def from_config(cls, rig_cfg, edge: float, silhouettes: Silhouettes | None = None) -> DensifyStrategy:
+    def from_config(cls, rig_cfg, edge: float, silhouettes: Silhouettes | None = None,
+                    blend_weights: Callable[[], torch.Tensor] | None = None) -> DensifyStrategy:
+        """``rig.prune_outside_hull`` off: no floater or hidden-point prune."""
+        hull = rig_cfg.prune_outside_hull
         return cls(budget=rig_cfg.n_free_points, edge=edge, every=rig_cfg.densify_every,
                    stop_step=int(rig_cfg.densify_until * rig_cfg.steps),
                    grad_threshold=rig_cfg.densify_grad_threshold,
-                   silhouettes=silhouettes if rig_cfg.prune_outside_hull else None)
+                   silhouettes=silhouettes if hull else None, blend_weights=blend_weights if hull else None)
+
+    def hidden(self, params: RigParams) -> torch.Tensor:
+        """(n_free,) bool: free points no training view shows (behind the head from every camera:
+        nothing constrains them, and novel views from behind see them as streaks)."""
+        if self.blend_weights is None:
+            return torch.zeros(params.n_free, dtype=torch.bool, device=params.free_means.device)
+        return self.blend_weights()[params.n_bound:] < MIN_BLEND_WEIGHT
+
+    @torch.no_grad()
+    def prune_hidden(self, params: RigParams, opt: torch.optim.Adam) -> int:
+        """Drop the hidden free points (the fit's last clean-up); returns how many."""
+        hidden = self.hidden(params)
+        if bool(hidden.any()):
+            empty = {n: getattr(params, n).data[:0] for n in ("free_means", "free_log_scales", "free_quats",
+                                                              "free_opacity")}
+            resize_free(params, opt, torch.nonzero(~hidden).squeeze(1), empty)
+        self.totals["hidden"] += int(hidden.sum())
+        return int(hidden.sum())
 
     def _reset(self, n: int, device: torch.device) -> None:
         self._grad_sum = torch.zeros(n, device=device)
@@ -119,7 +147,8 @@ class DensifyStrategy:
         runaway = params.free_log_scales.exp().amax(-1) > RUNAWAY_SCALE * self.edge
         floater = (self.silhouettes.outside(params.free_means, MIN_FRAMING_VIEWS) if self.silhouettes is not None
                    else torch.zeros_like(runaway))
-        drop = (opac < PRUNE_OPACITY) | runaway | floater
+        hidden = self.hidden(params) & ~floater
+        drop = (opac < PRUNE_OPACITY) | runaway | floater | hidden
         keep = torch.nonzero(~drop).squeeze(1)
         log.debug("densify: %d transparent, %d floaters, %d above the gradient threshold",
                   int((opac < PRUNE_OPACITY).sum()), int(floater.sum()), int((avg_grad > self.grad_threshold).sum()))
@@ -143,4 +172,5 @@ class DensifyStrategy:
         resize_free(params, opt, keep, {"free_means": new_means, "free_log_scales": new_log_scales,
                                         "free_quats": quats, "free_opacity": params.free_opacity.data[src]})
         return {"pruned": int(drop.sum()), "floaters": int((floater & ~(opac < PRUNE_OPACITY)).sum()),
+                "hidden": int((hidden & ~(opac < PRUNE_OPACITY)).sum()),
                 "cloned": int((~large).sum()), "split": int(large.sum())}

@@ -51,7 +51,7 @@ from emodifftalk.rig.losses import (
 from emodifftalk.rig.params import RigParams, make_optimizer
 from emodifftalk.rig.triplane import TriplaneColorField, bbox_from_points
 from emodifftalk.rig.views import NeutralViews, RigDataError, select_neutral_views
-from emodifftalk.rig.visibility import UnseenFill, seen_vertices
+from emodifftalk.rig.visibility import UnseenFill, blend_weights, seen_vertices
 from emodifftalk.utils import git_sha
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,14 @@ class RigFit:
         perm = torch.randperm(len(train_idx), generator=self.gen)[:self.per_step]
         return [train_idx[int(i)] for i in perm]
 
+    def blend_weights(self) -> torch.Tensor:
+        """(N,) every Gaussian's blend weight summed over the training views' pixels."""
+        p = self.params
+        with torch.no_grad():
+            args = (p.means(), p.quats(), p.log_scales().exp(), torch.sigmoid(p.opacity_logits()))
+        return blend_weights(lambda colors: self.render(*args, colors, self.views.train_idx).rgb,
+                             p.n_bound + p.n_free, p.bound_means.device)
+
     def render_all(self, cam_idx: list[int]):
         """The current Gaussians in cameras ``cam_idx`` (differentiable)."""
         p = self.params
@@ -244,8 +252,11 @@ def prepare_fit(views: NeutralViews, mesh: TemplateMesh, cfg, dev: torch.device,
                    else torch.nn.functional.normalize(views.verts - views.verts.mean(0), dim=-1))
         seen = seen_vertices(views.verts, normals, views.viewmats[tr], views.Ks[tr], depth, 2 * mesh.edge)
         fill = UnseenFill.build(seen, mesh.nbr_idx, mesh.nbr_w)
-    return RigFit(views, mesh, params, make_optimizer(params, rc), strategy, render, images, fg, gen, rc, per_step,
-                  fill)
+    fit = RigFit(views, mesh, params, make_optimizer(params, rc), strategy, render, images, fg, gen, rc, per_step,
+                 fill)
+    if rc.prune_outside_hull:  # the strategy measures visibility with the fit's renderer
+        strategy.blend_weights = fit.blend_weights
+    return fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +420,7 @@ def reconstruct_identity(frames_samples: list[dict], template: dict, cfg, out_di
     for step in range(cfg.rig.steps):
         logs = fit.step(step)
         logger.step(step, logs)
+    fit.strategy.prune_hidden(fit.params, fit.opt)
     train_seconds = time.perf_counter() - t_train
 
     metrics, preview = evaluate_fit(fit)

@@ -42,6 +42,16 @@ def seen_vertices(verts: torch.Tensor, normals: torch.Tensor, viewmats: torch.Te
     return (framed & unoccluded & facing).any(0)
 
 
+def blend_weights(render, n_points: int, device) -> torch.Tensor:
+    """(N,) each Gaussian's blend weight summed over every pixel of ``render(colors)`` (a function
+    of (N, 3) colours returning (C, H, W, 3) images): the gradient of the summed red channel with
+    respect to the colours, one backward pass instead of one render per Gaussian."""
+    colors = torch.zeros(n_points, 3, device=device, requires_grad=True)
+    with torch.enable_grad():
+        render(colors)[..., 0].sum().backward()
+    return colors.grad[:, 0].detach()
+
+
 @dataclass
 class UnseenFill:
     """Colours of unseen vertices as the harmonic extension of the seen ones over the one-ring

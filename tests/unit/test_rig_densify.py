@@ -6,7 +6,7 @@ from emodifftalk.render.cameras import intrinsics, look_at
 from emodifftalk.rig.densify import DensifyStrategy, Silhouettes
 from emodifftalk.rig.params import RigParams, make_optimizer
 from emodifftalk.rig.triplane import TriplaneColorField
-from emodifftalk.rig.visibility import fill_unseen, seen_vertices
+from emodifftalk.rig.visibility import UnseenFill, blend_weights, seen_vertices
 
 SIZE = 32
 
@@ -52,17 +52,37 @@ def test_strategy_recycles_floaters_on_its_schedule():
     assert strategy.step_post_backward(params, opt, None, radii[:, :27], 25, gen) is None  # past stop_step
 
 
-def test_fill_unseen_is_the_harmonic_extension_and_keeps_seen_values():
-    n = 9  # a path graph 0 - 1 - ... - 8; ends seen with values 0 and 1
+def test_unseen_fill_is_the_harmonic_extension_and_differentiable():
+    n = 9  # a path graph 0 - 1 - ... - 8 (self weight included, as vertex_one_ring gives); ends seen
     idx = torch.tensor([[i, max(i - 1, 0), min(i + 1, n - 1)] for i in range(n)])
     w = torch.full((n, 3), 1 / 3)
-    values = torch.rand(n, 1)
-    values[0], values[-1] = 0.0, 1.0
+    values = torch.rand(n, 1, requires_grad=True)
     seen = torch.zeros(n, dtype=torch.bool)
     seen[[0, -1]] = True
-    out = fill_unseen(values, seen, idx, w, iterations=2000)
-    assert torch.allclose(out[:, 0], torch.linspace(0, 1, n), atol=1e-3)  # linear = harmonic on a path
-    assert torch.equal(fill_unseen(values, torch.ones(n, dtype=torch.bool), idx, w), values)
+    fill = UnseenFill.build(seen, idx, w)
+    with torch.no_grad():
+        values[0], values[-1] = 0.0, 1.0
+    out = fill(values)
+    assert torch.allclose(out[:, 0], torch.linspace(0, 1, n), atol=1e-4)  # linear = harmonic on a path
+    out[4].sum().backward()  # the middle vertex depends on the seen ends only, half each
+    assert torch.allclose(values.grad[:, 0], torch.tensor([0.5, 0, 0, 0, 0, 0, 0, 0, 0.5]), atol=1e-4)
+    everything = UnseenFill.build(torch.ones(n, dtype=torch.bool), idx, w)
+    assert torch.equal(everything(values), values)
+
+
+def test_blend_weights_sum_what_each_gaussian_adds_to_the_images():
+    vm, ks = _cameras([(0.0, 0.0, 1.0)])
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -0.2], [0.0, 0.0, -0.4]])  # the front one hides the rest
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(3, 1)
+    scales = torch.tensor([[0.08] * 3, [0.02] * 3, [0.02] * 3])  # the front one covers the others
+
+    from emodifftalk.render import rasterize
+
+    def render(colors):
+        return rasterize(means, quats, scales, torch.tensor([0.99, 0.99, 0.5]), colors, vm, ks, SIZE, SIZE).rgb
+
+    w = blend_weights(render, 3, "cpu")
+    assert w[0] > 5.0 and w[1] < 0.1 * w[0] and w[2] < w[1]
 
 
 def test_seen_vertices_excludes_the_far_side_of_a_sphere():

@@ -105,7 +105,7 @@ def test_densify_and_prune_keeps_the_free_budget(toy):
     grads[10:20] = 1.0  # 10 high-gradient candidates for the 10 free slots
     bound_before = params.bound_log_scales.detach().clone()
     stats = strategy.densify_and_prune(params, opt, grads, torch.Generator().manual_seed(0))
-    assert stats == {"pruned": 10, "floaters": 0, "cloned": 8, "split": 2}
+    assert stats == {"pruned": 10, "floaters": 0, "hidden": 0, "cloned": 8, "split": 2}
     assert params.n_free == budget
     assert torch.equal(params.bound_log_scales, bound_before)
     for group in opt.param_groups:  # optimiser state follows the resized tensors
