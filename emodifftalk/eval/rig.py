@@ -14,7 +14,10 @@ mesh (``verts.npy``), folds the frame's rigid head pose into the cameras as the 
   training image shows (the back of the head): no method can score there, and the covered
   ring is the generalisation measure;
 * ``psnr_train`` / ``ssim_train``: the capture cameras the rig was fitted on (``images/``), minus
-  its own held-out capture camera, which is reported apart as ``psnr_holdout``.
+  its own held-out capture camera, which is reported apart as ``psnr_holdout``;
+* ``psnr_holdout_expressive`` / ``psnr_ring_covered_expressive``: the same over the expressive
+  frames only (some OpenFace AU ≥ ``EXPRESSIVE_AU``), where v2's expression-dependent appearance
+  (creases, dark inner lips) shows: what the feature line is for.
 
 With a fitted feature line the opacity follows the frame's AUs (the clip's OpenFace-format labels,
 as at inference); ``feature_line=False`` scores the rig without it. Scores are means over the
@@ -40,6 +43,7 @@ from emodifftalk.rig.init_points import vertex_normals
 from emodifftalk.rig.visibility import surface_seen_fraction
 
 REPORT_JSON = "rig_eval.json"
+EXPRESSIVE_AU = 0.5  # a frame with some AU at ≥ half intensity (OpenFace labels, 0–1) is expressive  # choice
 COVERED_FRACTION = 0.9  # a ring view whose visible surface was ≥ 90 % captured interpolates  # choice
 RING_CAMERAS = "eval_cameras.json"
 
@@ -119,8 +123,9 @@ def evaluate_rig(rig_dir: str | Path, data_dir: str | Path, *, feature_line: boo
         for clip, f, cams, images, kind in it:
             if loaded[0] is not clip:
                 loaded = (clip, clip.load_verts(), clip.load_frame_array(clip.head_pose_path, (4, 4)),
-                          clip.load_aus().aus if line is not None else None)
+                          clip.load_aus().aus if clip.openface_path.is_file() else None)
             _, verts, pose, aus = loaded
+            expressive = aus is not None and float(aus[f].max()) >= EXPRESSIVE_AU
             delta = line(torch.from_numpy(aus[f:f + 1]))[0] if line is not None else None
             g = deform(rig, torch.from_numpy(np.array(verts[f])), delta)  # a copy: verts is memory-mapped
             viewmats = cams.viewmats @ torch.from_numpy(pose[f]) if pose is not None else cams.viewmats
@@ -128,9 +133,11 @@ def evaluate_rig(rig_dir: str | Path, data_dir: str | Path, *, feature_line: boo
                             height=cams.height, background=bg)
             for c, name in enumerate(cams.names):
                 p, s = _scores(out.rgb[c].clamp(0, 1), _read_png(images[name]))
-                entry = per_camera.setdefault(name, {"kind": kind, "psnr": [], "ssim": []})
+                entry = per_camera.setdefault(name, {"kind": kind, "psnr": [], "ssim": [], "psnr_expressive": []})
                 entry["psnr"].append(p)
                 entry["ssim"].append(s)
+                if expressive:
+                    entry["psnr_expressive"].append(p)
     return _report(rig, per_camera, holdout, line is not None, ring_coverage(rig, ring, capture, holdout))
 
 
@@ -157,20 +164,25 @@ def ring_coverage(rig: GaussianRig, ring: CameraSet, capture: CameraSet, holdout
 def _report(rig: GaussianRig, per_camera: dict, holdout: str | None, with_line: bool,
             coverage: dict[str, dict]) -> dict:
     cams = {n: {"kind": ("holdout" if n == holdout else e["kind"]), "psnr": float(np.mean(e["psnr"])),
-                "ssim": float(np.mean(e["ssim"])), "frames": len(e["psnr"]), **coverage.get(n, {})}
+                "ssim": float(np.mean(e["ssim"])), "frames": len(e["psnr"]),
+                "psnr_expressive": float(np.mean(e["psnr_expressive"])) if e["psnr_expressive"] else None,
+                "frames_expressive": len(e["psnr_expressive"]), **coverage.get(n, {})}
             for n, e in per_camera.items()}
     for c in cams.values():
         if c["kind"] == "ring":
             c["covered"] = c["surface_seen"] >= COVERED_FRACTION
 
     def mean(kind: str, key: str, covered_only: bool = False) -> float | None:
-        vals = [c[key] for c in cams.values() if c["kind"] == kind and (c.get("covered") or not covered_only)]
+        vals = [c[key] for c in cams.values()
+                if c["kind"] == kind and (c.get("covered") or not covered_only) and c[key] is not None]
         return float(np.mean(vals)) if vals else None
 
     return {"identity": rig.identity, "feature_line": with_line,
             "psnr_ring": mean("ring", "psnr"), "ssim_ring": mean("ring", "ssim"),
             "psnr_ring_covered": mean("ring", "psnr", True), "ssim_ring_covered": mean("ring", "ssim", True),
             "ring_covered": [n for n, c in cams.items() if c.get("covered")],
+            "psnr_holdout_expressive": mean("holdout", "psnr_expressive"),
+            "psnr_ring_covered_expressive": mean("ring", "psnr_expressive", True),
             "psnr_train": mean("capture", "psnr"), "ssim_train": mean("capture", "ssim"),
             "psnr_holdout": mean("holdout", "psnr"), "ssim_holdout": mean("holdout", "ssim"),
             "per_camera": cams}
@@ -182,8 +194,10 @@ def format_table(reports: list[dict]) -> str:
         return "–" if x is None else f"{x:.2f}"
 
     rows = ["| identity | feature line | PSNR ring | SSIM ring | PSNR covered ring (cams) | PSNR train "
-            "| PSNR held-out capture cam |", "|---|---|---|---|---|---|---|"]
+            "| PSNR held-out capture cam | expressive frames: held-out cam, covered ring |",
+            "|---|---|---|---|---|---|---|---|"]
     rows += [f"| {r['identity']} | {'yes' if r['feature_line'] else 'no'} | {f(r['psnr_ring'])} | "
              f"{r['ssim_ring']:.3f} | {f(r['psnr_ring_covered'])} ({len(r['ring_covered'])}) | "
-             f"{f(r['psnr_train'])} | {f(r['psnr_holdout'])} |" for r in reports]
+             f"{f(r['psnr_train'])} | {f(r['psnr_holdout'])} | {f(r['psnr_holdout_expressive'])}, "
+             f"{f(r['psnr_ring_covered_expressive'])} |" for r in reports]
     return "\n".join(rows)
