@@ -149,6 +149,16 @@ class RigConfig:
     densify_every: int = 100
     densify_until: float = 0.6  # fraction of steps
     densify_grad_threshold: float = 2e-4
+    # densification also recycles free points whose centre lands on background in a training view
+    # (floaters: invisible against the plain background there, blobs in novel views)  # choice
+    prune_outside_hull: bool = True
+    # weight of |rendered alpha − foreground mask| (the background colour is known, so every
+    # training view gives the subject's silhouette; 0 = off)  # choice
+    lambda_alpha: float = 0.5
+    # bound Gaussians no training camera sees (the back of the head of a frontal arc) take the
+    # harmonic extension of the seen colours over the mesh, during the fit and at baking, not the
+    # triplane's guess, which repeats the face there (rig/visibility.py)  # choice
+    fill_unseen: bool = True
     holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
     cameras_per_step: int = 0  # training cameras rendered per step (0 = all; a random subset otherwise)
     neutral_frame: int = 0
@@ -164,6 +174,7 @@ class RigConfig:
         _check(self.triplane_resolution >= 4, "rig.triplane_resolution must be >= 4")
         _check(self.num_cpus_per_task > 0, "rig.num_cpus_per_task must be > 0")
         _check(self.cameras_per_step >= 0, "rig.cameras_per_step must be >= 0")
+        _check(self.lambda_alpha >= 0, "rig.lambda_alpha must be >= 0")
 
 
 LEVEL_DIM = 2  # level channels the front ends append when audio.level_features (audio_frontend.py)

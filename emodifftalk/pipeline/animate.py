@@ -247,6 +247,7 @@ def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torc
     ``spec``: "front" (the capture camera that faces the face most squarely), an index into the
     rig's capture cameras ("0"), "orbit" (one turn over the clip), or a JSON file
     ``{"cameras": [{"K", "viewmat", "width", "height"}, ...]}`` (one per frame, or one for all).
+    Capture cameras and the orbit render at ``size`` on the long side; JSON cameras at their own size.
     """
     center = rig.canonical_verts.mean(0)
     extent = float((rig.canonical_verts.max(0).values - rig.canonical_verts.min(0).values).max())
@@ -275,6 +276,9 @@ def camera_path(rig, spec: str, n_frames: int, size: int) -> Iterator[tuple[torc
     vm = torch.tensor(cams["viewmats"][idx], dtype=torch.float32)
     k = torch.tensor(cams["Ks"][idx], dtype=torch.float32)
     w, h = int(cams["width"]), int(cams["height"])
+    scale = size / max(w, h)  # the capture camera's view at the output size (long side = size)
+    k[:2] *= scale
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
     for _ in range(n_frames):
         yield vm[None], k[None], w, h
 

@@ -60,3 +60,17 @@ def test_capture_camera_index_front_on_a_rig():
     assert capture_camera_index(rig, "5") == 5
     with pytest.raises(AnimateError, match="0..7"):
         capture_camera_index(rig, "8")
+
+
+def test_capture_cameras_render_at_the_output_size():
+    from test_rig_gaussians import make_rig
+
+    from emodifftalk.pipeline.animate import camera_path
+    from emodifftalk.render.cameras import intrinsics
+
+    rig = make_rig()
+    k = intrinsics(30.0, 64, 48)
+    rig.info["cameras"] = {"viewmats": _ring().tolist(), "Ks": [k.tolist()] * 8, "width": 64, "height": 48}
+    (vm, got_k, w, h), = camera_path(rig, "front", 1, 512)
+    assert (w, h) == (512, 384)  # long side = the output size, aspect kept
+    assert torch.allclose(got_k[0, :2], k[:2] * 8) and torch.allclose(got_k[0, 2], k[2])

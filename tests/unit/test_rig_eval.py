@@ -75,6 +75,12 @@ def test_truth_scores_high_and_a_wrong_rig_scores_lower(tmp_path):
     assert kinds == {"cam0": "capture", "cam1": "capture", "cam2": "holdout",
                      "ring0": "ring", "ring1": "ring", "ring2": "ring", "ring3": "ring"}
     assert all(c["frames"] == 3 for c in good["per_camera"].values())
+    assert good["psnr_holdout_expressive"] is None  # no AU labels (openface.csv): no expressive frames
+    # coverage: a 90° capture arc in front sees none of what the rear ring views see
+    ring = {n: c for n, c in good["per_camera"].items() if c["kind"] == "ring"}
+    assert all(0 <= c["surface_seen"] <= 1 and 0 <= c["nearest_train_deg"] <= 180 for c in ring.values())
+    assert set(good["ring_covered"]) == {n for n, c in ring.items() if c["surface_seen"] >= 0.9}
+    assert min(c["surface_seen"] for c in ring.values()) < 0.5 < max(c["surface_seen"] for c in ring.values())
 
     out = tmp_path / "report"
     assert main(["eval", "rig", str(tmp_path / "rigs" / "id0"), "--data", str(tmp_path / "raw"),

@@ -6,14 +6,9 @@ import torch
 
 from emodifftalk.config import build_config
 from emodifftalk.rig.gaussians import GaussianRig, is_complete
-from emodifftalk.rig.reconstruct import (
-    RigDataError,
-    _densify_and_prune,
-    _make_optimizer,
-    _RigParams,
-    reconstruct_identity,
-    select_neutral_views,
-)
+from emodifftalk.rig.densify import DensifyStrategy
+from emodifftalk.rig.params import RigParams, make_optimizer
+from emodifftalk.rig.reconstruct import RigDataError, reconstruct_identity, select_neutral_views
 from emodifftalk.rig.toy import make_toy_identity
 from emodifftalk.rig.triplane import TriplaneColorField
 
@@ -96,9 +91,10 @@ def test_densify_and_prune_keeps_the_free_budget(toy):
     budget = 30
     free = torch.randn(budget, 3, generator=torch.Generator().manual_seed(0)) * 0.1
     field = TriplaneColorField(8, 2, 8, -torch.ones(3), torch.ones(3))
-    params = _RigParams(verts, free, 0.02, field)
+    params = RigParams(verts, free, 0.02, field)
     cfg = _cfg()
-    opt = _make_optimizer(params, cfg.rig)
+    opt = make_optimizer(params, cfg.rig)
+    strategy = DensifyStrategy(budget=budget, edge=0.02, every=10, stop_step=100, grad_threshold=2e-4)
     for p in params.parameters():  # give Adam some state
         p.grad = torch.ones_like(p)
     opt.step()
@@ -108,9 +104,8 @@ def test_densify_and_prune_keeps_the_free_budget(toy):
     grads = torch.zeros(budget)
     grads[10:20] = 1.0  # 10 high-gradient candidates for the 10 free slots
     bound_before = params.bound_log_scales.detach().clone()
-    stats = _densify_and_prune(params, opt, grads, torch.ones(budget), budget, cfg.rig, 0.02,
-                               torch.Generator().manual_seed(0))
-    assert stats == {"pruned": 10, "cloned": 8, "split": 2}
+    stats = strategy.densify_and_prune(params, opt, grads, torch.Generator().manual_seed(0))
+    assert stats == {"pruned": 10, "floaters": 0, "hidden": 0, "cloned": 8, "split": 2}
     assert params.n_free == budget
     assert torch.equal(params.bound_log_scales, bound_before)
     for group in opt.param_groups:  # optimiser state follows the resized tensors
@@ -122,6 +117,5 @@ def test_densify_and_prune_keeps_the_free_budget(toy):
     # nothing above the threshold: pruning only, the count drops below the budget
     with torch.no_grad():
         params.free_opacity[:5] = -10.0
-    _densify_and_prune(params, opt, torch.zeros(budget), torch.ones(budget), budget, cfg.rig, 0.02,
-                       torch.Generator().manual_seed(0))
+    strategy.densify_and_prune(params, opt, torch.zeros(budget), torch.Generator().manual_seed(0))
     assert params.n_free == budget - 5
