@@ -147,10 +147,12 @@ opencv_to_opengl = opengl_to_opencv
 
 def project_points(points: Tensor, viewmat: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
     """World points (N, 3) -> (pixels (N, 2), depth (N,)), same convention as the rasterizer's
-    ``means2d``: ``u = fx x / z + cx`` with pixel ``i`` covering ``[i, i + 1)``."""
+    ``means2d``: ``u = fx x / z + cx`` with pixel ``i`` covering ``[i, i + 1)``. Several cameras
+    at once: ``viewmat`` (C, 4, 4) and ``K`` (C, 3, 3) give (C, N, 2) and (C, N). Depths near 0
+    are clamped to 1e-6 in the division; callers mask ``depth > 0``."""
     if points.dim() != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be (N, 3), got {tuple(points.shape)}")
-    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
-    depth = cam[:, 2]
-    uv = cam @ K[:2, :3].T / depth[:, None]
+    cam = points @ viewmat[..., :3, :3].transpose(-1, -2) + viewmat[..., None, :3, 3]
+    depth = cam[..., 2]
+    uv = cam @ K[..., :2, :3].transpose(-1, -2) / depth.clamp_min(1e-6)[..., None]
     return uv, depth

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from emodifftalk.render.projection import quat_to_rotmat
 
 
 def vertex_one_ring(faces: torch.Tensor, n_verts: int, max_k: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +111,6 @@ def matrix_to_quat(r: torch.Tensor) -> torch.Tensor:
     q = cands.gather(-2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)
     q = torch.nn.functional.normalize(q, dim=-1)
     return torch.where(q[..., :1] < 0, -q, q)
-
-
-# Quaternion (wxyz) -> rotation matrix is the rasterizer's ``render.projection.quat_to_rotmat``; the
-# name stays importable here for rig/reconstruct.py until it imports the render one itself.
-quat_to_matrix = quat_to_rotmat
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

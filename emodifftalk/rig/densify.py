@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch
 
-from emodifftalk.rig.binding import quat_to_matrix
-from emodifftalk.rig.init_points import project
+from emodifftalk.render.cameras import project_points
+from emodifftalk.render.projection import quat_to_rotmat
 from emodifftalk.rig.params import RigParams, resize_free
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Silhouettes:
     def outside(self, points: torch.Tensor, min_views: int = 1) -> torch.Tensor:
         """(P,) bool: points that project onto background in at least one view that frames them,
         or that fewer than ``min_views`` views frame at all (their depth is unconstrained)."""
-        uv, z = project(points, self.viewmats, self.Ks)
+        uv, z = project_points(points, self.viewmats, self.Ks)
         _, h, w = self.masks.shape
         px, py = uv[..., 0].floor().long(), uv[..., 1].floor().long()
         framed = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (z > 0)  # (C, P)
@@ -164,7 +164,7 @@ class DensifyStrategy:
         # split: the copy is displaced by a sample of the Gaussian and both shrink (3DGS);
         # clone: an identical copy that the optimiser moves along the gradient
         offset = torch.randn(means.shape, generator=gen).to(means.device) * log_scales.exp()  # CPU generator
-        offset = (quat_to_matrix(quats) @ offset.unsqueeze(-1)).squeeze(-1)
+        offset = (quat_to_rotmat(quats) @ offset.unsqueeze(-1)).squeeze(-1)
         shrink = math.log(SPLIT_SHRINK)
         new_means = torch.where(large.unsqueeze(-1), means + offset, means)
         new_log_scales = torch.where(large.unsqueeze(-1), log_scales - shrink, log_scales)

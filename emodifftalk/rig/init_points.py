@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from emodifftalk.render.cameras import project_points
 from emodifftalk.rig.binding import knn, matrix_to_quat
 from emodifftalk.rig.triplane import bbox_from_points
 from emodifftalk.rig.views import NeutralViews
@@ -36,14 +37,6 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     if ((verts - verts.mean(0)) * n).sum() < 0:  # faces wound inward
         n = -n
     return n
-
-
-def project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, 3) world points -> pixel coords (C, P, 2) and camera depth (C, P)."""
-    pc = points @ viewmats[:, :3, :3].transpose(-1, -2) + viewmats[:, None, :3, 3]
-    z = pc[..., 2]
-    uv = pc @ Ks.transpose(-1, -2)
-    return uv[..., :2] / z.clamp_min(1e-6).unsqueeze(-1), z
 
 
 def init_free_points(views: NeutralViews, faces: torch.Tensor, facial: torch.Tensor, n: int,
@@ -80,7 +73,7 @@ def init_free_points(views: NeutralViews, faces: torch.Tensor, facial: torch.Ten
     pts, scores = [], []
     for _ in range(8):  # a few rounds of rejection sampling
         cand = lo + (hi - lo) * torch.rand(40 * n, 3, generator=gen)
-        uv, z = project(cand, views.viewmats[tr], views.Ks[tr])
+        uv, z = project_points(cand, views.viewmats[tr], views.Ks[tr])
         px = uv[..., 0].floor().long()
         py = uv[..., 1].floor().long()
         inside = (px >= 0) & (px < views.width) & (py >= 0) & (py < views.height) & (z > 0)  # (C, P)

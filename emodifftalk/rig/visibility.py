@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from emodifftalk.rig.init_points import project
+from emodifftalk.render.cameras import project_points
 
 MIN_FACING_COS = 0.2  # a vertex seen at more than ~78° from its normal does not count as seen  # choice
 FILL_RIDGE = 1e-6  # pull of unseen islands towards the mean seen colour  # choice
@@ -30,7 +30,7 @@ def seen_vertices(verts: torch.Tensor, normals: torch.Tensor, viewmats: torch.Te
     ``mesh_depth`` (C, H, W) depth of the mesh per camera (inf where it is not),
     ``tolerance`` the depth slack of the occlusion test (metres).
     """
-    uv, z = project(verts, viewmats, Ks)  # (C, V, 2), (C, V)
+    uv, z = project_points(verts, viewmats, Ks)  # (C, V, 2), (C, V)
     _, h, w = mesh_depth.shape
     px, py = uv[..., 0].floor().long(), uv[..., 1].floor().long()
     framed = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (z > 0)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from test_rig_gaussians import make_rig
 
+from emodifftalk.render.projection import quat_to_rotmat as quat_to_matrix
 from emodifftalk.rig.binding import (
     bind_free_points,
     matrix_to_quat,
     quat_multiply,
-    quat_to_matrix,
     vertex_one_ring,
     vertex_rotations,
 )
