@@ -26,6 +26,7 @@ from .speech import (
     EMOTION_AUS,
     EMOTION_VOICE,
     EMOTIONS,
+    GESTURE_AUS,
     PHONES,
     _blinks,
     _emotion_aus,
@@ -42,6 +43,8 @@ PAUSE_S = (0.12, 0.45)
 ACCENT_PROB = 0.3
 GESTURE_RATE = 0.8  # single-AU expression events per second (v1: 0.35): each AU is seen often
 # enough on its own, in a few dozen clips, for its label reliability to be measurable
+GESTURE_AUS_V2 = GESTURE_AUS + ("AU14",)  # the dimpler twice as often: the subtlest AU for the
+# tracker, shown only by these events, is otherwise too rare in a small set to measure its labels
 PAUSE_MOUTH_SHARE = 0.2  # of an emotion's AU25/AU26 left while nobody speaks
 BLINK_S = (0.25, 0.4)  # closing + reopening; v1's 0.15-0.25 s were fast for 25 fps
 
@@ -174,7 +177,7 @@ def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voi
     mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
     emo[:, mouth] *= (PAUSE_MOUTH_SHARE + (1.0 - PAUSE_MOUTH_SHARE) * speaking(phones, times))[:, None]
     if gestures:
-        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng, GESTURE_RATE))
+        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng, GESTURE_RATE, GESTURE_AUS_V2))
     aus = 1.0 - (1.0 - speech_aus(art)) * (1.0 - emo)
     blink, blink_starts = _blinks(times, lead, emotion, rng, duration=BLINK_S)
     aus[:, AU_INDEX["AU45"]] = np.maximum(aus[:, AU_INDEX["AU45"]], blink)
