@@ -268,6 +268,9 @@ class DiffusionConfig:
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
     lambda_lip: float = 0.8
+    # L_gap (ours): squared error of the lip gap (upper minus lower lip height) per frame, so the
+    # mesh opens and shuts with the AU codes/audio instead of only matching lip vertices on average  # choice
+    lambda_lip_gap: float = 0.0
     # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
     # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
     lambda_move: float = 0.1
@@ -291,6 +294,7 @@ class DiffusionConfig:
                "diffusion.context_frames must be smaller than diffusion.window_frames")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
+        _check(self.lambda_lip_gap >= 0, "diffusion.lambda_lip_gap must be >= 0")
         _check(self.lambda_move >= 0 and self.move_tau > 0,
                "diffusion.lambda_move must be >= 0 and diffusion.move_tau > 0 (metres)")
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from emodifftalk.config import Config
 from emodifftalk.diffusion.schedule import NoiseSchedule
 from emodifftalk.losses.feature_line import distance_loss
-from emodifftalk.losses.geometry import deformation_loss, geometry_loss, laplacian_matrix, mesh_edges
+from emodifftalk.losses.geometry import deformation_loss, geometry_loss, laplacian_matrix, lip_gap_weights, mesh_edges
 from emodifftalk.models.denoiser import Denoiser
 from emodifftalk.train.task import Task, register_task
 
@@ -360,8 +360,9 @@ class MotionTask(Task):
         templates = self.templates(cfg)
         infos = [templates[i] for i in batch["identity"]]
         same = len({i.topology for i in infos}) == 1
+        gap = lip_gap_weights(batch["template"], batch["lip_mask"]) if cfg.diffusion.lambda_lip_gap > 0 else None
         terms = geometry_loss(pred, x0, lip_mask=batch["lip_mask"], edges=infos[0].laplacian if same else None,
-                              weights=cfg.diffusion, frame_mask=fmask)
+                              weights=cfg.diffusion, frame_mask=fmask, lip_gap=gap)
         if not same:
             num, den = pred.sum() * 0.0, 0.0
             for topo in {i.topology for i in infos}:
