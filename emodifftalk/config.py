@@ -192,9 +192,9 @@ class AudioConfig:
     # file's silent start gives a neutral mouth.  # choice
     train_silence_prob: float = 0.5
     # Speech-to-AU labels of frames whose clean audio is this far below the clip's loudest frame
-    # get AU25 = AU26 = 0: the synthetic world leaves lips apart in some pauses (emotion, co-
-    # articulation; its mean lips-apart code there is ~0.2), but pauses in speech mean closed
-    # lips to a viewer. None: keep the labels as they are.  # choice
+    # get AU25 = AU26 = 0: pauses in speech mean closed lips to a viewer. The v2 world now shuts
+    # the lips there itself (true mouth AU ~0.05 in such frames, was ~0.2); the estimated labels
+    # still carry tracker bias and lag there. None: keep the labels as they are.  # choice
     train_closed_below_db: float | None = -40.0
 
     @property
