@@ -202,9 +202,9 @@ class AudioConfig:
     # file's silent start gives a neutral mouth.  # choice
     train_silence_prob: float = 0.5
     # Speech-to-AU labels of frames whose clean audio is this far below the clip's loudest frame
-    # get AU25 = AU26 = 0: the synthetic world leaves lips apart in some pauses (emotion, co-
-    # articulation; its mean lips-apart code there is ~0.2), but pauses in speech mean closed
-    # lips to a viewer. None: keep the labels as they are.  # choice
+    # get AU25 = AU26 = 0: pauses in speech mean closed lips to a viewer. The v2 world now shuts
+    # the lips there itself (true mouth AU ~0.05 in such frames, was ~0.2); the estimated labels
+    # still carry tracker bias and lag there. None: keep the labels as they are.  # choice
     train_closed_below_db: float | None = -40.0
 
     @property
@@ -288,6 +288,9 @@ class DiffusionConfig:
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
     lambda_lip: float = 0.8
+    # L_gap (ours): squared error of the lip gap (upper minus lower lip height) per frame, so the
+    # mesh opens and shuts with the AU codes/audio instead of only matching lip vertices on average  # choice
+    lambda_lip_gap: float = 0.0
     # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
     # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
     lambda_move: float = 0.1
@@ -315,6 +318,7 @@ class DiffusionConfig:
         _check(self.guidance_reference in ("speech", "null"), "diffusion.guidance_reference must be 'speech' or 'null'")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
+        _check(self.lambda_lip_gap >= 0, "diffusion.lambda_lip_gap must be >= 0")
         _check(self.lambda_move >= 0 and self.move_tau > 0,
                "diffusion.lambda_move must be >= 0 and diffusion.move_tau > 0 (metres)")
 

@@ -97,6 +97,33 @@ def lip_loss(pred: torch.Tensor, target: torch.Tensor, lip_mask: torch.Tensor,
     return vertex_loss(pred, target, frame_mask, vertex_mask=lip_mask)
 
 
+def lip_gap_weights(template: torch.Tensor, lip_mask: torch.Tensor) -> torch.Tensor:
+    """(B, V) weights whose dot product with the offsets' height (y, world y up) is the lip gap:
+    the mean height of the upper half of the lip vertices minus that of the lower half (halves
+    split at the template's median lip height, as ``eval speech`` measures the opening)."""
+    w = torch.zeros(lip_mask.shape, dtype=template.dtype, device=template.device)
+    for b in range(lip_mask.shape[0]):
+        idx = torch.nonzero(lip_mask[b]).flatten()
+        if idx.numel() < 2:
+            continue
+        y = template[b, idx, 1]
+        mid = y.median()
+        up, lo = idx[y > mid], idx[y < mid]
+        if up.numel() and lo.numel():
+            w[b, up] = 1.0 / up.numel()
+            w[b, lo] = -1.0 / lo.numel()
+    return w
+
+
+def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, gap_weights: torch.Tensor,
+                 frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over valid frames of the squared error of the lip gap (``lip_gap_weights``): how far
+    the lips are apart, one number per frame that L_lip weighs no more than any other lip motion."""
+    _check_pair(pred, target)
+    gap = torch.einsum("btv,bv->bt", (pred - target)[..., 1], gap_weights.to(pred.dtype))
+    return _masked_frame_mean(gap.square(), _frame_weights(frame_mask, pred))
+
+
 def vertex_mask_from_indices(indices, num_vertices: int, device=None) -> torch.Tensor:
     """Index list (e.g. ``vertex_sets["lips"]``) → (V,) bool mask; raises on out-of-range indices."""
     idx = torch.as_tensor(list(indices) if not isinstance(indices, torch.Tensor) else indices,
@@ -158,9 +185,10 @@ def deformation_loss(pred_offsets: torch.Tensor, edges: torch.Tensor,
 
 
 def geometry_loss(pred: torch.Tensor, target: torch.Tensor, *, lip_mask: torch.Tensor,
-                  edges: torch.Tensor | None, weights, frame_mask: torch.Tensor | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """Eq. (17): λ_vertex L_vertex + λ_motion L_motion + λ_deform L_deform + λ_lip L_lip.
+                  edges: torch.Tensor | None, weights, frame_mask: torch.Tensor | None = None,
+                  lip_gap: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Eq. (17): λ_vertex L_vertex + λ_motion L_motion + λ_deform L_deform + λ_lip L_lip, plus our
+    λ_lip_gap L_gap when ``lip_gap`` weights (``lip_gap_weights``) are given.
 
     ``weights``: a ``DiffusionConfig`` (``lambda_vertex/motion/deform/lip``). ``pred``/``target``
     are offsets from the template. ``edges``: (E, 2) or a ``laplacian_matrix`` (cheaper when
@@ -176,6 +204,8 @@ def geometry_loss(pred: torch.Tensor, target: torch.Tensor, *, lip_mask: torch.T
     out["motion"] = out["vel"] + out["acc"]
     out["deform"] = (deformation_loss(pred, edges, frame_mask) if edges is not None
                      else pred.sum() * 0.0)
+    out["gap"] = lip_gap_loss(pred, target, lip_gap, frame_mask) if lip_gap is not None else pred.sum() * 0.0
     out["geometry"] = (weights.lambda_vertex * out["vertex"] + weights.lambda_motion * out["motion"]
-                       + weights.lambda_deform * out["deform"] + weights.lambda_lip * out["lip"])
+                       + weights.lambda_deform * out["deform"] + weights.lambda_lip * out["lip"]
+                       + weights.lambda_lip_gap * out["gap"])
     return out

@@ -103,3 +103,23 @@ def test_short_sequences_give_zero_motion():
     p = torch.ones(1, 1, 2, 3)
     assert float(velocity_loss(p, torch.zeros_like(p))) == 0.0
     assert float(acceleration_loss(p, torch.zeros_like(p))) == 0.0
+
+
+def test_lip_gap_loss_sees_the_lips_part_not_move_together():
+    from emodifftalk.losses.geometry import lip_gap_loss, lip_gap_weights
+
+    template = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.9, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    lips = torch.tensor([[True, True, False, True]])  # upper half: vertex 3; lower: vertex 1
+    w = lip_gap_weights(template, lips)
+    assert w.tolist() == [[0.0, -1.0, 0.0, 1.0]]
+    target = torch.zeros(1, 2, 4, 3)
+    together = target.clone()
+    together[..., [1, 3], 1] = 0.5  # both lips up by the same amount: no gap change
+    parted = target.clone()
+    parted[:, 1, 1, 1] = -0.3  # the lower lip drops in frame 1
+    assert float(lip_gap_loss(together, target, w)) == pytest.approx(0.0)
+    assert float(lip_gap_loss(parted, target, w)) == pytest.approx(0.09 / 2)
+    cfg = DiffusionConfig(lambda_lip_gap=2.0)
+    out = geometry_loss(parted, target, lip_mask=lips[0], edges=None, weights=cfg, lip_gap=w)
+    base = geometry_loss(parted, target, lip_mask=lips[0], edges=None, weights=cfg)
+    assert float(out["geometry"] - base["geometry"]) == pytest.approx(2.0 * 0.09 / 2)

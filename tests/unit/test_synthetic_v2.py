@@ -104,6 +104,18 @@ def test_visemes_close_tuck_round_spread_and_coarticulate():
     assert np.abs(_track(seq, 1.55)).max() < 0.05  # rest
 
 
+def test_lips_rest_shut_in_gaps_and_loud_vowels_open_wider():
+    # two sentences with an unlabelled 0.4 s gap, no pause phones, nothing before 0.3 s or after 1.6 s
+    seq = [("a", 0.3, 0.5), ("t", 0.5, 0.6), ("a", 0.6, 0.8), ("a", 1.2, 1.4), ("t", 1.4, 1.5), ("a", 1.5, 1.6)]
+    t = np.arange(0, 2.0, 0.04)
+    jaw = articulation(seq, t)[:, A_JAW]
+    assert jaw[t < 0.1].max() < 0.02 and jaw[(t > 0.92) & (t < 1.06)].max() < 0.1 and jaw[t > 1.85].max() < 0.02
+    assert jaw[(t > 0.35) & (t < 0.45)].min() > 0.6  # and open while speaking
+    quiet = articulation(seq, t, levels_db=[0, 0, -24, 0, 0, -12])[:, A_JAW]
+    assert quiet[np.argmin(np.abs(t - 0.7))] < 0.6 * jaw[np.argmin(np.abs(t - 0.7))]  # -24 dB: 35 % of the height
+    assert quiet[np.argmin(np.abs(t - 1.3))] == pytest.approx(jaw[np.argmin(np.abs(t - 1.3))], rel=0.05)
+
+
 def test_face_jaw_is_a_rotation_and_closure_holds_the_lips():
     ident = make_identity(SynthConfig(mesh_resolution=40), 0)
     face, tmpl = ident.face, ident.template
@@ -256,3 +268,62 @@ def test_labels_are_finite_on_coarse_meshes():
     cfg = SynthConfig(mesh_resolution=10, clip_seconds=0.4)
     clip = make_clip(cfg, make_identity(cfg, 0), 0, 0)
     assert np.isfinite(clip.aus_observed).all() and clip.aus_observed.shape == (10, NUM_AUS)
+
+
+# ------------------------------------------------------------------------------------------
+# The tiny preset's world (meshes, labels, audio; no rendering): speech vs mouth, labels, lips
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    """Per identity of the tiny preset (6 x 4 clips of 4 s): its template and clips."""
+    from emodifftalk.config import build_config
+    from emodifftalk.data.synthetic import make_clip
+
+    cfg = build_config("tiny").synth
+    world = []
+    for i in range(cfg.n_identities):
+        ident = make_identity(cfg, i)
+        world.append((ident, [make_clip(cfg, ident, i, c) for c in range(cfg.clips_per_identity)]))
+    return cfg, world
+
+
+@needs_espeak
+def test_world_mouth_follows_the_speech_envelope_and_shuts_in_silence(tiny_world):
+    from emodifftalk.eval.metrics import pearson
+    from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au, mouth_opening
+
+    cfg, world = tiny_world
+    rs, silent_au = [], []
+    for ident, clips in world:
+        for clip in clips:
+            env, _ = envelope_db(clip.speech.audio, len(clip.verts), cfg.fps)
+            opening = mouth_opening(clip.verts, ident.template.verts, ident.template.vertex_sets["lips"])
+            rs.append(pearson(env, opening))
+            silent_au.append(mouth_au(clip.aus_true)[env <= SILENCE_DB].mean())
+    # before the rest viseme filled the gaps: mean r 0.30, silent mouth AU 0.19 (README)
+    assert np.mean(rs) >= 0.4 and min(rs) > 0.1
+    assert np.mean(silent_au) <= 0.1 and max(silent_au) <= 0.2
+
+
+@needs_espeak
+def test_world_labels_are_openface_like_per_au_and_lips_escape_the_aus_per_identity(tiny_world):
+    from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
+
+    _, world = tiny_world
+    labels, masks, truths = [], [], []
+    for ident, clips in world:
+        tmpl = ident.template
+        share = lip_unexplained_variance([c.verts for c in clips], [c.aus_true for c in clips], tmpl.verts,
+                                         tmpl.vertex_sets["lips"])
+        assert share >= 0.30, share  # every identity, not only on average
+        for c in clips:
+            mask = np.repeat(c.success[:, None], NUM_AUS, 1)
+            mask[:, AU_INDEX["AU24"]] = False  # no OpenFace column
+            labels.append(c.aus_observed)
+            masks.append(mask)
+            truths.append(c.aus_true)
+    rel = label_reliability(labels, masks, truths)
+    rs = {k: v["r"] for k, v in rel.items() if k != "AU24"}
+    assert all(0.6 <= r <= 0.92 for r in rs.values()), rs  # OpenFace's range, every AU

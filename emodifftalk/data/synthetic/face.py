@@ -68,7 +68,7 @@ def make_face(template: Template, rng: np.random.Generator, warp: bool = True) -
     x = v[:, 0]
     sgn = np.where(x >= 0, 1.0, -1.0)
     size = float(np.ptp(v[:, 1])) / 0.21
-    amp = rng.uniform(0.8, 1.2, 4) * size
+    amp = rng.uniform(1.1, 1.4, 4) * size
     upper, lower = lip_weights(d)
     lips = np.clip(upper + lower + 0.6 * bump(d, 0.0, MOUTH_Y, 0.26, 0.08), 0, 1)
     corners = bump(d, MOUTH_HALF_WIDTH, MOUTH_Y, 0.08, 0.07) + bump(d, -MOUTH_HALF_WIDTH, MOUTH_Y, 0.08, 0.07)

@@ -283,8 +283,10 @@ def _accent_curve(accents, times) -> np.ndarray:
     return out
 
 
-def _gesture_aus(times, accents, lead: float, rng, rate: float = GESTURE_RATE) -> np.ndarray:
-    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events (``rate``/s)."""
+def _gesture_aus(times, accents, lead: float, rng, rate: float = GESTURE_RATE,
+                 gesture_aus: tuple[str, ...] = GESTURE_AUS) -> np.ndarray:
+    """(T, 17): eyebrow flashes on pitch accents + random single-AU expression events (``rate``/s),
+    each an AU drawn uniformly from ``gesture_aus`` (an AU listed twice comes twice as often)."""
     aus = np.zeros((len(times), NUM_AUS))
     for s, _ in accents:
         if rng.uniform() >= BROW_FLASH_PROB:
@@ -296,7 +298,7 @@ def _gesture_aus(times, accents, lead: float, rng, rate: float = GESTURE_RATE) -
     end = float(times[-1]) if len(times) else 0.0
     t = lead + 0.2 + rng.exponential(1.0 / rate)
     while t < end - 0.3:
-        k = AU_INDEX[GESTURE_AUS[int(rng.integers(len(GESTURE_AUS)))]]
+        k = AU_INDEX[gesture_aus[int(rng.integers(len(gesture_aus)))]]
         bump = rng.uniform(0.3, 0.75) * _raised_cosine(times, t, rng.uniform(0.6, 1.6))
         aus[:, k] = np.maximum(aus[:, k], bump)
         t += rng.exponential(1.0 / rate)

@@ -3,9 +3,12 @@
 Audio is real TTS (``tts.py``) of random sentences (``sentences.py``) in the identity's language
 (sometimes another one), with the identity's voice variant, pitch and rate and the emotion's
 prosody (pitch, range, rate, loudness). The phoneme events drive the lip articulators
-(``visemes.py``); the articulators set the speech part of the true AU activations; emotion AUs,
-brow flashes on pitch accents, random expression events and blinks come from ``speech.py`` as
-in v1. Every clip starts with ``lead`` seconds of silence: frame 0 is a neutral face.
+(``visemes.py``), each vowel's jaw height scaled by its loudness in the audio; the articulators
+set the speech part of the true AU activations; emotion AUs, brow flashes on pitch accents,
+random expression events and blinks come from ``speech.py`` as in v1. Every clip starts with
+``lead`` seconds of silence: frame 0 is a neutral face. When nobody speaks the lips close: the
+visemes relax to the rest mouth, and the emotions' own mouth AUs (surprise's dropped jaw, fear's
+parted lips) keep only ``PAUSE_MOUTH_SHARE`` of their strength until speech resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .speech import (
     EMOTION_AUS,
     EMOTION_VOICE,
     EMOTIONS,
+    GESTURE_AUS,
     PHONES,
     _blinks,
     _emotion_aus,
@@ -31,7 +35,7 @@ from .speech import (
     sample_phones,
 )
 from .tts import Prosody, speak
-from .visemes import A_CLOSE, A_JAW, A_LABIO, articulation, viseme_of
+from .visemes import A_CLOSE, A_JAW, A_LABIO, articulation, is_vowel, speaking, viseme_of
 
 LANGUAGE_ORDER: tuple[str, ...] = ("en", "cmn", "es", "ja", "de", "ru")
 NATIVE_SHARE = 0.75  # clips in the identity's own language
@@ -39,6 +43,9 @@ PAUSE_S = (0.12, 0.45)
 ACCENT_PROB = 0.3
 GESTURE_RATE = 0.8  # single-AU expression events per second (v1: 0.35): each AU is seen often
 # enough on its own, in a few dozen clips, for its label reliability to be measurable
+GESTURE_AUS_V2 = GESTURE_AUS + ("AU14",)  # the dimpler twice as often: the subtlest AU for the
+# tracker, shown only by these events, is otherwise too rare in a small set to measure its labels
+PAUSE_MOUTH_SHARE = 0.2  # of an emotion's AU25/AU26 left while nobody speaks
 BLINK_S = (0.25, 0.4)  # closing + reopening; v1's 0.15-0.25 s were fast for 25 fps
 
 
@@ -89,6 +96,16 @@ def speech_aus(art: np.ndarray) -> np.ndarray:
     return np.clip(aus, 0, 1)
 
 
+def phone_levels_db(audio: np.ndarray, sr: int, phones: list[tuple[str, float, float]]) -> list[float]:
+    """RMS level of each phone's span of ``audio`` in dB re the loudest phone (pauses included)."""
+    power = []
+    for _, s, e in phones:
+        seg = np.asarray(audio[int(round(s * sr)):int(round(e * sr))], np.float64)
+        power.append(float(np.mean(np.square(seg))) if len(seg) else 0.0)
+    peak = max(power, default=0.0)
+    return [10.0 * np.log10(max(p, 1e-12) / max(peak, 1e-12)) for p in power]
+
+
 def _prosody(voice: TTSVoice, emotion: str, rng: np.random.Generator) -> Prosody:
     ev = EMOTION_VOICE[emotion]
     return Prosody(rate=int(np.clip(voice.rate * ev.tempo * rng.uniform(0.95, 1.05), 80, 400)),
@@ -133,8 +150,7 @@ def _formant_until(duration: float, lead: float, voice: Voice, emotion: str, sr:
 
 
 def _accents(phones, rng) -> list[tuple[float, float]]:
-    return [(s, e) for p, s, e in phones if p and viseme_of(p)[0].name not in ("rest", "p", "f", "w", "t")
-            and rng.uniform() < ACCENT_PROB]
+    return [(s, e) for p, s, e in phones if p and is_vowel(viseme_of(p)[0]) and rng.uniform() < ACCENT_PROB]
 
 
 def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voice: TTSVoice,
@@ -154,12 +170,14 @@ def talk_clip(seconds: float, sr: int, fps: float, rng: np.random.Generator, voi
     else:
         audio, phones, text = _speak_until(duration, lead, language, _prosody(voice, emotion, rng), sr, rng)
     times = np.arange(n_frames) / fps
-    art = articulation(phones, times)
+    art = articulation(phones, times, phone_levels_db(audio, sr, phones))
     gesture_rng = rng.spawn(1)[0]
     accents = _accents(phones, gesture_rng)
     emo = np.clip(_emotion_aus(times, emotion, intensity, lead, rng), 0, 1)
+    mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
+    emo[:, mouth] *= (PAUSE_MOUTH_SHARE + (1.0 - PAUSE_MOUTH_SHARE) * speaking(phones, times))[:, None]
     if gestures:
-        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng, GESTURE_RATE))
+        emo = 1.0 - (1.0 - emo) * (1.0 - _gesture_aus(times, accents, lead, gesture_rng, GESTURE_RATE, GESTURE_AUS_V2))
     aus = 1.0 - (1.0 - speech_aus(art)) * (1.0 - emo)
     blink, blink_starts = _blinks(times, lead, emotion, rng, duration=BLINK_S)
     aus[:, AU_INDEX["AU45"]] = np.maximum(aus[:, AU_INDEX["AU45"]], blink)

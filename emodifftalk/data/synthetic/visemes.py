@@ -14,10 +14,17 @@ with time; the track is the dominance-weighted mean of the targets. Bilabial clo
 labiodental contact get a dominance several times a vowel's (they must be reached), vowels' lip shape spreads into
 neighbouring consonants (anticipatory rounding in "screw"), alveolar/velar consonants barely
 constrain the lips. Lips move ``ANTICIPATION_S`` before the sound, as in real speech.
+
+Silence is a viseme too: pauses, the lead-in before the first phone, the gaps between sentences
+and the tail after the last phone are filled with the closed rest mouth (lips together, jaw
+shut), so the mouth relaxes shut whenever nobody speaks, through the same dominance ramps. The
+jaw height of a vowel also scales with its loudness in the audio (``levels_db``): louder vowels
+are spoken with a more open jaw, as in real speech, where the opening shapes the loudness.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass
 
@@ -28,6 +35,9 @@ A_JAW, A_CLOSE, A_LABIO, A_ROUND, A_SPREAD = range(len(ARTICULATORS))
 
 ANTICIPATION_S = 0.03
 DOMINANCE_DECAY_S = 0.045  # exponential decay of a phone's dominance beyond its own span
+CONTACT_DECAY_S = 0.02  # lip contacts (p b m, f v) dominate their own span but release fast
+QUIET_VOWEL_DB = -24.0  # a vowel this far below the clip's loudest phone opens the jaw least ...
+QUIET_JAW_GAIN = 0.35  # ... this share of its height; the loudest opens it fully (linear in dB between)
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Viseme:
     name: str
     target: tuple[float, float, float, float, float]  # ARTICULATORS order
     dominance: tuple[float, float, float, float, float]
+    decay_s: float = DOMINANCE_DECAY_S  # how far beyond its span the dominance reaches
 
 
 # Vowels by height (jaw) and lip shape; (jaw, round, spread).
@@ -52,6 +63,7 @@ _LABIODENTAL = set("fvɱʋ")
 _ROUNDED_CONS = {"w": 0.9, "ɥ": 0.8, "ʍ": 0.9, "ʃ": 0.5, "ʒ": 0.5, "ɹ": 0.35, "ʂ": 0.4, "ʐ": 0.4}
 
 REST = Viseme("rest", (0.0, 0.0, 0.0, 0.0, 0.0), (0.6, 0.6, 0.6, 0.6, 0.6))  # jaw shut = lips shut
+SILENCE_PAD_S = 1.0  # the rest viseme reaches this far before the first and after the last phone
 
 
 def _base_symbols(phone: str) -> list[str]:
@@ -77,9 +89,9 @@ def viseme_of(phone: str) -> list[Viseme]:
             out.append(Viseme(v, (jaw, 0.0, 0.0, rnd, spr), (0.5, 0.3, 0.3, 0.5, 0.5)))
         return out
     if any(s in _BILABIAL for s in syms):
-        return [Viseme("p", (0.08, 1.0, 0.0, 0.0, 0.0), (0.4, 3.0, 0.6, 0.15, 0.15))]
+        return [Viseme("p", (0.08, 1.0, 0.0, 0.0, 0.0), (0.4, 3.0, 0.6, 0.15, 0.15), CONTACT_DECAY_S)]
     if any(s in _LABIODENTAL for s in syms):
-        return [Viseme("f", (0.12, 0.0, 1.0, 0.0, 0.0), (0.4, 0.6, 3.0, 0.15, 0.15))]
+        return [Viseme("f", (0.12, 0.0, 1.0, 0.0, 0.0), (0.4, 0.6, 3.0, 0.15, 0.15), CONTACT_DECAY_S)]
     rnd = max((_ROUNDED_CONS.get(s, 0.0) for s in syms), default=0.0)
     if rnd > 0:
         return [Viseme("w", (0.12, 0.0, 0.0, rnd, 0.0), (0.3, 0.2, 0.2, 0.7, 0.5))]
@@ -87,21 +99,67 @@ def viseme_of(phone: str) -> list[Viseme]:
     return [Viseme("t", (0.14, 0.0, 0.0, 0.0, 0.0), (0.3, 0.05, 0.05, 0.05, 0.05))]
 
 
-def articulation(phones: list[tuple[str, float, float]], times: np.ndarray) -> np.ndarray:
-    """(len(times), 5) articulator tracks for an IPA timeline [(phone, start_s, end_s)] ("" = pause)."""
-    segments = []  # (viseme, start, end)
-    for phone, s, e in phones:
+def is_vowel(v: Viseme) -> bool:
+    return v.name in _VOWELS
+
+
+def jaw_gain(level_db: float) -> float:
+    """Share of a vowel's jaw height opened at ``level_db`` re the clip's loudest phone."""
+    x = float(np.clip(1.0 - level_db / QUIET_VOWEL_DB, 0.0, 1.0))
+    return QUIET_JAW_GAIN + (1.0 - QUIET_JAW_GAIN) * x
+
+
+def _segments(phones: list[tuple[str, float, float]], times: np.ndarray,
+              levels_db=None) -> list[tuple[Viseme, float, float]]:
+    """Viseme spans of a timeline, every gap (lead-in, between sentences, tail) filled with REST."""
+    if levels_db is not None and len(levels_db) != len(phones):
+        raise ValueError(f"levels_db has {len(levels_db)} entries for {len(phones)} phones")
+    segments: list[tuple[Viseme, float, float]] = []
+    t = float(times[0]) - SILENCE_PAD_S if len(times) else 0.0
+    for k, (phone, s, e) in enumerate(phones):
+        if s > t:
+            segments.append((REST, t, s))
         vis = viseme_of(phone)
+        if levels_db is not None:
+            g = jaw_gain(levels_db[k])
+            vis = [dataclasses.replace(v, target=(v.target[A_JAW] * g, *v.target[1:])) if is_vowel(v) else v
+                   for v in vis]
         step = (e - s) / len(vis)
-        segments += [(v, s + k * step, s + (k + 1) * step) for k, v in enumerate(vis)]
-    if not segments:
-        return np.tile(np.array(REST.target), (len(times), 1))
+        segments += [(v, s + j * step, s + (j + 1) * step) for j, v in enumerate(vis)]
+        t = max(t, e)
+    end = float(times[-1]) + SILENCE_PAD_S if len(times) else t
+    if end > t:
+        segments.append((REST, t, end))
+    return segments
+
+
+def _blend(segments, times: np.ndarray, targets: np.ndarray, dominance: np.ndarray) -> np.ndarray:
+    """Cohen–Massaro: the dominance-weighted mean of the segments' ``targets`` (S, C) at ``times``."""
     t = np.asarray(times, dtype=np.float64)[:, None] + ANTICIPATION_S
     starts = np.array([s for _, s, _ in segments])[None]
     ends = np.array([e for _, _, e in segments])[None]
     outside = np.maximum(starts - t, 0) + np.maximum(t - ends, 0)  # 0 inside the span
-    decay = np.exp(-outside / DOMINANCE_DECAY_S)  # (T, S)
+    decay = np.array([v.decay_s for v, _, _ in segments])[None]
+    w = np.exp(-outside / decay)[:, :, None] * dominance[None]  # (T, S, C)
+    return (w * targets[None]).sum(1) / np.maximum(w.sum(1), 1e-9)
+
+
+def articulation(phones: list[tuple[str, float, float]], times: np.ndarray, levels_db=None) -> np.ndarray:
+    """(len(times), 5) articulator tracks for an IPA timeline [(phone, start_s, end_s)] ("" = pause);
+    ``levels_db`` (one per phone, dB re the clip's loudest phone) scales each vowel's jaw height."""
+    segments = _segments(phones, np.asarray(times, dtype=np.float64), levels_db)
+    if not segments:
+        return np.tile(np.array(REST.target), (len(times), 1))
     dom = np.array([v.dominance for v, _, _ in segments])  # (S, 5)
     tgt = np.array([v.target for v, _, _ in segments])
-    w = decay[:, :, None] * dom[None]  # (T, S, 5)
-    return (w * tgt[None]).sum(1) / np.maximum(w.sum(1), 1e-9)
+    return _blend(segments, times, tgt, dom)
+
+
+def speaking(phones: list[tuple[str, float, float]], times: np.ndarray) -> np.ndarray:
+    """(len(times),) in [0, 1]: 1 while phones are spoken, 0 in pauses, with the visemes' ramps."""
+    segments = _segments(phones, np.asarray(times, dtype=np.float64))
+    if not segments:
+        return np.zeros(len(times))
+    active = np.array([[0.0 if v is REST else 1.0] for v, _, _ in segments])
+    dom = np.array([[v.dominance[A_JAW]] for v, _, _ in segments])
+    return _blend(segments, times, active, dom)[:, 0]

@@ -42,7 +42,7 @@ from emodifftalk.diffusion.schedule import NoiseSchedule
 from emodifftalk.diffusion.windowed import sample_motion
 from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
-from emodifftalk.losses.geometry import deformation_loss, geometry_loss
+from emodifftalk.losses.geometry import deformation_loss, geometry_loss, lip_gap_weights
 from emodifftalk.models.audio_frontend import encoder_id
 from emodifftalk.models.denoiser import Denoiser
 from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
@@ -243,8 +243,9 @@ class MotionTask(Task):
         templates = self.templates()
         infos = [templates[i] for i in batch["identity"]]
         same = len({i.topology for i in infos}) == 1
+        gap = lip_gap_weights(batch["template"], batch["lip_mask"]) if cfg.diffusion.lambda_lip_gap > 0 else None
         terms = geometry_loss(pred, x0, lip_mask=batch["lip_mask"], edges=infos[0].laplacian if same else None,
-                              weights=cfg.diffusion, frame_mask=fmask)
+                              weights=cfg.diffusion, frame_mask=fmask, lip_gap=gap)
         if not same:
             num, den = pred.sum() * 0.0, 0.0
             for topo in {i.topology for i in infos}:
