@@ -24,7 +24,7 @@ from emodifftalk.config import PRESETS, build_config
 from emodifftalk.data.synthetic.writer import identity_name, make_clip, make_identity
 from emodifftalk.eval.metrics import pearson
 from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au, mouth_opening
-from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
+from emodifftalk.data.synthetic_truth import label_reliability, lip_unexplained_variance
 
 
 def world_figures(cfg) -> dict:

@@ -309,7 +309,7 @@ def test_world_mouth_follows_the_speech_envelope_and_shuts_in_silence(tiny_world
 
 @needs_espeak
 def test_world_labels_are_openface_like_per_au_and_lips_escape_the_aus_per_identity(tiny_world):
-    from emodifftalk.eval.synthetic_truth import label_reliability, lip_unexplained_variance
+    from emodifftalk.data.synthetic_truth import label_reliability, lip_unexplained_variance
 
     _, world = tiny_world
     labels, masks, truths = [], [], []
