@@ -23,7 +23,8 @@ from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.config import PRESETS, build_config
 from emodifftalk.data.synthetic.writer import identity_name, make_clip, make_identity
 from emodifftalk.eval.metrics import pearson
-from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au, mouth_opening
+from emodifftalk.eval.metrics import lip_gap
+from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au
 from emodifftalk.data.synthetic_truth import label_reliability, lip_unexplained_variance
 
 
@@ -35,7 +36,7 @@ def world_figures(cfg) -> dict:
         clips = [make_clip(cfg, ident, i, c) for c in range(cfg.clips_per_identity)]
         for clip in clips:
             env, _ = envelope_db(clip.speech.audio, len(clip.verts), cfg.fps)
-            rs.append(pearson(env, mouth_opening(clip.verts, tmpl.verts, tmpl.vertex_sets["lips"])))
+            rs.append(pearson(env, lip_gap(clip.verts, tmpl.verts, tmpl.vertex_sets["lips"])))
             quiet = env <= SILENCE_DB
             if quiet.any():
                 silent.append(float(mouth_au(clip.aus_true)[quiet].mean()))

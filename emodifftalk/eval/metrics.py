@@ -136,6 +136,23 @@ def mouth_opening(verts, lip_idx, up_axis: int = UP_AXIS) -> np.ndarray:
     return y.max(axis=1) - y.min(axis=1)
 
 
+def lip_gap(verts: np.ndarray, template: np.ndarray, lips) -> np.ndarray:
+    """(T,) how far the lips are apart, in metres relative to the template: the distance between
+    the centroids of the two halves of the lip vertices (split at the template's median lip height,
+    world y up) minus the template's. The one lip-gap definition of the project (``eval speech``,
+    lip closure, the synthetic world's AU25 labels); symmetric, so which half is "upper" does not
+    matter. ``mouth_opening`` above is MOD's extent (max − min height), a different quantity."""
+    lips = np.asarray(lips, np.int64)
+    if len(lips) < 2:
+        raise ValueError(f"a lip gap needs at least 2 lip vertices, got {len(lips)}")
+    y0 = np.asarray(template)[lips, 1]
+    upper, lower = lips[y0 > np.median(y0)], lips[y0 < np.median(y0)]
+    if len(upper) == 0 or len(lower) == 0:
+        raise ValueError("the template's lip vertex set has no upper/lower halves to measure a lip gap")
+    rest = np.linalg.norm(template[upper].mean(0) - template[lower].mean(0))
+    return np.linalg.norm(verts[:, upper].mean(1) - verts[:, lower].mean(1), axis=-1) - rest
+
+
 def pearson(a, b, min_std: float = 1e-12) -> float | None:
     """Pearson r of two 1-D series; None when either is (near) constant or shorter than 3."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -30,7 +30,7 @@ import numpy as np
 from emodifftalk.au import AU_INDEX
 from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, load_audio
 from emodifftalk.data.shards import iter_dataset, shard_urls
-from emodifftalk.eval.metrics import pearson
+from emodifftalk.eval.metrics import lip_gap, pearson
 from emodifftalk.motion.data import load_template_infos
 from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
 
@@ -60,19 +60,6 @@ def envelope_db(audio: np.ndarray, n_frames: int, fps: float,
     for ``n_frames`` video frames of 16 kHz ``audio`` (``data.audio.frame_levels_db``)."""
     db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
     return np.maximum(db, floor_db), 10.0 ** (db / 20.0)
-
-
-def mouth_opening(verts: np.ndarray, template: np.ndarray, lips: np.ndarray) -> np.ndarray:
-    """(T,) lip opening in metres relative to the template: distance between the centroids of the
-    two halves of the lip vertices (split at the template's median lip height) minus the
-    template's distance. The distance is symmetric, so which half is "upper" does not matter."""
-    lips = np.asarray(lips, np.int64)
-    y0 = template[lips, 1]
-    upper, lower = lips[y0 > np.median(y0)], lips[y0 < np.median(y0)]  # world y up
-    if len(upper) == 0 or len(lower) == 0:
-        raise SpeechEvalError("the template's lip vertex set has no upper/lower halves to measure")
-    rest = np.linalg.norm(template[upper].mean(0) - template[lower].mean(0))
-    return np.linalg.norm(verts[:, upper].mean(1) - verts[:, lower].mean(1), axis=-1) - rest
 
 
 def mouth_au(aus: np.ndarray) -> np.ndarray:
@@ -259,7 +246,7 @@ def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int =
         audio = load_audio(path, target_sr=SAMPLE_RATE)
         aus = speech_aus(models, audio, fps)
         offsets = motion_offsets(models, tmpl, aus, audio, cfg, seed=seed, reference_aus=guidance_reference(cfg, aus))
-        opening = mouth_opening(template.verts[None] + offsets.numpy(), template.verts, template.lip_idx)
+        opening = lip_gap(template.verts[None] + offsets.numpy(), template.verts, template.lip_idx)
         res, curves = score_file(path.name, audio, aus, opening, fps)
         png = out / f"{path.stem}.png"
         plot_file(png, path.name, audio, curves, fps, res)

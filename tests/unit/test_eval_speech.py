@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from emodifftalk.au import AU_INDEX, NUM_AUS
+from emodifftalk.eval.metrics import lip_gap
 from emodifftalk.eval.speech import (
     SILENCE_DB,
     SpeechEvalError,
@@ -16,7 +17,6 @@ from emodifftalk.eval.speech import (
     envelope_db,
     language_of,
     markdown_table,
-    mouth_opening,
     score_file,
     summarize,
 )
@@ -49,13 +49,13 @@ def test_envelope_is_relative_to_the_peak_and_floored():
     np.testing.assert_allclose(env3, env, atol=1e-6)
 
 
-def test_mouth_opening_measures_the_lip_gap_whichever_way_it_moves():
+def test_lip_gap_measures_the_lips_apart_whichever_way_they_move():
     tmpl, lips = _lips()
     verts = np.repeat(tmpl[None], 3, axis=0)
     verts[1, 3:6, 1] += 0.005  # lower lip down 5 mm (jaw)
     verts[2, :3, 1] -= 0.002  # upper lip up 2 mm
     verts[2, 6:, :] += 1.0  # vertices outside the lips do not count
-    np.testing.assert_allclose(mouth_opening(verts, tmpl, lips), [0.0, 0.005, 0.002], atol=1e-6)
+    np.testing.assert_allclose(lip_gap(verts, tmpl, lips), [0.0, 0.005, 0.002], atol=1e-6)
 
 
 def test_score_file_bar_and_silence():

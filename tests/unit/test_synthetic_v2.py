@@ -292,14 +292,15 @@ def tiny_world():
 @needs_espeak
 def test_world_mouth_follows_the_speech_envelope_and_shuts_in_silence(tiny_world):
     from emodifftalk.eval.metrics import pearson
-    from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au, mouth_opening
+    from emodifftalk.eval.metrics import lip_gap
+    from emodifftalk.eval.speech import SILENCE_DB, envelope_db, mouth_au
 
     cfg, world = tiny_world
     rs, silent_au = [], []
     for ident, clips in world:
         for clip in clips:
             env, _ = envelope_db(clip.speech.audio, len(clip.verts), cfg.fps)
-            opening = mouth_opening(clip.verts, ident.template.verts, ident.template.vertex_sets["lips"])
+            opening = lip_gap(clip.verts, ident.template.verts, ident.template.vertex_sets["lips"])
             rs.append(pearson(env, opening))
             silent_au.append(mouth_au(clip.aus_true)[env <= SILENCE_DB].mean())
     # before the rest viseme filled the gaps: mean r 0.30, silent mouth AU 0.19 (README)

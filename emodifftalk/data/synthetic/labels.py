@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from emodifftalk.au import AU_INDEX, AU_NAMES, NUM_AUS
+from emodifftalk.eval.metrics import lip_gap
 
 from .face import deform, linear_au_fields, make_face
 from .head import make_template, sample_identity
@@ -55,18 +56,11 @@ def _reference_face(resolution: int, k: int = 0):
 
 
 def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray | None:
-    """(T,) opening of the mouth: mean height of the upper half of the lip vertices minus that of
-    the lower half (halves split at the template's median lip height), relative to the template;
-    None when the mesh is too coarse to have both halves."""
-    lips = np.asarray(lips, dtype=np.int64)
-    if len(lips) < 2:
+    """(T,) lip gap (``eval.metrics.lip_gap``); None when the mesh is too coarse to have both halves."""
+    try:
+        return lip_gap(verts, template_verts, lips)
+    except ValueError:
         return None
-    y0 = template_verts[lips, 1]
-    up, lo = lips[y0 > np.median(y0)], lips[y0 < np.median(y0)]
-    if len(up) == 0 or len(lo) == 0:
-        return None
-    gap = verts[:, up, 1].mean(1) - verts[:, lo, 1].mean(1)
-    return gap - (template_verts[up, 1].mean() - template_verts[lo, 1].mean())
 
 
 @lru_cache(maxsize=4)
