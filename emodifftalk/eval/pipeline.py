@@ -13,6 +13,8 @@ diffusion model samples as ``animate`` does: ``infer.ddim_steps``, ``infer.guida
 
 * ``lve_mm``, ``fdd_abs``, ``mod`` (+ the rest of ``eval.metrics.motion_metrics``) of the seed-0 sample;
 * ``lip_closure_f1`` and its counts (``eval/lip_closure.py``; needs the clips' phone timelines);
+* ``lve_mm_mean_of_samples``: LVE of the per-frame mean of the diversity samples (for a stochastic
+  method, how much of its LVE is sampling spread: an L2 metric rewards the conditional mean);
 * ``upper_face_diversity_mm``: per clip, ``DIVERSITY_SAMPLES`` samples with different seeds; per
   frame and upper-face vertex the RMS distance of the samples from their mean; mean over vertices,
   frames and clips (0 for a deterministic method, measured all the same);
@@ -199,6 +201,7 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
     fps = float(ref_cfg.infer.fps)
 
     preds = {m.name: [] for m in methods}
+    means = {m.name: [] for m in methods}
     spread = {m.name: [] for m in methods}
     counts = {m.name: {} for m in methods}
     counts["tracked meshes"] = {}
@@ -228,6 +231,7 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
                                                   seed * 100003 + i * 101 + s, device)[:n]
                        for s in range(diversity_samples)]
             preds[m.name].append(samples[0])
+            means[m.name].append(np.mean(samples, axis=0))
             spread[m.name].append(upper_face_spread(samples, tpl.upper_idx))
             if labels is not None:
                 c = closure_counts(mouth_opening(samples[0], tpl.verts, tpl.lip_idx), true_open, *labels)
@@ -257,6 +261,7 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
     for m in methods:
         r = motion_metrics(preds[m.name], gts, *args)
         r.update(kind=m.kind, export=m.export, upper_face_diversity_mm=float(np.mean(spread[m.name])),
+                 lve_mm_mean_of_samples=motion_metrics(means[m.name], gts, *args)["lve_mm"],
                  lip_closure_f1=f1_of(counts[m.name]) if counts[m.name] else None,
                  lip_closure_counts=counts[m.name] or None)
         if m.name in response and response[m.name]["AU01"]["gain"]:
@@ -305,12 +310,12 @@ def markdown_table(report: dict) -> str:
              f"{report['n_clips']} clips, {report['seconds_of_audio']:.0f} s, identities "
              f"{', '.join(report['identities'])} (seed {report['seed']}, {report['diversity_samples']} samples "
              f"for diversity; tracked meshes' lip-closure F1 {_fmt(report['lip_closure']['tracked_meshes_f1'], 2)})",
-             "", "| method | LVE (mm) ↓ | abs FDD (mm²) ↓ | MOD (mm) ↓ | lip-closure F1 ↑ | upper-face diversity (mm) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "", "| method | LVE (mm) ↓ | abs FDD (mm²) ↓ | MOD (mm) ↓ | lip-closure F1 ↑ | upper-face diversity (mm) "
+             "| LVE of the samples' mean (mm) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in report["methods"]:
         r = report["results"][name]
         lines.append(f"| {name} | {r['lve_mm']:.3f} | {_fmt(r['fdd_abs'], 4, 1e6)} | {r['mod']:.3f} | "
-                     f"{_fmt(r['lip_closure_f1'])} | {r['upper_face_diversity_mm']:.3f} |")
+                     f"{_fmt(r['lip_closure_f1'])} | {r['upper_face_diversity_mm']:.3f} | {r['lve_mm_mean_of_samples']:.3f} |")
     edits = {n: r["au_edit_response"] for n, r in report["results"].items() if "au_edit_response" in r}
     if edits:
         lines += ["", f"AU-edit response (+{report['au_edit_delta']} on one code, {report['au_edit_clips']} clips; "
