@@ -44,7 +44,7 @@ class Models:
     """Loaded models for animation (load once, animate many clips)."""
 
     s2au: object | None  # models.speech_inference.S2AUBundle
-    motion: torch.nn.Module | None  # models.denoiser.Denoiser
+    motion: torch.nn.Module | None  # models.denoiser.Denoiser or models.faceformer.FaceFormer
     motion_cfg: Config | None
     schedule: object | None
     motion_frontend: object | None  # audio front end matching the motion model's features
@@ -214,18 +214,19 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
     """Offsets (T, V, 3) m for AU codes ``aus``; ``reference_aus``: what guidance pushes away from
     (``sample_motion``), e.g. the speech-only codes so that only edits are amplified."""
     from emodifftalk.models.speech_inference import extract_features
-    from emodifftalk.motion_inference import sample_motion
+    from emodifftalk.motion_methods import predict_offsets
 
     mcfg = models.motion_cfg
     device = next(models.motion.parameters()).device
     feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds,
                              device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
-                         steps=cfg.infer.ddim_steps, guidance_scale=cfg.infer.guidance_scale,
-                         reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
-                         generator=gen, device=device,
-                         window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
+    return predict_offsets(models.motion, mcfg, template, torch.from_numpy(aus), feats.float(),
+                           schedule=models.schedule, steps=cfg.infer.ddim_steps,
+                           guidance_scale=cfg.infer.guidance_scale,
+                           reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
+                           generator=gen, device=device,
+                           window_frames=cfg.infer.window_frames, context_frames=cfg.infer.overlap_frames)
 
 
 CAMERA_SPECS = "expected 'front', 'orbit', a cameras JSON file, or a capture camera index"

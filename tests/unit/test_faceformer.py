@@ -129,3 +129,20 @@ def test_faceformer_trains_exports_and_reloads(shards, tmp_path):
     assert isinstance(model, FaceFormer) and method_of(loaded) == "faceformer"
     assert '"model": "faceformer"' in (export / "motion.json").read_text()
     assert "val/lve_mm" in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_animate_drives_a_faceformer_export():
+    import numpy as np
+
+    from emodifftalk.models.audio_frontend import build_frontend
+    from emodifftalk.pipeline.animate import Models, motion_offsets
+
+    cfg = load_preset("tiny")
+    cfg.motion.model = "faceformer"
+    cfg.faceformer.d_model, cfg.faceformer.vertex_embed_rank = 32, 8
+    model = build_motion_model(cfg.validate(), offset_scale=0.002).eval()
+    models = Models(s2au=None, motion=model, motion_cfg=cfg, schedule=None,
+                    motion_frontend=build_frontend(cfg.audio).eval())
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)  # 1 s
+    out = motion_offsets(models, torch.randn(40, 3) * 0.05, np.zeros((25, 17), np.float32), audio, cfg)
+    assert out.shape == (25, 40, 3) and torch.isfinite(out).all()
