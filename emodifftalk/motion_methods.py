@@ -61,7 +61,8 @@ def predict_offsets(model: nn.Module | None, cfg, template: torch.Tensor, aus: t
         if feats is None:
             raise ValueError("FaceFormer needs audio features")
         out = model.generate(template[None].to(device=device, dtype=torch.float32),
-                             feats[None].to(device=device, dtype=torch.float32), n_frames)
+                             feats[None].to(device=device, dtype=torch.float32), n_frames,
+                             context_frames=None if cfg is None else cfg.faceformer.context_frames)
         return out[0].float().cpu() * float(model.offset_scale)
     from emodifftalk.motion_inference import sample_motion
 

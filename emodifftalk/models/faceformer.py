@@ -176,15 +176,17 @@ class FaceFormer(nn.Module):
         return self._decode(prev, 0, analysis, synthesis, style, self.audio_tokens(audio, t), pad)
 
     @torch.no_grad()
-    def generate(self, template: torch.Tensor, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+    def generate(self, template: torch.Tensor, audio: torch.Tensor, n_frames: int,
+                 context_frames: int | None = None) -> torch.Tensor:
         """Autoregressive generation: template (B, V, 3) m, audio (B, Ta, D) → (B, T, V, 3) offsets in
-        model units. Frame t attends to at most ``context_frames`` previous frames."""
+        model units. Frame t attends to at most ``context_frames`` (default: the model's) previous frames."""
+        context = int(context_frames or self.context_frames)
         b, v = template.shape[:2]
         analysis, synthesis, style = self.encode_template(template)
         audio_tok = self.audio_tokens(audio, n_frames)
         out = torch.zeros(b, n_frames + 1, v, 3, device=template.device)  # out[:, t + 1] = frame t
         for t in range(n_frames):
-            start = max(0, t + 1 - self.context_frames)
+            start = max(0, t + 1 - context)
             prev = out[:, start:t + 1]  # frames start−1 … t−1 (index 0 is the zero frame before the clip)
             pred = self._decode(prev, start, analysis, synthesis, style, audio_tok[:, start:t + 1])
             out[:, t + 1] = pred[:, -1]
