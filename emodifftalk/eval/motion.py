@@ -44,6 +44,9 @@ def _load(model_dir, overrides, device):
         cfg.validate()
     if not float(model.offset_scale) > 0:
         raise ValueError(f"{model_dir}: exported model has no offset_scale (was it trained?)")
+    if cfg.motion.model == "faceformer":
+        raise ValueError(f"{model_dir}: a FaceFormer export has no sampler to compare; evaluate it with "
+                         "`emodifftalk eval pipeline`")
     return model, cfg
 
 

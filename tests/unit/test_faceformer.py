@@ -146,3 +146,13 @@ def test_animate_drives_a_faceformer_export():
     audio = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)  # 1 s
     out = motion_offsets(models, torch.randn(40, 3) * 0.05, np.zeros((25, 17), np.float32), audio, cfg)
     assert out.shape == (25, 40, 3) and torch.isfinite(out).all()
+
+
+def test_eval_motion_refuses_a_faceformer_export(shards, tmp_path):
+    from emodifftalk.eval.motion import run_eval
+    from emodifftalk.train.loop import run_training
+    from emodifftalk.train.tasks.motion import MotionTask
+
+    export = run_training(MotionTask(), _ff_config(shards, "train.max_steps=1", "train.val_every=100"), tmp_path / "r")
+    with pytest.raises(ValueError, match="eval pipeline"):
+        run_eval(export, shards)
