@@ -323,6 +323,49 @@ class DiffusionConfig:
                "diffusion.lambda_move must be >= 0 and diffusion.move_tau > 0 (metres)")
 
 
+MOTION_MODELS = ("diffusion", "regression", "faceformer")
+
+
+@dataclass
+class MotionConfig:
+    """Which motion model ``train motion`` trains: the paper's AU-prompt diffusion or a peer baseline
+    trained by the same task on the same shards (``emodifftalk/motion/methods.py``). ``regression``
+    is the same as ``diffusion.regression=true`` (either spelling sets both)."""
+
+    model: str = "diffusion"  # "diffusion" | "regression" | "faceformer"
+
+    def validate(self) -> None:
+        _check(self.model in MOTION_MODELS, f"motion.model must be one of {', '.join(MOTION_MODELS)} "
+               "(the template baseline has nothing to train: `eval pipeline` always reports it)")
+
+
+@dataclass
+class FaceFormerConfig:
+    """FaceFormer baseline (Fan et al., CVPR 2022): audio → per-frame offsets with an autoregressive
+    transformer decoder, periodic positional encoding and biased causal self-attention
+    (``models/faceformer.py``)."""
+
+    d_model: int = 128  # choice (paper: 64 on VOCASET, 128 on BIWI)
+    n_heads: int = 4
+    n_layers: int = 1  # paper: one decoder layer
+    period: int = 25  # PPE / temporal-bias period in frames (paper: 25 at 30 fps VOCASET)  # choice
+    audio_context: int = 6  # feature frames up to the end of each video frame (120 ms at 50 Hz)  # choice
+    vertex_embed_rank: int = 64  # template-generated motion encoder/decoder rank  # choice
+    dropout: float = 0.1
+    # probability that a training batch feeds the decoder its own (teacher-forced, no-grad)
+    # predictions instead of the true previous frames, against exposure bias  # choice
+    self_feed_prob: float = 0.5
+    context_frames: int = 100  # past frames the decoder attends to when generating  # choice
+
+    def validate(self) -> None:
+        _check(self.d_model % self.n_heads == 0, "faceformer.d_model must be divisible by faceformer.n_heads")
+        _check(self.n_layers >= 1 and self.period >= 1 and self.audio_context >= 1,
+               "faceformer.n_layers, faceformer.period and faceformer.audio_context must be >= 1")
+        _check(0 <= self.self_feed_prob <= 1, "faceformer.self_feed_prob must be in [0, 1]")
+        _check(self.context_frames >= 1, "faceformer.context_frames must be >= 1")
+        _check(0 <= self.dropout < 1, "faceformer.dropout must be in [0, 1)")
+
+
 @dataclass
 class FeatureLineConfig:
     """Feature line F ∈ R^{17×Q×16} → per-Gaussian opacity change (eq. 19–22)."""
@@ -459,6 +502,8 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     s2au: S2AUConfig = field(default_factory=S2AUConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    faceformer: FaceFormerConfig = field(default_factory=FaceFormerConfig)
     feature_line: FeatureLineConfig = field(default_factory=FeatureLineConfig)
     text2au: Text2AUConfig = field(default_factory=Text2AUConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -469,6 +514,13 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        # one switch, two spellings: motion.model=regression <=> diffusion.regression=true
+        if self.motion.model == "regression":
+            self.diffusion.regression = True
+        elif self.diffusion.regression:
+            _check(self.motion.model == "diffusion",
+                   f"diffusion.regression=true contradicts motion.model={self.motion.model}")
+            self.motion.model = "regression"
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from emodifftalk.au import AU_INDEX
+from emodifftalk.au import AU_INDEX, AU_NAMES, OPENFACE_MISSING_AUS
 from emodifftalk.diffusion.windowed import sample_motion
 
+# the AUs a model can learn to follow from OpenFace-style labels (AU24 has no column, so no labels)
+EDITABLE_AUS: tuple[str, ...] = tuple(a for a in AU_NAMES if a not in OPENFACE_MISSING_AUS)
 REGION_FRACTION = 0.2  # a vertex belongs to an AU's region if |D_k(v)| >= this x max_v |D_k(v)|
 
 

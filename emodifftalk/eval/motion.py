@@ -30,6 +30,7 @@ from emodifftalk.diffusion.windowed import sample_motion
 from emodifftalk.eval.metrics import motion_metrics
 from emodifftalk.motion.data import ClipFeatures, load_template_infos, usable_reason
 from emodifftalk.motion.inference import load_motion
+from emodifftalk.motion.methods import method_of
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     device = torch.device(device)
     loaded = load_motion(model_dir, device, overrides)
     model, cfg, schedule = loaded.model, loaded.cfg, loaded.schedule
+    if method_of(cfg) == "faceformer":
+        raise ValueError(f"{model_dir}: a FaceFormer export has no sampler to compare; evaluate it with "
+                         "`emodifftalk eval pipeline`")
     base = None
     if baseline is not None:
         base_loaded = load_motion(baseline, device, overrides)

@@ -1,9 +1,10 @@
 """Load a ``train motion`` export for inference: ``load_motion(export_dir) -> MotionModel``.
 
-The denoiser, its noise schedule and its audio front end are rebuilt from the export's own
-``config.json`` (adjusted by ``overrides``), with no training code: ``animate``, the viewer,
+The network of the export's method (``motion.methods``: the diffusion denoiser, the regression
+baseline or FaceFormer), its noise schedule and its audio front end are rebuilt from the export's
+own ``config.json`` (adjusted by ``overrides``), with no training code: ``animate``, the viewer,
 ``eval motion`` and ``eval speech`` load models through here. Sampling is
-``diffusion.windowed.sample_motion``.
+``motion.methods.predict_offsets`` (``diffusion.windowed.sample_motion`` for the denoiser).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from emodifftalk.config import Config, apply_overrides, load_config
 from emodifftalk.diffusion.schedule import NoiseSchedule
 from emodifftalk.models.audio_frontend import AudioFrontend, build_frontend
-from emodifftalk.models.denoiser import Denoiser
+from emodifftalk.motion.methods import build_motion_model, method_of
 from emodifftalk.safetensors_io import load_tensors
 
 MODEL_FILE = "model.safetensors"  # the weights inference uses (the EMA when training kept one)
@@ -24,9 +26,9 @@ MODEL_FILE = "model.safetensors"  # the weights inference uses (the EMA when tra
 
 @dataclass
 class MotionModel:
-    model: Denoiser  # eval mode, on the requested device
+    model: nn.Module  # Denoiser or FaceFormer (motion.methods), eval mode, on the requested device
     cfg: Config  # the export's config (+ overrides)
-    schedule: NoiseSchedule | None  # None for the regression baseline
+    schedule: NoiseSchedule | None  # None for the regression baseline and FaceFormer
     frontend: AudioFrontend  # audio features the model was trained on (eval mode, same device)
 
 
@@ -46,7 +48,7 @@ def load_motion(export_dir: str | Path, device: str | torch.device = "cpu",
     if overrides:
         apply_overrides(cfg, list(overrides))
     cfg.validate()
-    model = Denoiser.from_config(cfg, offset_scale=cfg.diffusion.offset_scale)
+    model = build_motion_model(cfg, offset_scale=cfg.diffusion.offset_scale)
     try:
         model.load_state_dict(load_tensors(export_dir / MODEL_FILE, device=device), strict=True)
     except RuntimeError as e:
@@ -60,5 +62,5 @@ def load_motion(export_dir: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"model expects {model.audio_dim}-d audio features but its audio front end "
                          f"({cfg.audio.frontend}) gives {frontend.dim}")
     d = cfg.diffusion
-    schedule = None if d.regression else NoiseSchedule.from_config(d)
+    schedule = NoiseSchedule.from_config(d) if method_of(cfg) == "diffusion" else None
     return MotionModel(model=model, cfg=cfg, schedule=schedule, frontend=frontend)

@@ -28,7 +28,7 @@ import torch
 from emodifftalk import au
 from emodifftalk.config import Config
 from emodifftalk.data.audio import load_audio
-from emodifftalk.diffusion.windowed import sample_motion
+from emodifftalk.motion.methods import predict_offsets
 from emodifftalk.edits import apply_edits, load_edits
 from emodifftalk.models.speech_inference import extract_features, load_s2au, predict_aus
 from emodifftalk.motion.inference import load_motion
@@ -57,7 +57,7 @@ class Models:
     """Loaded models for animation (load once, animate many clips)."""
 
     s2au: object | None  # models.speech_inference.S2AUBundle
-    motion: torch.nn.Module | None  # models.denoiser.Denoiser
+    motion: torch.nn.Module | None  # models.denoiser.Denoiser or models.faceformer.FaceFormer
     motion_cfg: Config | None
     schedule: object | None
     motion_frontend: object | None  # audio front end matching the motion model's features
@@ -211,11 +211,12 @@ def motion_offsets(models: Models, template: torch.Tensor, aus: np.ndarray, audi
     feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds,
                              device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    return sample_motion(models.motion, models.schedule, template, torch.from_numpy(aus), feats.float(), mcfg,
-                         steps=cfg.diffusion.ddim_steps, guidance_scale=cfg.diffusion.animate_guidance_scale,
-                         reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
-                         generator=gen, device=device,
-                         window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
+    return predict_offsets(models.motion, mcfg, template, torch.from_numpy(aus), feats.float(),
+                           schedule=models.schedule, steps=cfg.diffusion.ddim_steps,
+                           guidance_scale=cfg.diffusion.animate_guidance_scale,
+                           reference_aus=None if reference_aus is None else torch.from_numpy(reference_aus),
+                           generator=gen, device=device,
+                           window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
 
 
 CAMERA_SPECS = "expected 'front', 'orbit', a cameras JSON file, or a capture camera index"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.config import Config, save_config
+from emodifftalk.eval.au_response import EDITABLE_AUS
 
 # Each stage imports what it runs inside its function: `emodifftalk --help` imports this module
 # (commands/demo.py reads STAGES and DEFAULT_TEXT), and must not load the whole package.
@@ -106,7 +107,7 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[in
     return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
 
 
-PROBE_AUS = ["AU01", "AU02", "AU06", "AU12", "AU26"]  # the AUs the demo's prompt and edit touch
+PROBE_AUS = list(EDITABLE_AUS)  # every AU the labels teach (issue 19; was the five the demo's edit touches)
 
 
 def _held_out_clips(shards: Path, cfg: Config) -> tuple[list[dict], dict]:

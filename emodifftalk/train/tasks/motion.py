@@ -1,6 +1,8 @@
 """Training task ``motion``: the AU-prompt Gaussian diffusion over per-vertex offsets (paper supp.
-§2, eq. 12–18), or with ``diffusion.regression=true`` its deterministic regression baseline (same
-backbone, no noise, one forward pass).
+§2, eq. 12–18), or a peer baseline on the same shards with the same losses and optimiser
+(``motion.model``, see ``motion/methods.py``): ``regression`` (= ``diffusion.regression=true``, the
+same backbone, no noise, one forward pass) or ``faceformer`` (audio only, autoregressive decoder
+trained with teacher forcing and one-pass self-feeding, ``faceformer.self_feed_prob``).
 
 Data: ``seq`` shards of ``cfg.data.root`` (split ``train``) with tracked meshes, cropped to
 ``data.window_frames``; templates from the ``template`` shards. Per sample:
@@ -39,13 +41,12 @@ from emodifftalk.config import Config
 from emodifftalk.data.shards import (SkipStats, collate_sequences, crop_sequence, iter_dataset, shard_urls,
                                     stream_samples)
 from emodifftalk.diffusion.schedule import NoiseSchedule
-from emodifftalk.diffusion.windowed import sample_motion
 from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
 from emodifftalk.losses.geometry import deformation_loss, geometry_loss, lip_gap_weights
 from emodifftalk.models.audio_frontend import encoder_id
-from emodifftalk.models.denoiser import Denoiser
 from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
+from emodifftalk.motion.methods import build_motion_model, method_of, predict_offsets
 from emodifftalk.train.data_check import check_training_shards
 from emodifftalk.train.speech_augment import augment_sample
 from emodifftalk.train.task import Task, Validation, register_task
@@ -194,7 +195,7 @@ class MotionTask(Task):
 
     def build_model(self) -> nn.Module:
         # offset_scale 0 = "not yet estimated"; set on the first loss/validate call (exports carry it)
-        return Denoiser.from_config(self.cfg, offset_scale=self.cfg.diffusion.offset_scale)
+        return build_motion_model(self.cfg, offset_scale=self.cfg.diffusion.offset_scale)
 
     def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         cfg = self.cfg
@@ -218,6 +219,8 @@ class MotionTask(Task):
         x0 = (verts - template[:, None]) / scale * fmask[:, :, None, None].to(verts.dtype)
         aus = batch["aus"] * batch["au_mask"].to(batch["aus"].dtype)
         feats = batch.get("feats")
+        if method_of(self.cfg) == "faceformer":
+            return self._faceformer_loss(model, x0, batch, fmask)
         if d.regression:
             n = torch.zeros(b, dtype=torch.long, device=x0.device)
             # never dropped, but passed so the null embedding stays in the graph (DDP needs every
@@ -234,6 +237,19 @@ class MotionTask(Task):
         # eq. (22) on the real frames' predicted offsets in metres, (N, V, 3); logged unweighted
         terms["move"] = distance_loss((pred.float() * scale)[fmask.bool()], d.move_tau, weight=1.0)
         out = {"loss": terms.pop("geometry") + d.lambda_move * terms["move"]}
+        out.update({k: v.detach() for k, v in terms.items()})
+        return out
+
+    def _faceformer_loss(self, model: nn.Module, x0: Tensor, batch: dict, fmask: Tensor) -> dict:
+        """Eq. 17 on teacher-forced predictions; with probability ``faceformer.self_feed_prob`` the
+        decoder is fed its own (no-grad) teacher-forced predictions instead of the true frames."""
+        fed = x0
+        if torch.rand(()) < self.cfg.faceformer.self_feed_prob:
+            with torch.no_grad():
+                fed = model(x0, batch["template"], batch["feats"], frame_mask=fmask).detach()
+        pred = model(fed, batch["template"], batch["feats"], frame_mask=fmask)
+        terms = self._geometry(pred.float(), x0, batch, fmask)
+        out = {"loss": terms.pop("geometry")}
         out.update({k: v.detach() for k, v in terms.items()})
         return out
 
@@ -291,11 +307,12 @@ class MotionTask(Task):
         templates = self.templates()
         device = next(model.parameters()).device
         d = cfg.diffusion
-        sched = None if d.regression else self.schedule
+        method = method_of(cfg)
+        sched = self.schedule if method == "diffusion" else None
         g = torch.Generator().manual_seed(1234)
         out: dict[str, float] = {}
         # fixed-noise denoising error (comparable across steps), diffusion units
-        if not d.regression:
+        if method == "diffusion":
             levels = {f"x0_mse_t{int(f * 100):02d}": int(f * (d.num_train_steps - 1)) for f in VAL_NOISE_LEVELS}
             for name, tt in levels.items():
                 errs = []
@@ -315,8 +332,8 @@ class MotionTask(Task):
         for c in clips:
             tpl = templates[c["meta"]["identity"]]
             aus = torch.from_numpy(c["aus"] * c["au_mask"]).float()
-            offsets = sample_motion(model, sched, torch.from_numpy(tpl.verts), aus,
-                                    torch.from_numpy(c["feats"]), cfg, generator=g, device=device)
+            offsets = predict_offsets(model, cfg, torch.from_numpy(tpl.verts), aus, torch.from_numpy(c["feats"]),
+                                      schedule=sched, generator=g, device=device)
             preds.append(tpl.verts[None] + offsets.numpy())
             gts.append(c["verts"])
             tpls.append(tpl.verts)
@@ -359,7 +376,7 @@ class MotionTask(Task):
             enc = f"unavailable: {e}"
         info = {"offset_scale_m": float(model.offset_scale), "fps": model.fps,
                 "feature_rate": model.feature_rate, "audio_encoder": enc,
-                "regression": bool(cfg.diffusion.regression),
+                "regression": bool(cfg.diffusion.regression), "model": method_of(cfg),
                 "schedule": {"kind": cfg.diffusion.schedule, "num_train_steps": cfg.diffusion.num_train_steps},
                 "output": "per-vertex offsets from the template, metres = model output x offset_scale_m"}
         atomic_write_text(Path(out_dir) / MOTION_META_FILE, json.dumps(info, indent=2, sort_keys=True))
