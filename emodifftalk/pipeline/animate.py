@@ -27,7 +27,7 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
-from emodifftalk.data.audio import load_audio
+from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.motion.methods import predict_offsets
 from emodifftalk.edits import apply_edits, load_edits
 from emodifftalk.models.speech_inference import extract_features, load_s2au, predict_aus
@@ -150,7 +150,7 @@ def warn_edits_outside_audio(curves, seconds: float, source: str) -> list[str]:
 
 def load_audio_16k(wav) -> np.ndarray:
     try:
-        audio = load_audio(wav, target_sr=16000)
+        audio = load_audio(wav, target_sr=SAMPLE_RATE)
     except Exception as e:  # noqa: BLE001 - unreadable audio of any kind → one clear message
         raise AnimateError(f"audio {wav}: cannot read ({e})") from None
     if audio.size == 0:
@@ -167,7 +167,7 @@ def load_audio_16k(wav) -> np.ndarray:
 
 def speech_aus(models: Models, audio: np.ndarray, fps: float) -> np.ndarray:
     device = next(models.s2au.model.parameters()).device  # predict_aus would move it to its default, the CPU
-    return predict_aus(audio, sample_rate=16000, fps=fps, model=models.s2au, device=device)
+    return predict_aus(audio, sample_rate=SAMPLE_RATE, fps=fps, model=models.s2au, device=device)
 
 
 def check_text(text: str | None) -> str | None:
@@ -187,7 +187,7 @@ def edit_aus(models: Models, aus: np.ndarray, fps: float, text: str | None, edit
         if models.text2au is None:
             raise AnimateError("--text needs a Text-to-AU model (--text2au DIR)")
         probs = models.text2au.predict_probs([text])[0].cpu().numpy()
-        out = modulate_with_dynamics(out, probs, fps, cfg.text2au, audio=audio, sample_rate=16000)
+        out = modulate_with_dynamics(out, probs, fps, cfg.text2au, audio=audio, sample_rate=SAMPLE_RATE)
         info = {"text": text, "probs": {n: round(float(p), 4) for n, p in zip(au.AU_NAMES, probs)},
                 "aus": au.au_names_from_vector(probs, models.text2au.threshold),
                 "strength": cfg.text2au.modulation_strength}
@@ -369,7 +369,7 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
     edits = load_edits(edits_path) if edits_path else []
     fps = models.frame_rate(cfg)
     audio = load_audio_16k(wav)
-    edit_warnings = warn_edits_outside_audio(edits, audio.shape[0] / 16000, str(edits_path))
+    edit_warnings = warn_edits_outside_audio(edits, audio.shape[0] / SAMPLE_RATE, str(edits_path))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -395,15 +395,15 @@ def animate(rig_dir: str | Path, wav, models: Models, out: str | Path, cfg: Conf
         frames = render_frames(rig, feature_line, offsets, final, camera_path(rig, camera, n, cfg.infer.image_size),
                                cfg, progress=progress)
         # render and encode are interleaved (streaming); the encode share is measured by the benchmark
-        write_video(tmp / "video.mp4", frames, fps, audio=audio, sample_rate=16000)
+        write_video(tmp / "video.mp4", frames, fps, audio=audio, sample_rate=SAMPLE_RATE)
         timings["render+encode"] = time.perf_counter() - t0
         if ply:
             write_ply_sequence(tmp / "ply", rig, offsets, final, feature_line, y_up=cfg.render.ply_y_up)
         info = {"rig": str(rig_dir), "identity": rig.identity, "fps": fps, "n_frames": n,
-                "seconds_audio": audio.shape[0] / 16000, "text": text_info, "edits": str(edits_path or ""),
+                "seconds_audio": audio.shape[0] / SAMPLE_RATE, "text": text_info, "edits": str(edits_path or ""),
                 "camera": camera, "feature_line": feature_line is not None, "timings": timings, "seed": seed,
                 "warnings": edit_warnings, "ply_axes": "y-up" if cfg.render.ply_y_up else "opencv (y-down)"}
         (tmp / "animation.json").write_text(json.dumps(info, indent=2))
     out = Path(out)
     files = {p.name: str(p) for p in sorted(out.iterdir())}
-    return AnimationResult(out, n, fps, audio.shape[0] / 16000, timings, files)
+    return AnimationResult(out, n, fps, audio.shape[0] / SAMPLE_RATE, timings, files)

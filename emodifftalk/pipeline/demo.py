@@ -108,6 +108,7 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[in
 
 
 PROBE_AUS = list(EDITABLE_AUS)  # every AU the labels teach (issue 19; was the five the demo's edit touches)
+EDIT_CLIPS = 4  # held-out clips the AU-edit response is measured on (16 AUs x 2 guidances each)
 
 
 def _held_out_clips(shards: Path, cfg: Config) -> tuple[list[dict], dict]:
@@ -237,7 +238,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
                                iio.imread(results / "video.mp4", index=None),
                                parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg), box)
     clips, templates = _held_out_clips(shards, models.motion_cfg)
-    held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS)
+    held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS,
+                               edit_clips=EDIT_CLIPS)
     s2au_report = eval_s2au(s2au_dir, shards)
     t2a_report = evaluate_model(t2a_dir)
     rig_summary = json.loads((rigs / "rig_summary.json").read_text()) if (rigs / "rig_summary.json").exists() else []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emodifftalk.data.audio import load_audio
+from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.eval.au_response import au_edit_response
 from emodifftalk.eval.metrics import motion_metrics
 from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
@@ -69,21 +69,22 @@ def edit_pixel_change(speech: np.ndarray, edited: np.ndarray, curves, fps: float
 
 
 def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, probe: list[str],
-                    delta: float = 0.5) -> dict:
+                    delta: float = 0.5, edit_clips: int | None = None) -> dict:
     """Speech-only LVE vs the template-only baseline, and the AU-edit response with and without
     ``diffusion.animate_guidance_scale``, over ``clips`` (held-out ``seq`` samples with meshes and the motion
     model's audio ``feats``, as ``eval.motion.load_eval_clips`` gives them).
-    ``fields_of(identity)`` → (17, V, 3) true AU fields, or None to skip the edit response."""
+    ``fields_of(identity)`` → (17, V, 3) true AU fields, or None to skip the edit response;
+    ``edit_clips``: the edit response on the first this many clips only (None: all)."""
     import torch
 
     lve, lve_template, keys = [], [], []
     guided = cfg.diffusion.animate_guidance_scale
     response = {g: {a: {"gain": [], "cosine": []} for a in probe} for g in ("guided", "unguided")}
-    for clip in clips:
+    for i, clip in enumerate(clips):
         tpl = templates[clip["meta"]["identity"]]
         gt = clip["verts"]
         fps = float(clip["meta"]["fps"])
-        audio = load_audio(clip["audio"], sample_rate=int(clip["sample_rate"]), target_sr=16000)
+        audio = load_audio(clip["audio"], sample_rate=int(clip["sample_rate"]), target_sr=SAMPLE_RATE)
         speech = speech_aus(models, audio, fps)[: len(gt)]
         offsets = motion_offsets(models, torch.from_numpy(tpl.verts), speech, audio, cfg,
                                  reference_aus=guidance_reference(cfg, speech)).numpy()
@@ -93,7 +94,7 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
         lve.append(motion_metrics([pred], [gt], *args)["lve_mm"])
         lve_template.append(motion_metrics([np.broadcast_to(tpl.verts, gt.shape)], [gt], *args)["lve_mm"])
         keys.append(clip["key"])
-        fields = fields_of(clip["meta"]["identity"])
+        fields = None if edit_clips is not None and i >= edit_clips else fields_of(clip["meta"]["identity"])
         if fields is None:
             continue
         aus = np.asarray(clip["aus"] * clip["au_mask"], np.float32)[: len(gt)]
@@ -105,7 +106,7 @@ def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, 
                 response[name][a]["gain"].append(stats[a]["gain"])
                 response[name][a]["cosine"].append(stats[a]["cosine"])
     out = {"clips": keys, "lve_mm": mean_spread(lve), "lve_mm_template_only": mean_spread(lve_template),
-           "pipeline": "audio -> Speech-to-AU -> DDIM (infer.*) -> offsets vs tracked meshes"}
+           "pipeline": "audio -> Speech-to-AU -> DDIM (diffusion.* sampler knobs) -> offsets vs tracked meshes"}
     if response["guided"][probe[0]]["gain"]:
         out["au_edit_response"] = {
             "delta": delta, "guidance_reference": cfg.diffusion.guidance_reference,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from emodifftalk.au import AU_INDEX, NUM_AUS, SPEECH_AU_MASK, SPEECH_AUS
-from emodifftalk.data.audio import frame_levels_db
+from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db
 
 ARTICULATION_AUS: tuple[str, ...] = ("AU10", "AU17", "AU23", "AU24", "AU25", "AU26")
 LIP_CORNER_AUS: tuple[str, ...] = ("AU12", "AU14", "AU15")
@@ -132,7 +132,7 @@ def edge_ramps(n_frames: int, fps: float, ramp_s: float) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-def text_envelope(n_frames: int, fps: float, *, audio=None, sample_rate: int = 16000, speech_aus=None,
+def text_envelope(n_frames: int, fps: float, *, audio=None, sample_rate: int = SAMPLE_RATE, speech_aus=None,
                   onset_s: float = 0.15, release_s: float = 0.6) -> np.ndarray:
     """(T,) gain in [0, 1] that follows the speech (audio loudness, else the speech AU codes, else 1)."""
     if audio is not None:
@@ -163,7 +163,7 @@ def dynamic_text_aus(y, envelope: np.ndarray, ramps: np.ndarray | None = None, s
     return np.clip(y * gain, 0, 1).astype(np.float32)
 
 
-def modulate_with_dynamics(E, y, fps: float, t2a_cfg, *, audio=None, sample_rate: int = 16000,
+def modulate_with_dynamics(E, y, fps: float, t2a_cfg, *, audio=None, sample_rate: int = SAMPLE_RATE,
                            strength: float | None = None) -> np.ndarray:
     """Speech AU codes (T, 17) + text probabilities (17,) -> modulated codes (T, 17), with the
     dynamics, strength and modulation parameters of ``cfg.text2au`` (``strength`` overrides

@@ -31,6 +31,7 @@ import torch
 
 from emodifftalk import au
 from emodifftalk.config import Config
+from emodifftalk.data.audio import SAMPLE_RATE
 from emodifftalk.pipeline.animate import (camera_path, capture_camera_index, load_audio_16k, load_models,
                                           motion_offsets, render_frames, speech_aus, write_ply_sequence)
 from emodifftalk.render.video import write_video
@@ -494,7 +495,7 @@ class ViewerApp:
                 yield frame
 
         path = _next_free(self.out_dir / "video.mp4")
-        write_video(path, counted(), clip.fps, audio=self.audio, sample_rate=16000)
+        write_video(path, counted(), clip.fps, audio=self.audio, sample_rate=SAMPLE_RATE)
         self._send(path)
         self._export_note(f"video: <code>{html.escape(str(path))}</code> ({n} frames)")
         return str(path)
