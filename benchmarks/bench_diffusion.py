@@ -36,7 +36,7 @@ from torch import nn
 
 from emodifftalk.config import build_config
 from emodifftalk.diffusion import NoiseSchedule
-from emodifftalk.models.denoiser import Denoiser, sinusoidal_embedding
+from emodifftalk.motion.denoiser import Denoiser, sinusoidal_embedding
 from emodifftalk.diffusion.windowed import sample_motion, window_starts
 
 FPS, SECONDS = 25.0, 10.0

@@ -38,8 +38,8 @@ def _time(fn, repeats: int) -> float:
 def main() -> int:
     from emodifftalk.config import build_config
     from emodifftalk.models.audio_frontend import HubertFrontend, MelFrontend
-    from emodifftalk.models.speech_inference import extract_features, predict_from_features
-    from emodifftalk.models.speech_to_au import SpeechToAU, frames_for_duration
+    from emodifftalk.s2au.inference import extract_features, predict_from_features
+    from emodifftalk.s2au.model import SpeechToAU, frames_for_duration
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="small", help="preset for the s2au architecture (default: small)")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from emodifftalk.config import Text2AUConfig
-from emodifftalk.models.text_to_au import TextToAU
+from emodifftalk.text2au.model import TextToAU
 from emodifftalk.text2au.dataset import load_entries
 from emodifftalk.text2au.encoders import HashingEncoder
 from emodifftalk.text2au.losses import text2au_loss

@@ -10,7 +10,7 @@ __all__ = ["__version__", "predict_aus"]
 
 def __getattr__(name):
     if name == "predict_aus":
-        from emodifftalk.models.speech_inference import predict_aus
+        from emodifftalk.s2au.inference import predict_aus
 
         return predict_aus
     raise AttributeError(name)

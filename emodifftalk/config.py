@@ -343,7 +343,7 @@ class MotionConfig:
 class FaceFormerConfig:
     """FaceFormer baseline (Fan et al., CVPR 2022): audio → per-frame offsets with an autoregressive
     transformer decoder, periodic positional encoding and biased causal self-attention
-    (``models/faceformer.py``)."""
+    (``motion/faceformer.py``)."""
 
     d_model: int = 128  # choice (paper: 64 on VOCASET, 128 on BIWI)
     n_heads: int = 4

@@ -31,7 +31,7 @@ from emodifftalk.data.shard_reader import SampleError
 from emodifftalk.data.shard_writer import encode_json, encode_npy
 from emodifftalk.data.shards import MANIFEST, ShardSetWriter, decode_sample, load_manifest
 from emodifftalk.models.audio_frontend import build_frontend, encoder_id
-from emodifftalk.models.speech_inference import extract_features
+from emodifftalk.s2au.inference import extract_features
 from emodifftalk.utils import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)

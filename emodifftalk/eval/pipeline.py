@@ -47,7 +47,7 @@ from emodifftalk.eval.au_response import EDITABLE_AUS, au_edit_response
 from emodifftalk.eval.lip_closure import add_counts, closure_counts, f1_of, frame_labels
 from emodifftalk.eval.metrics import lip_gap, motion_metrics
 from emodifftalk.eval.motion import load_eval_clips
-from emodifftalk.models.speech_inference import load_s2au, predict_aus
+from emodifftalk.s2au.inference import load_s2au, predict_aus
 from emodifftalk.motion.data import ClipFeatures
 from emodifftalk.motion.inference import load_motion
 from emodifftalk.motion.methods import AU_CONDITIONED, method_of, predict_offsets

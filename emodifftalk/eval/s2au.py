@@ -35,8 +35,8 @@ from emodifftalk.au import NUM_AUS
 from emodifftalk.data.shards import SkipStats, iter_dataset, load_manifest, shard_urls
 from emodifftalk.eval.au_metrics import AUMetricAccumulator
 from emodifftalk.featurize import FeatureSource
-from emodifftalk.models.speech_inference import load_s2au, predict_from_features
-from emodifftalk.models.speech_to_au import pool_to_frames
+from emodifftalk.s2au.inference import load_s2au, predict_from_features
+from emodifftalk.s2au.model import pool_to_frames
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)

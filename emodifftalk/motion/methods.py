@@ -2,11 +2,11 @@
 AU codes and audio features into per-vertex offsets. One place, so training, validation and every
 evaluation run a method the same way.
 
-* ``diffusion``  the paper's AU-prompt diffusion (``models/denoiser.py``, DDIM through
+* ``diffusion``  the paper's AU-prompt diffusion (``motion/denoiser.py``, DDIM through
   ``diffusion.windowed.sample_motion``) — AU codes + audio;
 * ``regression`` the same backbone trained without noise, one forward pass (the stand-in for
   EmoTalk3D's S2GNet regression, Zhang et al. ECCV 2024) — AU codes + audio;
-* ``faceformer`` FaceFormer (Fan et al. CVPR 2022, ``models/faceformer.py``) — audio only;
+* ``faceformer`` FaceFormer (Fan et al. CVPR 2022, ``motion/faceformer.py``) — audio only;
 * ``template``   zero offsets: the neutral template in every frame (nothing to train).
 
 ``train motion motion.model=diffusion|regression|faceformer`` trains the first three with the same
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from emodifftalk.diffusion.windowed import sample_motion
-from emodifftalk.models.denoiser import Denoiser
-from emodifftalk.models.faceformer import FaceFormer
+from emodifftalk.motion.denoiser import Denoiser
+from emodifftalk.motion.faceformer import FaceFormer
 
 METHODS = ("diffusion", "regression", "faceformer", "template")
 AU_CONDITIONED = ("diffusion", "regression")

@@ -30,7 +30,7 @@ from emodifftalk.config import Config
 from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.motion.methods import predict_offsets
 from emodifftalk.edits import apply_edits, load_edits
-from emodifftalk.models.speech_inference import extract_features, load_s2au, predict_aus
+from emodifftalk.s2au.inference import extract_features, load_s2au, predict_aus
 from emodifftalk.motion.inference import load_motion
 from emodifftalk.render import rasterize
 from emodifftalk.render.cameras import intrinsics, look_at, most_frontal_camera
@@ -56,8 +56,8 @@ class AnimateError(ValueError):
 class Models:
     """Loaded models for animation (load once, animate many clips)."""
 
-    s2au: object | None  # models.speech_inference.S2AUBundle
-    motion: torch.nn.Module | None  # models.denoiser.Denoiser or models.faceformer.FaceFormer
+    s2au: object | None  # s2au.inference.S2AUBundle
+    motion: torch.nn.Module | None  # motion.denoiser.Denoiser or motion.faceformer.FaceFormer
     motion_cfg: Config | None
     schedule: object | None
     motion_frontend: object | None  # audio front end matching the motion model's features

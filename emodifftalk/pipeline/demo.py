@@ -157,6 +157,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     from emodifftalk.rig.gaussians import GaussianRig
     from emodifftalk.pipeline.preview import clip_frames
     from emodifftalk.pipeline.stage_pool import run_training_stages
+    from emodifftalk.threads import usable_cores
     from emodifftalk.text2au.evaluate import evaluate_model
 
     t_start = time.perf_counter()
@@ -174,7 +175,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
         timings[name] = round(time.perf_counter() - t0, 1)
         return r
 
-    timed("synth", raw / "dataset.json", lambda: generate_dataset(cfg.synth, raw, overwrite=True))
+    timed("synth", raw / "dataset.json",
+          lambda: generate_dataset(cfg.synth, raw, overwrite=True, workers=usable_cores()))
     timed("pack", shards / "manifest.json", lambda: pack_dataset(raw, shards, cfg, overwrite=True))
     problems = validate_shards(shards)
     if problems:

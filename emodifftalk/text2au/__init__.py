@@ -8,7 +8,7 @@
 * ``evaluate``   accuracy / precision / recall / F1 on the test split
 * ``modulation`` ``modulate_aus``: apply text AU probabilities to speech AU codes (lip lock)
 
-The model lives in ``emodifftalk.models.text_to_au``; training in ``emodifftalk.train.tasks.text2au``.
+The model lives in ``emodifftalk.text2au.model``; training in ``emodifftalk.train.tasks.text2au``.
 Submodules are imported lazily (``from emodifftalk.text2au.predict import Text2AU``) so that
 importing the package does not load sentence-transformers or open_clip.
 """

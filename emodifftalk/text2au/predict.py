@@ -21,7 +21,7 @@ from torch import Tensor
 
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.config import load_config
-from emodifftalk.models.text_to_au import TextToAUEnsemble
+from emodifftalk.text2au.model import TextToAUEnsemble
 from emodifftalk.safetensors_io import load_tensors
 from emodifftalk.text2au.calibration import apply_thresholds
 from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder, build_encoder, encoder_dim

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from emodifftalk.diffusion.windowed import resample_spans
-from emodifftalk.models.speech_inference import extract_features
+from emodifftalk.s2au.inference import extract_features
 from emodifftalk.viewer.state import Clip, EditRequest, ViewerState
 
 log = logging.getLogger(__name__)

@@ -111,9 +111,9 @@ def tiny_models(with_speech: bool = False):
     from emodifftalk.config import S2AUConfig, build_config
     from emodifftalk.diffusion.schedule import NoiseSchedule
     from emodifftalk.models.audio_frontend import MelFrontend
-    from emodifftalk.models.denoiser import Denoiser
-    from emodifftalk.models.speech_inference import S2AUBundle
-    from emodifftalk.models.speech_to_au import SpeechToAU
+    from emodifftalk.motion.denoiser import Denoiser
+    from emodifftalk.s2au.inference import S2AUBundle
+    from emodifftalk.s2au.model import SpeechToAU
     from emodifftalk.pipeline.animate import Models
 
     cfg = build_config("tiny", ["diffusion.num_train_steps=50", "s2au.window_seconds=1.0",

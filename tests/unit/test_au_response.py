@@ -8,7 +8,7 @@ from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.config import build_config
 from emodifftalk.diffusion.schedule import NoiseSchedule
 from emodifftalk.eval.au_response import au_edit_response, response_stats
-from emodifftalk.models.denoiser import Denoiser
+from emodifftalk.motion.denoiser import Denoiser
 
 
 def test_response_stats_scale_and_shape():

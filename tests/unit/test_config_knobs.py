@@ -29,7 +29,7 @@ SECTION_PARAMETERS = {
     # diffusion/schedule.py: NoiseSchedule.from_config(dcfg), how every loader builds the schedule
     "data": ("data_cfg",),
     "audio": ("audio_cfg",),
-    "s2au": ("s2au_cfg",),  # models/speech_inference.py: gate_silence(..., s2au_cfg)
+    "s2au": ("s2au_cfg",),  # s2au/inference.py: gate_silence(..., s2au_cfg)
 }
 
 # Knobs read generically (not as ``section.name``), with where: none today. Add an entry only with

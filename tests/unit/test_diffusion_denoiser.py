@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from emodifftalk.models.denoiser import Denoiser, window_audio
+from emodifftalk.motion.denoiser import Denoiser, window_audio
 
 
 def tiny(**kw):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from emodifftalk.config import ConfigError, load_preset
-from emodifftalk.models.faceformer import FaceFormer, biased_causal_mask, periodic_positional_encoding
+from emodifftalk.motion.faceformer import FaceFormer, biased_causal_mask, periodic_positional_encoding
 from emodifftalk.motion.methods import build_motion_model, method_of, predict_offsets
 
 

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # top first
     ("training and jobs", ("emodifftalk.train", "emodifftalk.distributed.ray_jobs", "emodifftalk.ingest")),
     ("evaluation", ("emodifftalk.eval",)),
     ("inference", ("emodifftalk.pipeline", "emodifftalk.viewer")),
-    ("model families and the rig", ("emodifftalk.motion", "emodifftalk.text2au", "emodifftalk.rig",
+    ("model families and the rig", ("emodifftalk.motion", "emodifftalk.s2au", "emodifftalk.text2au", "emodifftalk.rig",
                                     "emodifftalk.featurize")),
     ("building blocks", ("emodifftalk.models", "emodifftalk.diffusion", "emodifftalk.losses", "emodifftalk.render",
                          "emodifftalk.data", "emodifftalk.edits", "emodifftalk.distributed")),

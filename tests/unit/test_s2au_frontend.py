@@ -146,7 +146,7 @@ def test_level_channels_respect_the_padding_mask():
 
 
 def test_level_channels_on_hubert_are_per_utterance_when_chunked(tmp_path):
-    from emodifftalk.models.speech_inference import extract_features
+    from emodifftalk.s2au.inference import extract_features
 
     path = tiny_hubert_dir(tmp_path)
     fe = build_frontend(AudioConfig(frontend="hubert", hubert_path=str(path)))

@@ -9,7 +9,7 @@ import torch
 from emodifftalk.config import AudioConfig, Config, S2AUConfig
 from emodifftalk.data.audio import AudioError, write_wav
 from emodifftalk.models.audio_frontend import MelFrontend, build_frontend
-from emodifftalk.models.speech_inference import (
+from emodifftalk.s2au.inference import (
     crossfade_weights,
     encode_windowed,
     extract_features,
@@ -17,7 +17,7 @@ from emodifftalk.models.speech_inference import (
     stitch,
     window_spans,
 )
-from emodifftalk.models.speech_to_au import SpeechToAU
+from emodifftalk.s2au.model import SpeechToAU
 
 
 def local_model(in_dim=16, global_layers=0):
@@ -189,7 +189,7 @@ def test_package_level_export():
 def test_silence_gate_closes_only_the_mouth_codes_in_silence():
     from emodifftalk.au import AU_INDEX, NUM_AUS
     from emodifftalk.config import S2AUConfig
-    from emodifftalk.models.speech_inference import gate_silence, speech_activity
+    from emodifftalk.s2au.inference import gate_silence, speech_activity
 
     fps = 25.0
     t = np.arange(16000 * 3) / 16000

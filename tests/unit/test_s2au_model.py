@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emodifftalk.config import S2AUConfig
-from emodifftalk.models.speech_to_au import SpeechToAU, attention_mask, frames_for_duration, pool_to_frames
+from emodifftalk.s2au.model import SpeechToAU, attention_mask, frames_for_duration, pool_to_frames
 
 
 def tiny_model(local_layers=2, global_layers=0, window=3, in_dim=8, seed=0):

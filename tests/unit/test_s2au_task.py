@@ -53,7 +53,7 @@ def test_missing_data_root_is_a_clear_error():
 
 def test_train_export_predict_eval(shards, tmp_path, capsys):
     from emodifftalk.cli import main
-    from emodifftalk.models.speech_inference import load_s2au, predict_aus
+    from emodifftalk.s2au.inference import load_s2au, predict_aus
     from emodifftalk.train.loop import run_training
 
     cfg = tiny_cfg(shards)

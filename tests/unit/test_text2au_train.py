@@ -6,7 +6,7 @@ import torch
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.cli import main
 from emodifftalk.config import build_config
-from emodifftalk.models.text_to_au import TextToAU, TextToAUEnsemble
+from emodifftalk.text2au.model import TextToAU, TextToAUEnsemble
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
 from emodifftalk.text2au.evaluate import evaluate_model
 from emodifftalk.text2au.metrics import multilabel_metrics

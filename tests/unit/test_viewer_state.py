@@ -157,7 +157,7 @@ def test_commit_and_fail_keep_a_consistent_good_clip():
 
 def tiny_denoiser(scale=0.01):
     from emodifftalk.diffusion.schedule import NoiseSchedule
-    from emodifftalk.models.denoiser import Denoiser
+    from emodifftalk.motion.denoiser import Denoiser
 
     cfg = build_config("tiny", ["diffusion.num_train_steps=50", "diffusion.window_frames=16",
                                 "diffusion.context_frames=4"])

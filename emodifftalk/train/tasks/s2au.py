@@ -39,8 +39,8 @@ from emodifftalk.eval.au_metrics import AUMetricAccumulator
 from emodifftalk.featurize import FeatureSource
 from emodifftalk.losses import speech_to_au_loss
 from emodifftalk.models.audio_frontend import encoder_id, feature_dim
-from emodifftalk.models.speech_inference import EXPORT_META, predict_from_features
-from emodifftalk.models.speech_to_au import SpeechToAU
+from emodifftalk.s2au.inference import EXPORT_META, predict_from_features
+from emodifftalk.s2au.model import SpeechToAU
 from emodifftalk.train.data_check import check_training_shards
 from emodifftalk.train.speech_augment import augment_sample
 from emodifftalk.train.task import Task, Validation, register_task

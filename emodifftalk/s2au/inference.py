@@ -46,7 +46,7 @@ from emodifftalk.models.audio_frontend import (
     build_frontend,
     encoder_id,
 )
-from emodifftalk.models.speech_to_au import SpeechToAU, frames_for_duration, pool_to_frames
+from emodifftalk.s2au.model import SpeechToAU, frames_for_duration, pool_to_frames
 from emodifftalk.safetensors_io import load_tensors
 
 log = logging.getLogger(__name__)

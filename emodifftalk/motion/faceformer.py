@@ -23,7 +23,7 @@ What differs, and why:
   sequence, not the waveform.)
 * Style: the paper's one-hot speaker embedding cannot name a held-out identity. The style token and
   the linear motion encoder/decoder are generated per vertex from the template by a point MLP (the
-  same vertex-count-free parametrisation as ``models/denoiser.py``): still linear maps between
+  same vertex-count-free parametrisation as ``motion/denoiser.py``): still linear maps between
   R^{V·3} and R^d, so any template works.
 * Training: teacher forcing, and with probability ``self_feed_prob`` per batch the decoder is fed
   its own teacher-forced predictions instead of the true previous frames (one-pass scheduled
@@ -41,7 +41,7 @@ import math
 import torch
 from torch import nn
 
-from emodifftalk.models.denoiser import fourier_features, normalize_template
+from emodifftalk.motion.denoiser import fourier_features, normalize_template
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
