@@ -320,7 +320,7 @@ class Text2AUTask(Task):
 
 
 def concept_mixup(feats: Tensor, labels: Tensor, folds: Tensor, rate: float) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Blends of two labelled rows with different AU sets: ``round(rate * rows)`` extra rows.
+    """Blends of two labelled rows with different AU sets: up to ``round(rate * rows)`` extra rows.
 
     A blend's feature is the re-normalised sum of the two unit features and its label the union
     of their AUs. With token-mean pooling, the feature of "A and B" is close to a weighted mean of
