@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--text", default=DEFAULT_TEXT, help="text prompt for the edited animation")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="training stages (s2au, motion, text2au) run side by side, one process each "
-                        "(default: one per usable core, at most 3)")
+                        "(default: all 3, one thread each on a 2-core machine)")
     for stage in STAGES:
         p.add_argument(f"--skip-{stage}", action="store_true", help=f"reuse the earlier {stage} output in --out")
     from emodifftalk.cli import add_config_args

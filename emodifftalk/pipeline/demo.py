@@ -140,8 +140,8 @@ def _true_fields(cfg: Config):
 
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
              edits: dict | None = None, jobs: int | None = None) -> dict:
-    """The whole demo into ``out``. ``jobs``: training stages run at once (default: one per usable
-    core, at most three; ``pipeline/stage_pool.py``)."""
+    """The whole demo into ``out``. ``jobs``: training stages run at once (default: all three,
+    ``pipeline/stage_pool.py``)."""
     from emodifftalk.data.audio import write_wav
     from emodifftalk.data.shards import (
         format_report,
@@ -195,8 +195,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     s2au_dir = runs / "s2au" / "export"
     motion_dir = runs / "motion" / "export"
     t2a_dir = runs / "text2au" / "export"
-    # independent of each other: run side by side, the longest first (motion ~ s2au + text2au)
-    exports = {"motion": motion_dir, "s2au": s2au_dir, "text2au": t2a_dir}
+    # independent of each other: run side by side (stage_pool), the longest first
+    exports = {"motion": motion_dir, "text2au": t2a_dir, "s2au": s2au_dir}
     timings.update(run_training_stages(exports, cfg, runs, skip=skip, jobs=jobs))
 
     # ---- evaluation + animation of a held-out clip ---------------------------------------------

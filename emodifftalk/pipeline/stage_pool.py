@@ -2,8 +2,10 @@
 
 Why: Speech-to-AU, the motion model and Text-to-AU only read the packed shards and never each
 other, and each runs best on ONE thread on a small machine (``threads.py``). Run one after the
-other they leave a core idle for the whole training phase; run as parallel processes with
-``cores // jobs`` threads each they finish in about the time of the longest lane. Each stage's
+other they leave a core idle for the whole training phase. Run as parallel processes — all three
+by default, ``cores // jobs`` threads each (at least one) — the phase takes about
+max(sum of the stages / cores, the longest stage): three single-threaded processes on two cores
+share them without the spinning that two OpenMP threads in one process suffer. Each stage's
 output (progress bars, logs) goes to ``RUNS/<stage>.log``; this process prints one status line
 every ``STATUS_EVERY_S`` and the stage's log tail when it fails.
 """
@@ -65,7 +67,8 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def default_jobs(n_stages: int) -> int:
-    return max(1, min(usable_cores(), n_stages, MAX_JOBS))
+    """Every stage at once (at most ``MAX_JOBS``): single-threaded stages time-share the cores."""
+    return max(1, min(n_stages, MAX_JOBS))
 
 
 def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip: set[str] = frozenset(),

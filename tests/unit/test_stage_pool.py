@@ -26,4 +26,4 @@ def test_skipped_stages_need_their_earlier_export(tmp_path):
 def test_jobs_are_checked_and_capped():
     with pytest.raises(ValueError, match="--jobs"):
         run_training_stages({"s2au": None}, build_config("tiny"), None, jobs=0)
-    assert 1 <= default_jobs(3) <= 3 and default_jobs(1) == 1
+    assert default_jobs(3) == 3 and default_jobs(1) == 1 and default_jobs(5) == 3

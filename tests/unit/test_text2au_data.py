@@ -187,10 +187,11 @@ def test_concept_folds_share_no_concept_or_au_vector_and_are_balanced(shipped):
         concept_folds(train, 1)
 
 
-def test_holdout_set_is_kept_apart_from_the_training_data(shipped):
-    from emodifftalk.text2au.evaluate import load_labelled_texts
+@pytest.mark.parametrize("name, min_size", [("holdout_eval.jsonl", 80), ("holdout_fresh.jsonl", 40)])
+def test_holdout_sets_are_kept_apart_from_the_training_data(shipped, name, min_size):
+    from emodifftalk.text2au.evaluate import HOLDOUT_DATA, load_labelled_texts
 
-    held = load_labelled_texts()
-    assert len(held) >= 80 and len({h.style for h in held}) >= 6
+    held = load_labelled_texts(HOLDOUT_DATA.parent / name)
+    assert len(held) >= min_size and len({h.style for h in held}) >= 6
     seen = {normalize_text(t) for e in shipped for t in (e.description, *e.positives, *e.negatives)}
     assert not [h.text for h in held if normalize_text(h.text) in seen]

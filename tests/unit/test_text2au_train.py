@@ -13,7 +13,7 @@ from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.train.task import get_task
 from emodifftalk.text2au.predict import INFO_FILE
-from emodifftalk.train.tasks.text2au import Text2AUTask, intra_op_threads, steps_per_epoch
+from emodifftalk.train.tasks.text2au import Text2AUTask, concept_mixup, intra_op_threads, steps_per_epoch
 
 
 HASH_ID = "hashing:v1:d1024|subject=a person"  # the default prompt template is part of the id
@@ -107,6 +107,37 @@ def test_loss_is_finite_and_decreases_with_a_few_steps(hashing_cfg, hashing_task
             opt.step()
             losses.append(terms["loss"].item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_concept_mixup_blends_features_and_unites_labels():
+    torch.manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    labels = torch.zeros(6, NUM_AUS)
+    labels[:3, 0] = 1  # rows 0-2 one AU set, rows 3-5 another
+    labels[3:, [4, 8]] = 1
+    folds = torch.tensor([0, 0, 1, 1, 2, 2])
+    mixed, mix_labels, mix_folds = concept_mixup(feats, labels, folds, rate=4.0)
+    assert 0 < len(mixed) <= 24 and torch.allclose(mixed.norm(dim=-1), torch.ones(len(mixed)))
+    pair_feats = torch.nn.functional.normalize(feats[:, None] + feats[None], dim=-1)  # (6, 6, 8)
+    for f, y, fo in zip(mixed, mix_labels, mix_folds):
+        i, j = divmod(int((pair_feats - f).norm(dim=-1).argmin()), 6)  # the two rows it blends
+        assert torch.allclose(f, pair_feats[i, j], atol=1e-6)
+        assert not torch.equal(labels[i], labels[j]) and torch.equal(y, torch.maximum(labels[i], labels[j]))
+        assert y.sum() == 3 and sorted(fo.tolist()) == sorted([int(folds[i]), int(folds[j])])
+    same = torch.ones(4, NUM_AUS)
+    assert concept_mixup(feats[:4], same, folds[:4], rate=1.0) is None  # identical labels: nothing to blend
+
+
+def test_loss_with_mixup_hides_blends_from_members_of_either_fold(hashing_cfg):
+    from dataclasses import replace
+
+    task = Text2AUTask(replace(hashing_cfg, text2au=replace(hashing_cfg.text2au, mixup=1.0)))
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = next(task.train_batches(0, 1, 0, 0))
+    terms = task.loss(model, batch, 0)
+    assert torch.isfinite(terms["loss"])
+    terms["loss"].backward()
 
 
 def test_task_is_registered():

@@ -21,7 +21,8 @@ Loss, per member on its rows: eq. (25) = focal BCE (eq. 23) on the anchors -- an
 structured InfoNCE (eq. 24) of each anchor against its 3 positives and 3 negatives; each term is
 averaged over the (member, row) pairs a member may see. Text features get Gaussian noise
 (``text2au.feature_noise``) and are re-normalised: embedding-space augmentation, so nearby
-phrasings the data set lacks map to the same AUs.
+phrasings the data set lacks map to the same AUs. ``text2au.mixup`` adds blends of two labelled
+rows (:func:`concept_mixup`: summed features, united AUs) to the focal BCE.
 
 The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
 encoder id the features came from, the decision threshold, the thresholds calibrated on the
@@ -202,19 +203,32 @@ class Text2AUTask(Task):
         if t.feature_noise > 0:  # noise of expected norm feature_noise on unit vectors
             noise = torch.randn_like(feats) * (t.feature_noise / D ** 0.5)
             feats = nn.functional.normalize(feats + noise, dim=-1)
-        out = model(feats)
-        logits, z = out["member_logits"], out["member_z"]  # (K, rows, 17), (K, rows, proj)
-        K = logits.shape[0]
         n_lab = B + B * P if t.bce_on_positives else B  # paraphrases share the anchor's labels
         labels = torch.cat([y, y.repeat_interleave(P, dim=0)])[:n_lab]
         row_fold = torch.cat([fold, fold.repeat_interleave(P)])[:n_lab]
+        mixed = concept_mixup(feats[:n_lab], labels, row_fold, t.mixup) if t.mixup > 0 else None
+        if mixed is not None:  # extra labelled rows after the contrastive ones
+            feats = torch.cat([feats, mixed[0]])
+        out = model(feats)
+        logits, z = out["member_logits"], out["member_z"]  # (K, rows, 17), (K, rows, proj)
+        K = logits.shape[0]
         members = torch.arange(K, device=fold.device)[:, None]
         # member k never sees concept fold k; members are folded into the batch dimension
+        label_weight = row_fold[None] != members  # (K, n_lab)
+        lab_logits = logits[:, :n_lab]
+        if mixed is not None:
+            _, mix_labels, mix_folds = mixed
+            n_con = B * (1 + P + M)
+            lab_logits = torch.cat([lab_logits, logits[:, n_con:]], dim=1)
+            labels = torch.cat([labels, mix_labels])
+            # a blend is out of bounds for a member that may not see either of its concepts
+            label_weight = torch.cat([label_weight, (mix_folds[None] != members[..., None]).all(-1)], dim=1)
+        n_rows = lab_logits.shape[1]
         return text2au_loss(
-            logits[:, :n_lab].reshape(K * n_lab, -1), labels.repeat(K, 1),
+            lab_logits.reshape(K * n_rows, -1), labels.repeat(K, 1),
             z[:, :B].reshape(K * B, -1), z[:, B:B + B * P].reshape(K * B, P, -1),
-            z[:, B + B * P:].reshape(K * B, M, -1), t,
-            label_weight=(row_fold[None] != members).reshape(-1), anchor_weight=(fold[None] != members).reshape(-1))
+            z[:, B + B * P:B * (1 + P + M)].reshape(K * B, M, -1), t,
+            label_weight=label_weight.reshape(-1), anchor_weight=(fold[None] != members).reshape(-1))
 
     @torch.no_grad()
     def split_metrics(self, model: nn.Module, split: str, thresholds=None) -> dict | None:
@@ -275,6 +289,29 @@ class Text2AUTask(Task):
             "n_entries": {s: len(v) for s, v in entries.items()}, "metrics": metrics, "concept_cv": cv,
         }
         atomic_write_text(Path(out_dir) / INFO_FILE, json.dumps(info, indent=2, sort_keys=True))
+
+
+def concept_mixup(feats: Tensor, labels: Tensor, folds: Tensor, rate: float) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Blends of two labelled rows with different AU sets: up to ``round(rate * rows)`` extra rows.
+
+    A blend's feature is the re-normalised sum of the two unit features and its label the union
+    of their AUs. With token-mean pooling, the feature of "A and B" is close to a weighted mean of
+    the features of A and B, so a blend stands in for a description of both expressions at once:
+    combinations the data set never spelled out. Returns (feats (R, D), labels (R, 17), folds
+    (R, 2)) or ``None`` when no pair differs.
+    """
+    n = feats.shape[0]
+    r = int(round(rate * n))
+    if n < 2 or r < 1:
+        return None
+    i = torch.randint(n, (r,), device=feats.device)
+    j = torch.randint(n, (r,), device=feats.device)
+    keep = (labels[i] != labels[j]).any(-1)
+    if not keep.any():
+        return None
+    i, j = i[keep], j[keep]
+    mixed = nn.functional.normalize(feats[i] + feats[j], dim=-1)
+    return mixed, torch.maximum(labels[i], labels[j]), torch.stack([folds[i], folds[j]], dim=-1)
 
 
 class _MemoryCache:
