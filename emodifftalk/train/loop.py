@@ -178,6 +178,17 @@ def _release(acc) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def check_run_dir(out_dir: str | Path, resume) -> Path | None:
+    """The checkpoint a run into ``out_dir`` resumes from (None: fresh); ``FileExistsError`` when a
+    fresh run would mix with an earlier one. Cheap: callers with slow setup check it first."""
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    resume_path = resolve_resume(resume, ckpt_dir)
+    if resume_path is None and list_checkpoints(ckpt_dir):
+        raise FileExistsError(f"{ckpt_dir} already has checkpoints; pass --resume latest to continue "
+                              "that run or choose a new --out")
+    return resume_path
+
+
 def run_training(task: Any, out_dir: str | Path, resume: str | os.PathLike | None = None) -> Path:
     """Train ``task`` (with its config, ``task.cfg``) into ``out_dir``; return the export directory.
 
@@ -291,10 +302,7 @@ class _Trainer:
     def run(self, resume) -> Path:
         acc, t, task = self.acc, self.t, self.task
         self._resume_requested = resume
-        resume_path = resolve_resume(resume, self.ckpt_dir)
-        if resume_path is None and list_checkpoints(self.ckpt_dir):
-            raise FileExistsError(f"{self.ckpt_dir} already has checkpoints; pass --resume latest to continue "
-                                  "that run or choose a new --out")
+        resume_path = check_run_dir(self.out, resume)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_stale_temp(self.ckpt_dir)

@@ -259,3 +259,19 @@ def test_one_place_owns_the_learning_rate(tmp_path):
     assert cfg.train.lr == 1e-4 and summary["concept_cv"] == {}
     saved = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
     assert saved["config"]["train"]["lr"] == 1e-4
+
+
+def test_train_refuses_a_used_folder_before_encoding(tmp_path):
+    from emodifftalk.train.checkpoint import STATE_FILE
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    class NoEncoding(HashingEncoder):
+        def encode(self, texts):  # the check must come first: encoding takes about a minute with MiniLM
+            raise AssertionError("encoded before checking the output folder")
+
+    step = tmp_path / "checkpoints" / "step_0000010"
+    step.mkdir(parents=True)
+    (step / STATE_FILE).write_text("{}")
+    cfg = build_config("tiny", ["text2au.encoder=hashing"])
+    with pytest.raises(FileExistsError, match="already has checkpoints"):
+        train_text2au(cfg, tmp_path, encoder=NoEncoding())

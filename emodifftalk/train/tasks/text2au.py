@@ -62,7 +62,7 @@ from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, Tex
 from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.losses import text2au_loss
 from emodifftalk.text2au.predict import INFO_FILE, build_text2au_model
-from emodifftalk.train.loop import run_training
+from emodifftalk.train.loop import check_run_dir, run_training
 from emodifftalk.train.task import Task, Validation, register_task
 from emodifftalk.utils import atomic_write_text
 
@@ -367,6 +367,7 @@ def train_text2au(cfg: Config, out_dir: str | Path, data: str | Path | None = No
     :func:`intra_op_threads`); restored afterwards.
     """
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume)  # before the texts are encoded (about a minute)
     task = Text2AUTask(cfg, data_path=data, cache_dir=out_dir / "features", encoder=encoder)
     cfg.train.max_steps = cfg.text2au.epochs * steps_per_epoch(task.n_train(), cfg.data.batch_size)
     cfg.validate()
