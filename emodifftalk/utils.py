@@ -10,6 +10,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -97,6 +98,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_report(out: str | Path, report: dict, json_name: str, md_name: str) -> None:
+    """An evaluation's report into ``out``: ``json_name`` (key-sorted JSON) and ``md_name`` (its
+    ``report["table"]``), each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / json_name, json.dumps(report, indent=2, sort_keys=True))
+    atomic_write_text(out / md_name, report["table"] + "\n")
 
 
 def _temp_prefix(final: Path) -> str:

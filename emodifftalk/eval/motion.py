@@ -16,7 +16,6 @@ sampling seconds / clip seconds on the evaluation device.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from emodifftalk.eval.metrics import motion_metrics
 from emodifftalk.motion.data import ClipFeatures, load_template_infos, usable_reason
 from emodifftalk.motion.inference import load_motion
 from emodifftalk.motion.methods import method_of
-from emodifftalk.utils import atomic_write_text
+from emodifftalk.utils import write_report
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +153,7 @@ def run_eval(model_dir: str | Path, data: str | Path, *, split: str = "test", ou
     }
     report["table"] = markdown_table(report)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2, sort_keys=True))
-        atomic_write_text(out / REPORT_MD, report["table"] + "\n")
+        write_report(out, report, REPORT_JSON, REPORT_MD)
     return report
 
 

@@ -51,7 +51,7 @@ from emodifftalk.s2au.inference import load_s2au, predict_aus
 from emodifftalk.motion.data import ClipFeatures
 from emodifftalk.motion.inference import load_motion
 from emodifftalk.motion.methods import AU_CONDITIONED, method_of, predict_offsets
-from emodifftalk.utils import atomic_write_text
+from emodifftalk.utils import write_report
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +265,7 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
     }
     report["table"] = markdown_table(report)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2, sort_keys=True))
-        atomic_write_text(out / REPORT_MD, report["table"] + "\n")
+        write_report(out, report, REPORT_JSON, REPORT_MD)
     return report
 
 
