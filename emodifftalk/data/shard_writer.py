@@ -25,7 +25,7 @@ import numpy as np
 
 from emodifftalk.au import NUM_AUS
 from emodifftalk.data.raw import RawClip, RawDataset, RawLayoutError
-from emodifftalk.data.audio import SAMPLE_RATE
+from emodifftalk.data.audio import SAMPLE_RATE, AudioError, read_audio, resample, write_wav
 from emodifftalk.data.schema import MODALITIES, SCHEMA_VERSION, SPLITS, frames_key, seq_key, template_key
 from emodifftalk.data.splits import make_splits
 from emodifftalk.utils import atomic_dir, atomic_write_text
@@ -184,8 +184,6 @@ def _audio_bytes(clip: RawClip) -> tuple[bytes, int]:
     """(16 kHz mono PCM16 WAV bytes, n samples): copied as-is when already conforming, else
     decoded, resampled and re-encoded."""
     import soundfile as sf
-
-    from emodifftalk.data.audio import AudioError, read_audio, resample, write_wav
 
     path = clip.audio_path
     try:

@@ -31,6 +31,7 @@ import numpy as np
 from emodifftalk.data.schema import seq_key, validate_name
 from emodifftalk.ingest.cameras import check_intrinsics, shift_pixel_center, to_viewmat
 from emodifftalk.ingest.clip import ClipDataError, ClipSource, SourceCamera
+from emodifftalk.ingest.images import image_size
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +284,6 @@ class SMCClip(ClipSource):
             d = f.array(f"Calibration/{cid}/D")
             res = self._resolution()
             if res is None:  # no resolution attr: from the first image's header
-                from emodifftalk.ingest.images import image_size
-
                 fids = self.frames_file.frame_ids(cid)
                 res = image_size(self.image_data(cid, fids[0]), f"{self.frames_file.path} camera {cid}")
             dist = None if d is None else np.asarray(d, np.float64).ravel()

@@ -33,6 +33,7 @@ from emodifftalk.models.feature_line import FeatureLine
 from emodifftalk.render import rasterize
 from emodifftalk.rig.deform import deform
 from emodifftalk.rig.gaussians import GaussianRig
+from emodifftalk.safetensors_io import load_tensors
 from emodifftalk.utils import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,6 @@ def save_feature_line(model: FeatureLine, rig_dir: str | Path, metrics: dict, cf
 
 def load_feature_line(rig_dir: str | Path, rig: GaussianRig | None = None) -> FeatureLine | None:
     """The identity's fitted feature line, or None when the rig has none (opacity then stays α0)."""
-    from emodifftalk.safetensors_io import load_tensors
-
     rig_dir = Path(rig_dir)
     if not (rig_dir / FEATURE_LINE_TENSORS).is_file():
         return None

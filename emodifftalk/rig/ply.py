@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emodifftalk.utils import atomic_write_bytes
+
 RIG_PLY = "rig.ply"  # the canonical rig as a standard 3DGS PLY, written by `emodifftalk rig`
 SH_C0 = 0.28209479177387814  # 1 / (2·sqrt(pi)), degree-0 real spherical harmonic
 N_REST = 45  # SH degrees 1..3, 15 coefficients × 3 colours
@@ -91,8 +93,6 @@ def encode_ply(means, log_scales, quats, opacity_logits, colors, y_up: bool = Fa
 
 def write_ply(path: str | Path, means, log_scales, quats, opacity_logits, colors, y_up: bool = False) -> Path:
     """Write raw (log-scale, logit) Gaussian parameters as a 3DGS PLY, atomically."""
-    from emodifftalk.utils import atomic_write_bytes
-
     atomic_write_bytes(path, encode_ply(means, log_scales, quats, opacity_logits, colors, y_up=y_up))
     return Path(path)
 

@@ -49,6 +49,7 @@ from emodifftalk.rig.losses import (
     ssim,
 )
 from emodifftalk.rig.params import RigParams, make_optimizer
+from emodifftalk.rig.ply import RIG_PLY, rig_ply_bytes
 from emodifftalk.rig.triplane import TriplaneColorField, bbox_from_points
 from emodifftalk.rig.views import NeutralViews, RigDataError, select_neutral_views
 from emodifftalk.rig.visibility import UnseenFill, blend_weights, seen_vertices
@@ -313,8 +314,6 @@ def save_rig(rig: GaussianRig, color_field: TriplaneColorField, preview: np.ndar
              overwrite: bool) -> None:
     """The rig directory (atomically) with its preview, PLY and the triplane it was baked from."""
     from safetensors.torch import save as st_save
-
-    from emodifftalk.rig.ply import RIG_PLY, rig_ply_bytes
 
     extras = {"preview.png": _png_bytes(preview), RIG_PLY: rig_ply_bytes(rig, y_up=cfg.render.ply_y_up),
               "triplane.safetensors": st_save({k: v.detach().cpu().contiguous()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emodifftalk.au import AU_NAMES, NUM_AUS
+from emodifftalk.utils import atomic_write_text
 
 DATA_VERSION = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -198,8 +199,6 @@ def load_entries(path: str | Path | None = None) -> list[Entry]:
 
 
 def write_entries(entries: list[Entry], path: str | Path) -> None:
-    from emodifftalk.utils import atomic_write_text
-
     lines = [json.dumps(e.to_json(), ensure_ascii=False) for e in entries]
     atomic_write_text(path, "\n".join(lines) + "\n")
 

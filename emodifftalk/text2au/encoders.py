@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emodifftalk.utils import file_sha256
+from emodifftalk.safetensors_io import load_tensors_and_metadata
+from emodifftalk.utils import atomic_write_bytes, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +327,6 @@ class FeatureCache:
             self._load()
 
     def _load(self) -> None:
-        from emodifftalk.safetensors_io import load_tensors_and_metadata
-
         tensors, meta = load_tensors_and_metadata(self.path)
         feats = tensors["features"]
         got = meta.get("encoder_id")
@@ -355,8 +354,6 @@ class FeatureCache:
 
     def save(self) -> Path:
         from safetensors.torch import save
-
-        from emodifftalk.utils import atomic_write_bytes
 
         keys = sorted(self.index, key=self.index.get)
         meta = {"encoder_id": self.encoder.encoder_id, "keys": json.dumps(keys)}

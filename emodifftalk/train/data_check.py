@@ -15,13 +15,12 @@ import logging
 from collections.abc import Iterable
 
 from emodifftalk.config import Config
+from emodifftalk.data.shards import check_shard_folder, verify_shard_checksums
 
 log = logging.getLogger(__name__)
 
 
 def check_training_shards(cfg: Config, task_name: str, need: Iterable[tuple[str, str | None]]) -> None:
-    from emodifftalk.data.shards import check_shard_folder, verify_shard_checksums
-
     root = cfg.data.root
     if not root:
         raise ValueError(f"the {task_name} task needs packed shards: pass --data SHARDS "

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from emodifftalk.safetensors_io import load_tensors_and_metadata
+
 
 def _gathered(params: list[torch.nn.Parameter], zero3: bool):
     """Under ZeRO-3 each rank holds a shard; gather full tensors (collective: all ranks call)."""
@@ -56,8 +58,6 @@ class EMA:
         save_file(self.state_dict(), str(path), metadata={"updates": str(self.updates), "decay": str(self.decay)})
 
     def load(self, path: str | Path) -> None:
-        from emodifftalk.safetensors_io import load_tensors_and_metadata
-
         tensors, meta = load_tensors_and_metadata(path)
         if set(tensors) != set(self.shadow):
             missing = sorted(set(self.shadow) - set(tensors))[:5]

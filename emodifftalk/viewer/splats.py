@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from emodifftalk.render.projection import quat_to_rotmat
+from emodifftalk.rig.deform import deform
 from emodifftalk.rig.gaussians import GaussianRig, Gaussians
 
 VIEW_EXTENT = 2.0  # head size in view units
@@ -54,8 +55,6 @@ def splat_arrays(g: Gaussians, view: ViewFrame) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def frame_gaussians(rig: GaussianRig, feature_line, aus: np.ndarray, offsets: np.ndarray, t: int) -> Gaussians:
     """Gaussians of frame ``t``: bound points on template + offsets[t], opacity from the feature line."""
-    from emodifftalk.rig.deform import deform
-
     verts = rig.canonical_verts + torch.from_numpy(np.asarray(offsets[t], dtype=np.float32))
     delta = feature_line(torch.from_numpy(np.asarray(aus[t:t + 1], dtype=np.float32)))[0] \
         if feature_line is not None else None

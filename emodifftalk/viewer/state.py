@@ -26,6 +26,7 @@ import numpy as np
 
 from emodifftalk import au
 from emodifftalk.edits import AUCurve, apply_edits, edits_to_dict
+from emodifftalk.text2au.modulation import modulate_aus
 
 CHANGE_EPS = 1e-6  # AU codes closer than this count as unchanged (float32 round-off)
 
@@ -174,8 +175,6 @@ class ViewerState:
         with self._lock:
             if self.text_probs is None:
                 return self.source_aus.copy()
-            from emodifftalk.text2au.modulation import modulate_aus
-
             return np.asarray(modulate_aus(self.source_aus, self.text_probs, lip_lock=self.lip_lock,
                                            **self.text_params), dtype=np.float32)
 
