@@ -40,11 +40,16 @@ DEFAULT_EDITS = {"AU01": {"keyframes": [[0.8, 0.0], [1.2, 0.7], [2.6, 0.7], [3.0
                  "AU02": {"keyframes": [[0.8, 0.0], [1.2, 0.6], [2.6, 0.6], [3.0, 0.0]]}}
 
 
+def reuse_earlier_output(name: str, done_marker: Path) -> None:
+    """``--skip-<name>``: the stage's earlier output must be there (``FileNotFoundError`` if not)."""
+    if not done_marker.exists():
+        raise FileNotFoundError(f"--skip-{name}: no earlier output at {done_marker}; run without --skip-{name}")
+    log.info("demo: %s skipped (reusing %s)", name, done_marker)
+
+
 def _stage(name: str, skip: set[str], done_marker: Path, fn):
     if name in skip:
-        if not done_marker.exists():
-            raise FileNotFoundError(f"--skip-{name}: no earlier output at {done_marker}; run without --skip-{name}")
-        log.info("demo: %s skipped (reusing %s)", name, done_marker)
+        reuse_earlier_output(name, done_marker)
         return None
     t0 = time.perf_counter()
     print(f"[demo] {name} ...", flush=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from emodifftalk.config import Config, config_from_dict
+from emodifftalk.pipeline.demo import reuse_earlier_output
 from emodifftalk.threads import apply_threads, usable_cores
 from emodifftalk.train.loop import run_training
 from emodifftalk.train.task import get_task
@@ -76,14 +77,9 @@ def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip:
     """Train every stage of ``exports`` (name → its export dir, longest stage first) into
     ``runs/<name>``; stages in ``skip`` must already have their export. Returns seconds per stage
     and ``train_wall`` (the wall time of the whole phase)."""
-    todo = {}
-    for name, export in exports.items():
-        if name not in skip:
-            todo[name] = export
-            continue
-        if not (export / "model.safetensors").exists():
-            raise FileNotFoundError(f"--skip-{name}: no earlier output at {export}; run without --skip-{name}")
-        log.info("demo: %s skipped (reusing %s)", name, export)
+    for name in skip & exports.keys():
+        reuse_earlier_output(name, exports[name] / "model.safetensors")
+    todo = [name for name in exports if name not in skip]
     if not todo:
         return {}
     if jobs is not None and jobs < 1:
