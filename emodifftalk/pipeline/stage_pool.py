@@ -12,10 +12,10 @@ every ``STATUS_EVERY_S`` and the stage's log tail when it fails.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import shutil
 import time
 from pathlib import Path
@@ -44,20 +44,19 @@ def _train_stage(name: str, cfg: Config, out: Path) -> None:
     run_training(get_task(name, cfg), out)
 
 
-def _stage_process(name: str, cfg_dict: dict, out: str, log_path: str, threads: int) -> float:
-    """Entry point of one stage's process: its output to ``log_path``; returns its seconds."""
+def _stage_process(name: str, cfg_dict: dict, out: str, log_path: str, threads: int,
+                   train_stage=_train_stage) -> None:
+    """Entry point of one stage's process: its output to ``log_path``; a failure exits non-zero."""
     with open(log_path, "w", buffering=1) as sink, contextlib.redirect_stdout(sink), \
             contextlib.redirect_stderr(sink):
         logging.basicConfig(stream=sink, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         apply_threads(threads)
-        t0 = time.perf_counter()
         try:
-            _train_stage(name, config_from_dict(cfg_dict), Path(out))
+            train_stage(name, config_from_dict(cfg_dict), Path(out))
         except BaseException:
             log.exception("stage %s failed", name)  # the traceback lands in the stage's log
             raise
-        return time.perf_counter() - t0
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -67,16 +66,30 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _stop(procs) -> None:
+    """Terminate stages still running (a sibling failed, or Ctrl-C): no orphan keeps training."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def default_jobs(n_stages: int) -> int:
     """Every stage at once (at most ``MAX_JOBS``): single-threaded stages time-share the cores."""
     return max(1, min(n_stages, MAX_JOBS))
 
 
 def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip: set[str] = frozenset(),
-                        jobs: int | None = None) -> dict[str, float]:
+                        jobs: int | None = None, train_stage=_train_stage) -> dict[str, float]:
     """Train every stage of ``exports`` (name → its export dir, longest stage first) into
     ``runs/<name>``; stages in ``skip`` must already have their export. Returns seconds per stage
-    and ``train_wall`` (the wall time of the whole phase)."""
+    (wall time of its process) and ``train_wall`` (the whole phase). The first stage that fails
+    stops the others and raises. ``train_stage(name, cfg, out)`` runs one stage in its process
+    (a module-level function, so that ``spawn`` can pickle it)."""
     for name in skip & exports.keys():
         reuse_earlier_output(name, exports[name] / "model.safetensors")
     todo = [name for name in exports if name not in skip]
@@ -93,25 +106,32 @@ def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip:
           f"logs in {runs}/<stage>.log", flush=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_stage_process, name, cfg.to_dict(), str(runs / name), str(logs[name]), threads): name
-                   for name in todo}
-        pending = set(futures)
-        while pending:
-            done, pending = cf.wait(pending, timeout=STATUS_EVERY_S, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                name = futures[fut]
-                try:
-                    timings[name] = round(fut.result(), 1)
-                except Exception as exc:
-                    for other in pending:
-                        other.cancel()
-                    raise RuntimeError(f"demo stage {name} failed: {exc}\n--- last lines of {logs[name]} ---\n"
-                                       f"{_log_tail(logs[name])}") from exc
+    ctx = mp.get_context("spawn")
+    waiting = list(todo)
+    running: dict[str, tuple[mp.Process, float]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name = waiting.pop(0)
+                proc = ctx.Process(target=_stage_process, name=f"demo-{name}", args=(
+                    name, cfg.to_dict(), str(runs / name), str(logs[name]), threads, train_stage))
+                proc.start()
+                running[name] = (proc, time.perf_counter())
+            mp_connection.wait([proc.sentinel for proc, _ in running.values()], timeout=STATUS_EVERY_S)
+            for name, (proc, started) in list(running.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del running[name]
+                if proc.exitcode != 0:  # the finally below stops the stages still running
+                    raise RuntimeError(f"demo stage {name} failed (exit code {proc.exitcode})\n"
+                                       f"--- last lines of {logs[name]} ---\n{_log_tail(logs[name])}")
+                timings[name] = round(time.perf_counter() - started, 1)
                 print(f"[demo] {name} done in {timings[name]:.1f} s", flush=True)
-            if pending:
-                running = [futures[f] for f in pending if f.running()]
-                print(f"[demo] {time.perf_counter() - t_start:.0f} s: running {', '.join(running) or '-'}; "
+            if running:
+                print(f"[demo] {time.perf_counter() - t_start:.0f} s: running {', '.join(running)}; "
                       f"finished {', '.join(timings) or '-'}", flush=True)
+    finally:
+        _stop(proc for proc, _ in running.values())
     timings["train_wall"] = round(time.perf_counter() - t_start, 1)
     return timings

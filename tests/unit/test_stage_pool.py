@@ -1,5 +1,7 @@
 """The demo's side-by-side training stages: failures name the stage and show its log; skips need output."""
 
+import time
+
 import pytest
 
 from emodifftalk.config import build_config
@@ -12,6 +14,28 @@ def test_a_failing_stage_names_itself_and_shows_its_log(tmp_path):
         run_training_stages({"s2au": tmp_path / "runs" / "s2au" / "export"}, cfg, tmp_path / "runs", jobs=1)
     assert "last lines of" in str(err.value) and str(tmp_path / "runs" / "s2au.log") in str(err.value)
     assert (tmp_path / "runs" / "s2au.log").read_text().strip(), "the stage's output goes to its log"
+
+
+def _fail_fast_or_sleep(name, cfg, out):
+    """A stand-in stage: ``s2au`` fails at once, the others would run for a minute."""
+    out.mkdir(parents=True)
+    if name == "s2au":
+        raise RuntimeError("broken on purpose")
+    (out / "started").touch()
+    time.sleep(60)
+    (out / "finished").touch()
+
+
+def test_a_failing_stage_stops_the_stages_beside_it(tmp_path):
+    runs = tmp_path / "runs"
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"demo stage s2au failed"):
+        run_training_stages({"motion": runs / "m", "s2au": runs / "s"}, build_config("tiny"), runs, jobs=2,
+                            train_stage=_fail_fast_or_sleep)
+    assert time.perf_counter() - t0 < 45, "the failure must not wait for the sleeping sibling"
+    assert "broken on purpose" in (runs / "s2au.log").read_text()
+    time.sleep(1)
+    assert not (runs / "motion" / "finished").exists()
 
 
 def test_skipped_stages_need_their_earlier_export(tmp_path):
