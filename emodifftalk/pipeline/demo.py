@@ -143,6 +143,25 @@ def _true_fields(cfg: Config):
     return fields_of
 
 
+def _ideal_edit_change(rig, rig_dir: Path, speech_dir: Path, edited_dir: Path, camera: str, cfg: Config, curves,
+                       fps: float, box) -> dict | None:
+    """``edit_pixel_change_true_fields`` of the demo's edit (None if the identity is not synthetic)."""
+    from emodifftalk.pipeline.demo_metrics import true_field_edit_change
+    from emodifftalk.rig.feature_line_fit import load_feature_line
+
+    fields = _true_fields(cfg)(rig.identity)
+    if fields is None:
+        return None
+
+    def codes(path: Path) -> np.ndarray:
+        return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 2:].astype(np.float32)
+
+    return true_field_edit_change(rig, load_feature_line(rig_dir, rig), np.load(speech_dir / "offsets.npy"),
+                                  codes(edited_dir / "aus_speech.csv"), codes(edited_dir / "aus.csv"),
+                                  np.load(edited_dir / "offsets.npy"), np.asarray(fields, np.float32), camera, cfg,
+                                  curves, fps, box)
+
+
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
              edits: dict | None = None, jobs: int | None = None) -> dict:
     """The whole demo into ``out``. ``jobs``: training stages run at once (default: all three,
@@ -217,7 +236,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     edits_path.write_text(json.dumps(edits if edits is not None else DEFAULT_EDITS, indent=2))
     models = load_models(s2au_dir, motion_dir, t2a_dir)
     t0 = time.perf_counter()
-    cam = capture_camera_index(GaussianRig.load(rigs / identity), cfg.infer.camera)  # "front" by default
+    rig = GaussianRig.load(rigs / identity)
+    cam = capture_camera_index(rig, cfg.infer.camera)  # "front" by default
     plain = animate(rigs / identity, wav, models, work / "anim_speech", cfg, camera=str(cam), overwrite=True)
     edited = animate(rigs / identity, wav, models, work / "anim_edited", cfg, text=text, edits_path=edits_path,
                      camera=str(cam), overwrite=True)
@@ -239,11 +259,16 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     import imageio.v3 as iio
 
     from emodifftalk.edits import parse_edits
-    from emodifftalk.pipeline.demo_metrics import edit_pixel_change, held_out_motion
+    from emodifftalk.pipeline.demo_metrics import edit_face_move_mm, edit_pixel_change, held_out_motion
 
+    curves, fps = parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg)
     pixels = edit_pixel_change(iio.imread(results / "video_speech.mp4", index=None),
-                               iio.imread(results / "video.mp4", index=None),
-                               parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg), box)
+                               iio.imread(results / "video.mp4", index=None), curves, fps, box)
+    pixels["face_move_mm"] = edit_face_move_mm(np.load(plain.out_dir / "offsets.npy"),
+                                               np.load(edited.out_dir / "offsets.npy"), rig.facial_idx.numpy(),
+                                               curves, fps)
+    pixels_ideal = _ideal_edit_change(rig, rigs / identity, plain.out_dir, edited.out_dir, str(cam), cfg, curves,
+                                      fps, box)
     clips, templates = _held_out_clips(shards, models.motion_cfg)
     held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS,
                                edit_clips=EDIT_CLIPS)
@@ -263,6 +288,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
         "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
         "held_out_motion": held_out,  # all val + test clips: mean/std/min/max, with baselines
         "edit_pixel_change": pixels,  # edited vs speech-only video, inside vs outside the edit
+        "edit_pixel_change_true_fields": pixels_ideal,  # the same edit moved by the world's AU fields
         "s2au": s2au_report.get("summary", s2au_report),
         "text2au_test": t2a_report.get("summary", t2a_report),
         "rigs": rig_summary,
