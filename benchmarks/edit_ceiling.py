@@ -1,13 +1,13 @@
-"""How much can one AU change the demo's picture at all? For each of the 17 AUs, the demo's rig
-(its held-out identity, camera and face box) is rendered at the neutral face and with the AU at
-full strength (1.0), and with all 17 at once, moved by the synthetic world's own displacement
-fields (what a motion model with gain 1 would do), the feature line following the AU; prints the mean |Δpixel| over the face
-box in 8-bit levels (as ``edit_pixel_change`` in the demo's ``metrics.json``) and the face
-vertices' mean and largest move; next to it the same change in the world's own renders (sharp
-Gaussians, expression tint), which the rig's blur may soften. The figures bound what any motion
-model can show for an edit.
+"""How much can an AU edit change the demo's picture at all? The demo's rig (its held-out
+identity, camera and face box) is rendered at the neutral face, with each of the 17 AUs at full
+strength (1.0), and with all 17 at once, each moved by the synthetic world's own displacement
+fields (what a motion model with gain 1 would do) with the feature line following the AUs.
+Printed: the mean |Δpixel| over the face box in 8-bit levels (as ``edit_pixel_change`` in the
+demo's ``metrics.json``), the same change in the world's own renders (sharp Gaussians, expression
+tint; the rig's blur softens it), and the face vertices' mean and largest move. The figures bound
+what any motion model can show for an edit.
 
-Usage: python benchmarks/edit_ceiling.py --demo results/demo   (~10 s; reads work/ and results/)
+Usage: python benchmarks/edit_ceiling.py --demo results/demo   (~15 s; reads work/ and results/)
 """
 
 from __future__ import annotations
