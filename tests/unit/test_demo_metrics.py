@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from emodifftalk.render.cameras import orbit_cameras
 
@@ -111,3 +112,24 @@ def test_change_agreement_is_a_cosine_over_the_plateau_and_the_box():
     elsewhere = speech.copy()
     elsewhere[12:21, 10:14, 2:18] = 10  # the lower face instead
     assert change_agreement(speech, elsewhere, reference, EDITS, FPS, (2, 2, 18, 18)) == pytest.approx(0.0)
+
+
+def test_frame_grid_crops_captures_and_larger_videos_at_the_same_face(tmp_path):
+    """``--preset small`` captures at 256² and animates at 512²: the face box must scale with the video."""
+    from emodifftalk.pipeline.demo import _frame_grid, _scaled_box
+    from emodifftalk.render.video import write_video
+
+    capture_box = (4, 2, 20, 18)
+    video_box = _scaled_box(capture_box, 2.0)
+    assert video_box == (8, 4, 40, 36)
+    video = np.zeros((5, 64, 64, 3), np.uint8)
+    video[:, 4:36, 8:40] = 200  # the face, where the scaled box is
+    write_video(tmp_path / "video.mp4", iter(video), 25.0)
+    write_video(tmp_path / "video_speech.mp4", iter(video), 25.0)
+    capture = np.zeros((32, 32, 3), np.uint8)
+    capture[2:18, 4:20] = 200
+    frames = [{"meta": {"frame": t}, "images": {"cam0": capture}} for t in range(5)]
+    grid = np.asarray(Image.open(_frame_grid(tmp_path, frames, "cam0", capture_box, video_box, zoom=1)))
+    assert grid.shape == (4 * 32, 5 * 32, 3)  # 4 rows (captured, speech, edited, diff) of 32² tiles
+    assert grid[:96].mean() > 150  # captured and both videos: every tile is the face
+    assert grid[96:].mean() < 20  # identical videos: no difference
