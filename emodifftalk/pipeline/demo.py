@@ -82,11 +82,19 @@ def _face_box(verts: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int,
     return x0, y0, x0 + size, y0 + size
 
 
-def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[int, int, int, int],
-                zoom: int = 2) -> Path:
+def _scaled_box(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1) in an image ``scale`` times larger (capture pixels -> video pixels)."""
+    return tuple(int(round(v * scale)) for v in box)
+
+
+def _frame_grid(results: Path, gt_frames: list[dict], camera: str, capture_box: tuple[int, int, int, int],
+                video_box: tuple[int, int, int, int], zoom: int = 2) -> Path:
     """Face close-ups at the packed moments. Rows: captured frames, speech-only animation, edited
-    animation, and |edited − speech-only| ×4 (where the edit changed the picture)."""
+    animation, and |edited − speech-only| ×4 (where the edit changed the picture). The captured
+    frames are cropped with ``capture_box``, the videos (``infer.image_size``) with ``video_box``;
+    every tile is shown at the video crop's size × ``zoom``."""
     import imageio.v3 as iio
+    from PIL import Image
 
     from emodifftalk.render.video import frame_grid, save_png
 
@@ -94,20 +102,21 @@ def _frame_grid(results: Path, gt_frames: list[dict], camera: str, box: tuple[in
     edited = iio.imread(results / "video.mp4", index=None)
     picks = [f for f in gt_frames if int(f["meta"]["frame"]) < min(len(speech), len(edited))]
     picks = picks[:: max(1, len(picks) // 6)][:6]
-    x0, y0, x1, y1 = box
+    size = (video_box[2] - video_box[0]) * zoom, (video_box[3] - video_box[1]) * zoom
 
-    def crop(img) -> np.ndarray:
-        tile = np.asarray(img, np.uint8)[y0:y1, x0:x1]
-        return tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    def crop(img, box) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        tile = Image.fromarray(np.ascontiguousarray(np.asarray(img, np.uint8)[y0:y1, x0:x1]))
+        return np.asarray(tile.resize(size, Image.NEAREST if tile.size[0] * zoom == size[0] else Image.BILINEAR))
 
     rows: dict[str, list[np.ndarray]] = {"gt": [], "speech": [], "edited": [], "diff": []}
     for f in picks:
         t = int(f["meta"]["frame"])
-        rows["gt"].append(crop(f["images"][camera]))
-        rows["speech"].append(crop(speech[t]))
-        rows["edited"].append(crop(edited[t]))
+        rows["gt"].append(crop(f["images"][camera], capture_box))
+        rows["speech"].append(crop(speech[t], video_box))
+        rows["edited"].append(crop(edited[t], video_box))
         diff = np.abs(edited[t].astype(np.int16) - speech[t].astype(np.int16)).max(-1, keepdims=True)
-        rows["diff"].append(crop(np.clip(diff * 4, 0, 255).astype(np.uint8).repeat(3, -1)))
+        rows["diff"].append(crop(np.clip(diff * 4, 0, 255).astype(np.uint8).repeat(3, -1), video_box))
     tiles = [tile for row in rows.values() for tile in row]
     return save_png(results / "frame_grid.png", frame_grid(tiles, cols=len(picks)))
 
@@ -141,6 +150,25 @@ def _true_fields(cfg: Config):
             return None
 
     return fields_of
+
+
+def _ideal_edit_change(rig, rig_dir: Path, speech_dir: Path, edited_dir: Path, camera: str, cfg: Config, curves,
+                       fps: float, box) -> dict | None:
+    """``edit_pixel_change_true_fields`` of the demo's edit (None if the identity is not synthetic)."""
+    from emodifftalk.pipeline.demo_metrics import true_field_edit_change
+    from emodifftalk.rig.feature_line_fit import load_feature_line
+
+    fields = _true_fields(cfg)(rig.identity)
+    if fields is None:
+        return None
+
+    def codes(path: Path) -> np.ndarray:
+        return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 2:].astype(np.float32)
+
+    return true_field_edit_change(rig, load_feature_line(rig_dir, rig), np.load(speech_dir / "offsets.npy"),
+                                  codes(edited_dir / "aus_speech.csv"), codes(edited_dir / "aus.csv"),
+                                  np.load(edited_dir / "offsets.npy"), np.asarray(fields, np.float32), camera, cfg,
+                                  curves, fps, box)
 
 
 def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: str = DEFAULT_TEXT,
@@ -217,7 +245,8 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
     edits_path.write_text(json.dumps(edits if edits is not None else DEFAULT_EDITS, indent=2))
     models = load_models(s2au_dir, motion_dir, t2a_dir)
     t0 = time.perf_counter()
-    cam = capture_camera_index(GaussianRig.load(rigs / identity), cfg.infer.camera)  # "front" by default
+    rig = GaussianRig.load(rigs / identity)
+    cam = capture_camera_index(rig, cfg.infer.camera)  # "front" by default
     plain = animate(rigs / identity, wav, models, work / "anim_speech", cfg, camera=str(cam), overwrite=True)
     edited = animate(rigs / identity, wav, models, work / "anim_edited", cfg, text=text, edits_path=edits_path,
                      camera=str(cam), overwrite=True)
@@ -230,20 +259,28 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
 
     tmpl = load_template_infos(shards)[identity]
     cams = json.loads((rigs / identity / "rig.json").read_text())["cameras"]
-    box = _face_box(tmpl.verts[tmpl.face_idx], np.asarray(cams["viewmats"][cam]), np.asarray(cams["Ks"][cam]),
-                    int(cams["width"]), int(cams["height"]))
-    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), cams["names"][cam], box)
+    capture_box = _face_box(tmpl.verts[tmpl.face_idx], np.asarray(cams["viewmats"][cam]),
+                            np.asarray(cams["Ks"][cam]), int(cams["width"]), int(cams["height"]))
+    # the videos are rendered at infer.image_size on the long side (animate.camera_path)
+    box = _scaled_box(capture_box, cfg.infer.image_size / max(int(cams["width"]), int(cams["height"])))
+    grid = _frame_grid(results, clip_frames(shards, identity, meta["clip"], meta["split"]), cams["names"][cam],
+                       capture_box, box)
     pred = tmpl.verts[None] + np.load(plain.out_dir / "offsets.npy")
     gt = clip["verts"][: pred.shape[0]]
     motion = motion_metrics([pred[: gt.shape[0]]], [gt], [tmpl.verts], [tmpl.lip_idx], [tmpl.upper_idx])
     import imageio.v3 as iio
 
     from emodifftalk.edits import parse_edits
-    from emodifftalk.pipeline.demo_metrics import edit_pixel_change, held_out_motion
+    from emodifftalk.pipeline.demo_metrics import edit_face_move_mm, edit_pixel_change, held_out_motion
 
+    curves, fps = parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg)
     pixels = edit_pixel_change(iio.imread(results / "video_speech.mp4", index=None),
-                               iio.imread(results / "video.mp4", index=None),
-                               parse_edits(json.loads(edits_path.read_text())), models.frame_rate(cfg), box)
+                               iio.imread(results / "video.mp4", index=None), curves, fps, box)
+    pixels["face_move_mm"] = edit_face_move_mm(np.load(plain.out_dir / "offsets.npy"),
+                                               np.load(edited.out_dir / "offsets.npy"), rig.facial_idx.numpy(),
+                                               curves, fps)
+    pixels_ideal = _ideal_edit_change(rig, rigs / identity, plain.out_dir, edited.out_dir, str(cam), cfg, curves,
+                                      fps, box)
     clips, templates = _held_out_clips(shards, models.motion_cfg)
     held_out = held_out_motion(models, clips, templates, cfg, _true_fields(cfg), PROBE_AUS,
                                edit_clips=EDIT_CLIPS)
@@ -263,6 +300,7 @@ def run_demo(out: str | Path, cfg: Config, skip: set[str] = frozenset(), text: s
         "motion_speech_pipeline": motion,  # audio → predicted AUs → DDIM → offsets vs tracked meshes
         "held_out_motion": held_out,  # all val + test clips: mean/std/min/max, with baselines
         "edit_pixel_change": pixels,  # edited vs speech-only video, inside vs outside the edit
+        "edit_pixel_change_true_fields": pixels_ideal,  # the same edit moved by the world's AU fields
         "s2au": s2au_report.get("summary", s2au_report),
         "text2au_test": t2a_report.get("summary", t2a_report),
         "rigs": rig_summary,

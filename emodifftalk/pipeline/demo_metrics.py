@@ -4,6 +4,12 @@
   (and its upper / lower half), in the frames where the AU edit is at its plateau vs the frames it
   does not touch. The text prompt acts on every frame, the edit only inside its window, so
   inside − outside is what the edit itself adds to the picture.
+* ``edit_pixel_change_true_fields``: the same figure for a motion model that follows its AU codes
+  exactly (synthetic data only): the speech-only offsets plus the AU change (edited − speech-only
+  codes) moved by the world's own AU displacement fields, both videos rendered the same way. It
+  is what the world's expressions can show at all, so a bar on ``edit_pixel_change`` can be read
+  against it (a model above it moves more than the AUs do, not necessarily in their shape), and
+  ``model_agreement`` says whether the model's picture change has the ideal change's shape.
 * ``held_out_motion``: over **every** held-out clip with tracked meshes (not one clip, one sample),
   the speech-only animation's LVE next to the template-only baseline (no motion), and the motion
   model's AU-edit response (``eval/au_response.py``) with the guidance ``animate`` uses next to no
@@ -17,7 +23,7 @@ import numpy as np
 from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.eval.au_response import au_edit_response
 from emodifftalk.eval.metrics import motion_metrics
-from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
+from emodifftalk.pipeline.animate import camera_path, guidance_reference, motion_offsets, render_frames, speech_aus
 
 PLATEAU_FRACTION = 0.9  # an edit is "at its plateau" where |curve| >= this x its peak
 
@@ -66,6 +72,73 @@ def edit_pixel_change(speech: np.ndarray, edited: np.ndarray, curves, fps: float
     return {"inside_edit": over(inside), "outside_edit": over(outside),
             "frames": {"inside": int(inside.sum()), "outside": int(outside.sum()), "total": n},
             "units": "mean |Δ| in 8-bit levels (0-255)", "box": [int(x0), int(y0), int(x1), int(y1)]}
+
+
+def true_field_offsets(speech_offsets: np.ndarray, speech_aus: np.ndarray, edited_aus: np.ndarray,
+                       fields: np.ndarray) -> np.ndarray:
+    """(T, V, 3) offsets of an ideal AU follower: ``speech_offsets`` (T, V, 3) + Σ_k ΔE_{t,k} D_k,
+    ΔE = ``edited_aus`` − ``speech_aus`` (T, 17), D = ``fields`` (17, V, 3) metres per unit AU."""
+    n = min(len(speech_offsets), len(speech_aus), len(edited_aus))
+    if fields.shape[0] != speech_aus.shape[1] or fields.shape[1:] != speech_offsets.shape[1:]:
+        raise ValueError(f"fields {fields.shape} do not match AU codes {speech_aus.shape} and offsets "
+                         f"{speech_offsets.shape}")
+    change = (edited_aus[:n] - speech_aus[:n]).astype(np.float64)
+    return (speech_offsets[:n] + np.einsum("tk,kvd->tvd", change, fields)).astype(np.float32)
+
+
+def true_field_edit_change(rig, feature_line, speech_offsets: np.ndarray, speech_aus: np.ndarray,
+                           edited_aus: np.ndarray, edited_offsets: np.ndarray, fields: np.ndarray, camera: str, cfg,
+                           curves, fps: float, box: tuple[int, int, int, int]) -> dict:
+    """``edit_pixel_change`` of the ideal AU follower (``true_field_offsets``) against the speech-only
+    offsets, both rendered here on ``rig`` (with its feature line) from ``camera``, plus
+    ``face_move_mm`` (``edit_face_move_mm``) and ``model_agreement``: ``change_agreement`` of the
+    model's ``edited_offsets`` (rendered the same way) with the ideal follower."""
+    import torch
+
+    ideal = true_field_offsets(speech_offsets, speech_aus, edited_aus, fields)
+    n = len(ideal)
+
+    def video(offsets, aus):
+        frames = render_frames(rig, feature_line, torch.from_numpy(np.ascontiguousarray(offsets[:n])),
+                               np.ascontiguousarray(aus[:n], np.float32),
+                               camera_path(rig, camera, n, cfg.infer.image_size), cfg, progress=False)
+        return np.stack(list(frames))
+
+    speech, perfect = video(speech_offsets, speech_aus), video(ideal, edited_aus)
+    out = edit_pixel_change(speech, perfect, curves, fps, box)
+    out["face_move_mm"] = edit_face_move_mm(speech_offsets, ideal, rig.facial_idx.cpu().numpy(), curves, fps)
+    out["model_agreement"] = change_agreement(speech, video(edited_offsets, edited_aus), perfect, curves, fps, box)
+    return out
+
+
+def change_agreement(speech: np.ndarray, edited: np.ndarray, reference: np.ndarray, curves, fps: float,
+                     box: tuple[int, int, int, int]) -> float | None:
+    """Cosine between two signed picture changes, ``edited`` − ``speech`` and ``reference`` −
+    ``speech`` (videos (T, H, W, 3)), over the face ``box`` in the frames where the edit is at its
+    plateau: 1 = the picture changes where and as the reference's does, 0 = unrelated. None when
+    either change is zero there."""
+    n = min(len(speech), len(edited), len(reference))
+    inside, _ = edit_windows(curves, n, fps)
+    x0, y0, x1, y1 = box
+
+    def change(video):
+        return (video[:n][inside, y0:y1, x0:x1].astype(np.float64) - speech[:n][inside, y0:y1, x0:x1]).ravel()
+
+    a, b = change(edited), change(reference)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norm) if norm > 0 else None
+
+
+def edit_face_move_mm(speech_offsets: np.ndarray, edited_offsets: np.ndarray, face_idx: np.ndarray, curves,
+                      fps: float) -> float | None:
+    """Mean distance (mm) between the edited and speech-only positions of the ``face_idx`` vertices
+    over the frames where the edit is at its plateau (None if it never is)."""
+    n = min(len(speech_offsets), len(edited_offsets))
+    inside, _ = edit_windows(curves, n, fps)
+    if not inside.any():
+        return None
+    move = np.linalg.norm(edited_offsets[:n] - speech_offsets[:n], axis=-1)[:, face_idx]
+    return float(1000 * move[inside].mean())
 
 
 def held_out_motion(models, clips: list[dict], templates: dict, cfg, fields_of, probe: list[str],

@@ -47,7 +47,9 @@ def test_demo_writes_the_results_folder(demo):
         assert np.isfinite(held["au_edit_response"][group]["AU01"]["gain"]["mean"])
     pixels = metrics["edit_pixel_change"]  # the brow edit (0.8-3 s) is inside the 2 s clip
     assert pixels["frames"]["inside"] > 0 and pixels["frames"]["outside"] > 0
-    assert pixels["inside_edit"]["upper_face"] >= 0
+    assert pixels["inside_edit"]["upper_face"] >= 0 and pixels["face_move_mm"] > 0
+    ideal = metrics["edit_pixel_change_true_fields"]  # the same AU change moved by the world's own AU fields
+    assert ideal["face_move_mm"] > 0 and ideal["frames"] == pixels["frames"]
     anim = json.loads((results / "animation.json").read_text())
     assert anim["n_frames"] == 50 and anim["text"]["text"] and anim["feature_line"]
     assert metrics["held_out_clip"].split("__")[0] == anim["identity"]
