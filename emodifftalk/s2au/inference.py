@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emodifftalk.au import AU_INDEX
+from emodifftalk.au import AU_INDEX, OPENFACE_MISSING_AUS
 from emodifftalk.config import Config, apply_overrides, load_config
 from emodifftalk.data.audio import AudioError, frame_levels_db, load_audio
 from emodifftalk.models.audio_frontend import (
@@ -212,6 +212,10 @@ class S2AUBundle:
     frontend: AudioFrontend
     cfg: Config
     encoder_id: str
+    # AUs without a single valid training label (AU24 under OpenFace): their heads never learned,
+    # so their outputs are arbitrary; inference reports 0, the value the motion model trains on
+    # for masked labels (train.tasks.motion)
+    unlabelled_aus: tuple[str, ...] = ()
 
 
 def build_s2au_model(cfg: Config, in_dim: int) -> SpeechToAU:
@@ -250,7 +254,9 @@ def load_s2au(model_dir: str | Path, device: str | torch.device = "cpu",
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.to(device).eval()
     frontend.to(device).eval()
-    return S2AUBundle(model=model, frontend=frontend, cfg=cfg, encoder_id=enc)
+    # exports older than this key were all trained on OpenFace-style labels
+    unlabelled = tuple(meta.get("unlabelled_aus", OPENFACE_MISSING_AUS))
+    return S2AUBundle(model=model, frontend=frontend, cfg=cfg, encoder_id=enc, unlabelled_aus=unlabelled)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,6 +291,7 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
     or a bare ``SpeechToAU`` plus its ``frontend`` (windowing from ``cfg.s2au``, default config).
     ``model_dir`` is loaded on every call: for many files, ``load_s2au`` once and pass ``model=``.
     With ``cfg.s2au.silence_gate`` the lips-apart / jaw codes close in silence (:func:`gate_silence`).
+    A bundle's ``unlabelled_aus`` (no training label ever) are reported as 0.
     """
     try:
         fps = float(fps)
@@ -298,7 +305,9 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
         if model_dir is None:
             raise ValueError("predict_aus needs model_dir=EXPORT_DIR (or model=a loaded S2AUBundle)")
         model = load_s2au(model_dir, device=device)
+    unlabelled: tuple[str, ...] = ()
     if isinstance(model, S2AUBundle):
+        unlabelled = model.unlabelled_aus
         frontend = frontend or model.frontend
         cfg = cfg or model.cfg
         model = model.model
@@ -317,4 +326,5 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
                                 cfg.s2au.overlap_seconds, device).numpy()
     if cfg.s2au.silence_gate:
         aus = gate_silence(aus, audio, fps, cfg.s2au)
+    aus[:, [AU_INDEX[name] for name in unlabelled]] = 0.0
     return aus.astype(np.float32)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from s2au_data import write_tiny_shards
 
+from emodifftalk.au import AU_INDEX
 from emodifftalk.config import build_config
 from emodifftalk.train.task import get_task
 
@@ -60,12 +61,15 @@ def test_train_export_predict_eval(shards, tmp_path, capsys):
     export = run_training(get_task("s2au", cfg), tmp_path / "run")
     meta = json.loads((export / "s2au.json").read_text())
     assert meta["in_dim"] == 16 + 2 and meta["encoder_id"].startswith("mel")
+    assert meta["unlabelled_aus"] == ["AU24"], "the OpenFace-style shards never label AU24"
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/au_mae" in m for m in metrics)
     bundle = load_s2au(export)
     audio = 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     out = predict_aus(audio, sample_rate=16000, fps=30.0, model_dir=export)
     assert out.shape == (30, 17)
+    # an untrained head gives arbitrary values; the pipeline gets 0, what the motion model trains on
+    assert np.all(out[:, AU_INDEX["AU24"]] == 0) and np.any(out[:, AU_INDEX["AU25"]] > 0)
     np.testing.assert_allclose(predict_aus(audio, sample_rate=16000, fps=30.0, model=bundle), out, atol=1e-6)
 
     report_path = tmp_path / "metrics.json"

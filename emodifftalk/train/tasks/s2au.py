@@ -106,6 +106,9 @@ class S2AUTask(Task):
         super().__init__(cfg)
         self.stats = SkipStats()
         self._val: list[dict] | None = None  # val clips with features, read once
+        # AUs with at least one valid label in this rank's batches; the export lists the others
+        # (with many steps every rank sees every labelled AU)
+        self.au_labelled = torch.zeros(NUM_AUS, dtype=torch.bool)
 
     # ---- model and data ------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class S2AUTask(Task):
         pred = model(batch["feats"], batch["feats_mask"], n_frames=batch["n_frames"], fps=batch["fps"])
         aus = batch["aus"]
         assert pred.shape == aus.shape, f"prediction {tuple(pred.shape)} vs labels {tuple(aus.shape)}"
+        self.au_labelled |= batch["au_mask"].bool().flatten(0, -2).any(0).cpu()
         return speech_to_au_loss(pred.float(), aus, batch["au_mask"], batch["frame_mask"],
                                  lambda_reg=self.cfg.s2au.lambda_reg, lambda_temp=self.cfg.s2au.lambda_temp)
 
@@ -206,6 +210,8 @@ class S2AUTask(Task):
         meta = {"in_dim": int(model.in_dim), "feature_rate": float(model.feature_rate),
                 "encoder_id": encoder_id(cfg.audio), "frontend": cfg.audio.frontend,
                 "au_names": list(AU_NAMES), "n_aus": NUM_AUS}
+        if self.au_labelled.any():  # else no step ran here (a finished run resumed): loaders assume OpenFace
+            meta["unlabelled_aus"] = [n for n, seen in zip(AU_NAMES, self.au_labelled.tolist()) if not seen]
         atomic_write_text(Path(out_dir) / EXPORT_META, json.dumps(meta, indent=2, sort_keys=True))
 
 
