@@ -7,6 +7,7 @@ from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.cli import main
 from emodifftalk.config import build_config
 from emodifftalk.text2au.model import TextToAU, TextToAUEnsemble
+from emodifftalk.text2au.calibration import apply_thresholds
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
 from emodifftalk.text2au.evaluate import evaluate_model
 from emodifftalk.text2au.metrics import multilabel_metrics
@@ -165,6 +166,9 @@ def test_cli_train_exports_model_and_encoder_info(trained):
     assert info["members"] == 5 and info["concept_cv"]["n_folds"] == 5
     assert 0 <= info["concept_cv"]["calibrated"]["f1_macro"] <= 1
     assert len(info["au_thresholds"]) == NUM_AUS and len(set(info["au_thresholds"])) == 1
+    # compositional reading (default): texts of several clauses have their own calibrated threshold
+    assert info["compose"] == "mean" and len(set(info["au_thresholds_composed"])) == 1
+    assert 0 < info["concept_cv"]["n_rows_composed"] < info["concept_cv"]["n_rows"]
     # epoch schedule: 3 epochs of ceil(n_train / 32) steps
     n_train = info["n_entries"]["train"]
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -188,6 +192,39 @@ def test_predict_api_and_cli_json(trained, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["text"] for x in lines] == ["a furious man", "a sad old woman"]
     assert lines[0]["probs"] == pytest.approx(res[0]["probs"], abs=1e-4)
+
+
+def test_predict_reads_a_composed_text_clause_by_clause(trained):
+    from emodifftalk.text2au.calibration import apply_by_reading
+    from emodifftalk.text2au.compose import compose_probs
+
+    t2a = Text2AU.load(trained)
+    assert t2a.compose == "mean"
+    texts = ["raised brows and a dropped jaw", "not frowning, just smiling", "a furious man"]
+    raw, composed = compose_probs(texts, lambda parts: t2a.raw_probs(parts).numpy(), "mean")
+    assert composed.tolist() == [True, True, False]
+    expected = apply_by_reading(raw, t2a.au_thresholds, t2a.au_thresholds_composed, composed)
+    assert t2a.predict_probs(texts).numpy() == pytest.approx(expected, abs=1e-6)
+    # the negated clause and the whole text it is in do not count: only "just smiling" is read
+    assert t2a.predict_probs(["not frowning, just smiling"]).numpy() == pytest.approx(
+        apply_by_reading(t2a.raw_probs(["just smiling"]).numpy(), t2a.au_thresholds_composed,
+                         t2a.au_thresholds_composed, [True]), abs=1e-6)
+
+
+def test_export_without_composition_reads_whole_texts(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(trained / "export", copy)
+    info = json.loads((copy / INFO_FILE).read_text())
+    for key in ("compose", "au_thresholds_composed"):  # as written before text2au.compose existed
+        del info[key]
+    (copy / INFO_FILE).write_text(json.dumps(info))
+    t2a = Text2AU.load(copy)
+    assert t2a.compose == "none"
+    text = "raised brows and a dropped jaw"
+    whole = apply_thresholds(t2a.raw_probs([text]), t2a.au_thresholds)
+    assert t2a.predict_probs([text]).numpy() == pytest.approx(whole.numpy(), abs=1e-6)
 
 
 def test_predict_bad_inputs(trained, tmp_path, caplog):
