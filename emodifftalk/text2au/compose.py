@@ -13,7 +13,8 @@ text's and the clauses' probabilities are combined (:func:`combine`, ``text2au.c
 * ``max``: the maximum over the whole text and its clauses.
 
 Measured on the concept CV (README): ``mean`` 0.720, ``max`` 0.716, the clauses alone 0.717,
-only dropping negated clauses 0.665, no composition 0.650 (calibrated macro-F1, one model).
+only the negation scope (whole text unless a clause is negated) 0.665, no composition 0.650
+(calibrated macro-F1 of one trained model; clause boundaries at punctuation only: 0.671).
 
 A composed probability runs higher than a whole-text one (a max over several readings), so
 texts read in clauses get their own decision threshold (``composed`` mask,
@@ -21,9 +22,10 @@ texts read in clauses get their own decision threshold (``composed`` mask,
 
 Negation scope: a clause that carries a negation ("not smiling", "no frown", "without
 blinking") describes what the face does *not* do, so it adds nothing. In a text with a negated
-clause the whole-text prediction is left out as well (the kept clauses' maximum is the result), since the pooled vector still contains the
-negated words ("not frowning, just smiling" reads as a frown). A text that is one clause
-("doing her best not to smile") is predicted as a whole: the head was taught such phrasings.
+clause the whole-text prediction is left out as well (the kept clauses' maximum is the result),
+since the pooled vector still contains the negated words ("not frowning, just smiling" reads as
+a frown). A text that is one clause ("doing her best not to smile") is predicted as a whole:
+the head was taught such phrasings.
 
 Pure text handling and numpy; the model is called by :mod:`emodifftalk.text2au.predict`.
 """
@@ -48,7 +50,7 @@ him them me us person man woman boy girl child kid just only also both then even
 
 @dataclass(frozen=True)
 class Reading:
-    """How a text is read: the texts to predict and whether the whole text counts."""
+    """How a text is read: whole, or as its kept clauses (with the whole text unless negated)."""
 
     text: str
     clauses: tuple[str, ...]  # the non-negated clauses (empty for a single-clause text)
