@@ -8,10 +8,11 @@ The head does not change with the reading, so every variant is scored on the sam
 * each ``--texts`` file (hand-written hold-out sets): micro-F1 (P / R) and exact match, with
   the thresholds calibrated on all out-of-concept rows. Hold-out sets are measured, never tuned on.
 
-Variants: ``none`` (whole text), ``mean`` / ``max`` (``text2au.compose``), ``clauses`` (the
-clause maximum alone), ``negation`` (the whole text unless a clause is negated: negation scope
-only), ``punct`` (``mean`` with clause boundaries at punctuation only), ``per_au`` (``mean`` with
-per-AU thresholds).
+A variant is ``READING[+by_reading][+per_au]``. Readings: ``none`` (whole text), ``mean`` /
+``max`` (``text2au.compose``), ``clauses`` (the clause maximum alone), ``negation`` (the whole
+text unless a clause is negated: negation scope only), ``punct`` (``mean`` with clause boundaries
+at punctuation only). ``+by_reading``: texts read in clauses get thresholds of their own
+(``text2au.threshold_by_reading``); ``+per_au``: per-AU thresholds (``text2au.calibration``).
 
 Usage: python benchmarks/text2au_compose_variants.py --model runs/text2au [--variants none,mean]
        [--texts FILE ...] [--out FILE]
@@ -36,18 +37,20 @@ from emodifftalk.text2au.evaluate import HOLDOUT_DATA, load_labelled_texts, text
 from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 
-VARIANTS = ("none", "mean", "max", "clauses", "negation", "punct", "per_au")
+READINGS = ("none", "mean", "max", "clauses", "negation", "punct")
+VARIANTS = ("none", "mean", "mean+by_reading", "mean+per_au", "max", "max+by_reading", "clauses+by_reading",
+            "negation+by_reading", "punct")
 DEFAULT_TEXTS = [HOLDOUT_DATA, HOLDOUT_DATA.parent / "holdout_fresh.jsonl", HOLDOUT_DATA.parent / "holdout_s26.jsonl"]
 _PUNCT = re.compile(r"[,;:]")
 
 
-def read_variant(texts: list[str], predict, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 17) probabilities and (B,) composed mask of ``texts`` under ``variant``."""
-    if variant == "none":
+def read_variant(texts: list[str], predict, reading: str) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 17) probabilities and (B,) composed mask of ``texts`` under ``reading``."""
+    if reading == "none":
         return np.asarray(predict(texts)), np.zeros(len(texts), dtype=bool)
-    if variant in ("mean", "max", "per_au"):
-        return compose.compose_probs(texts, predict, "max" if variant == "max" else "mean")
-    if variant == "punct":
+    if reading in ("mean", "max"):
+        return compose.compose_probs(texts, predict, reading)
+    if reading == "punct":
         saved, compose._BOUNDARY = compose._BOUNDARY, _PUNCT
         try:
             return compose.compose_probs(texts, predict, "mean")
@@ -61,12 +64,12 @@ def read_variant(texts: list[str], predict, variant: str) -> tuple[np.ndarray, n
     for r in readings:
         whole = probs[index[r.text]]
         best = probs[[index[c] for c in r.clauses]].max(0) if r.clauses else whole
-        if variant == "clauses":
+        if reading == "clauses":
             out.append(best)
-        elif variant == "negation":
+        elif reading == "negation":
             out.append(best if r.negated else whole)
         else:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+            raise ValueError(f"unknown reading {reading!r}; expected one of {', '.join(READINGS)}")
     return np.stack(out), np.array([r.composed for r in readings])
 
 
@@ -95,13 +98,20 @@ def main() -> None:
 
     results = {}
     for variant in args.variants.split(","):
-        mode = "per_au" if variant == "per_au" else "global"
+        reading, *flags = variant.split("+")
+        mode = "per_au" if "per_au" in flags else "global"
         oof = np.zeros(labels.shape)
         composed = np.zeros(len(texts), dtype=bool)
         for k in range(cfg.text2au.members):
             rows = np.flatnonzero(row_fold == k)
             oof[rows], composed[rows] = read_variant([texts[i] for i in rows], lambda s, k=k: member_probs(s)[k],
-                                                     variant)
+                                                     reading)
+        by_reading = "by_reading" in flags
+
+        def groups(mask, by_reading=by_reading):
+            return mask if by_reading else np.zeros_like(mask)
+
+        composed = groups(composed)
         nested = np.zeros_like(oof)
         for f in np.unique(row_fold):
             rest, this = row_fold != f, row_fold == f
@@ -113,8 +123,8 @@ def main() -> None:
                "threshold_whole": float(thr[0][0]), "threshold_composed": float(thr[1][0])}
         for path in args.texts:
             items = load_labelled_texts(path)
-            probs, comp = read_variant([it.text for it in items], lambda s: member_probs(s).mean(0), variant)
-            m = texts_metrics(apply_by_reading(probs, *thr, comp), items, 0.5)
+            probs, comp = read_variant([it.text for it in items], lambda s: member_probs(s).mean(0), reading)
+            m = texts_metrics(apply_by_reading(probs, *thr, groups(comp)), items, 0.5)
             res[Path(path).stem] = {"f1": round(m["micro"]["f1"], 3), "precision": round(m["micro"]["precision"], 3),
                                     "recall": round(m["micro"]["recall"], 3), "exact": round(m["exact_match"], 3)}
         results[variant] = res

@@ -421,8 +421,11 @@ class Text2AUConfig:
     threshold: float = 0.5  # decision threshold on the (calibrated) probabilities
     # read a description of several parts clause by clause (text2au/compose.py): "mean" = mean of
     # the whole text's probability and the max over its non-negated clauses, "max" = max over all,
-    # "none" = the whole text only. Concept CV macro-F1 0.720 / 0.716 / 0.650 (README)  # choice
+    # "none" = the whole text only. Concept CV macro-F1 0.731 / 0.732 / 0.650 (README)  # choice
     compose: str = "mean"
+    # texts read in clauses get thresholds of their own (calibrated on the composed rows). Off: one
+    # threshold for all gave concept CV 0.731 vs 0.720 with "mean" (README); "max" needs it  # choice
+    threshold_by_reading: bool = False
     modulation_alpha: float = 1.0  # boost of requested AUs
     modulation_beta: float = 0.5  # attenuation of the others
     modulation_target: float = 0.6  # level of a requested AU that speech leaves at 0  # choice

@@ -15,10 +15,10 @@ of an expression it was never taught.
   thresholds applied to fold k are calibrated on the other folds only), so the calibrated
   number is not measured on the data it was tuned on.
 
-Texts read clause by clause (``text2au.compose``, :mod:`emodifftalk.text2au.compose`) get
-their own thresholds (:func:`calibrate_by_reading`): a combination of several readings runs
-higher than one reading of the whole text, so one threshold for both would be too high for
-one and too low for the other.
+Texts read clause by clause (``text2au.compose``, :mod:`emodifftalk.text2au.compose`) can get
+their own thresholds (:func:`calibrate_by_reading`, ``text2au.threshold_by_reading``): a maximum
+over several readings runs higher than one reading of the whole text. With ``compose=mean`` one
+shared threshold did better on the concept CV, so that is the default.
 
 Calibrated thresholds are applied as a per-AU logit shift (:func:`apply_thresholds`), so the
 exported probabilities keep a single decision threshold (``text2au.threshold``, 0.5).
@@ -78,15 +78,14 @@ def apply_thresholds(probs, thresholds, decision: float = 0.5):
 def calibrate_by_reading(probs: np.ndarray, labels: np.ndarray, composed: np.ndarray, default: float = 0.5,
                          mode: str = "global") -> tuple[np.ndarray, np.ndarray]:
     """(17,) thresholds for texts read whole and (17,) for texts read in clauses (``composed``
-    (N,) bool), each calibrated on its own rows (a group without rows keeps ``default``)."""
+    (N,) bool), each calibrated on its own rows; a group without rows shares the other's (so an
+    all-false ``composed`` gives one calibration for every reading)."""
     probs, labels, composed = np.asarray(probs), np.asarray(labels), np.asarray(composed, dtype=bool)
-
-    def on(rows):
-        if not rows.any():
-            return np.full(NUM_AUS, default, dtype=np.float64)
-        return calibrate_thresholds(probs[rows], labels[rows], default, mode)
-
-    return on(~composed), on(composed)
+    if composed.all() or not composed.any():
+        shared = calibrate_thresholds(probs, labels, default, mode)
+        return shared, shared.copy()
+    return (calibrate_thresholds(probs[~composed], labels[~composed], default, mode),
+            calibrate_thresholds(probs[composed], labels[composed], default, mode))
 
 
 def apply_by_reading(probs, thresholds, composed_thresholds, composed, decision: float = 0.5):

@@ -64,6 +64,7 @@ def test_thresholds_by_reading_are_calibrated_and_applied_per_group():
     assert 0.1 < whole[0] <= 0.45 and 0.6 < comp[0] <= 0.9
     out = apply_by_reading(probs, whole, comp, composed)
     assert ((out >= 0.5) == labels).all()
-    # one shared threshold cannot separate both groups
-    shared = apply_by_reading(probs, whole, whole, composed)
-    assert ((shared >= 0.5) != labels).any()
+    # one shared threshold cannot separate both groups; without groups both thresholds are it
+    shared, same = calibrate_by_reading(probs, labels, np.zeros(400, dtype=bool))
+    assert (shared == same).all()
+    assert ((apply_by_reading(probs, shared, same, composed) >= 0.5) != labels).any()

@@ -299,20 +299,21 @@ class Text2AUTask(Task):
         enc = self._encoder()
         entries = self.entries()
         oof = self.out_of_fold(model)
-        thresholds = None
-        if oof is not None and cfg.text2au.calibration != "none":
-            probs, labels, _, composed = oof
-            thresholds = calibrate_by_reading(probs, labels, composed, cfg.text2au.threshold,
-                                              mode=cfg.text2au.calibration)
-        metrics = {s: _flat_metrics(self.split_metrics(model, s, thresholds)) for s in ("val", "test")
-                   if self._splits is not None and len(self._splits[s])}
-        cv = None
+        thresholds, cv = None, None
         if oof is not None:
-            res = concept_cv(*oof[:3], mode="global" if cfg.text2au.calibration == "none" else cfg.text2au.calibration,
-                             composed=oof[3])
-            cv = {"n_folds": res["n_folds"], "n_rows": len(oof[0]), "n_rows_composed": int(oof[3].sum()),
+            probs, labels, folds, composed = oof
+            # thresholds per reading (whole / in clauses), or one for both
+            groups = composed if cfg.text2au.threshold_by_reading else np.zeros_like(composed)
+            if cfg.text2au.calibration != "none":
+                thresholds = calibrate_by_reading(probs, labels, groups, cfg.text2au.threshold,
+                                                  mode=cfg.text2au.calibration)
+            res = concept_cv(probs, labels, folds, composed=groups,
+                             mode="global" if cfg.text2au.calibration == "none" else cfg.text2au.calibration)
+            cv = {"n_folds": res["n_folds"], "n_rows": len(probs), "n_rows_composed": int(composed.sum()),
                   "at_0.5": _flat_metrics(res["at_0.5"]), "calibrated": _flat_metrics(res["calibrated"]),
                   "per_fold": res["per_fold"]}
+        metrics = {s: _flat_metrics(self.split_metrics(model, s, thresholds)) for s in ("val", "test")
+                   if self._splits is not None and len(self._splits[s])}
         path = self.data_path.resolve() if self.data_path else None
         info = {
             "encoder": cfg.text2au.encoder, "encoder_id": enc.encoder_id, "encoder_dim": enc.dim,
