@@ -6,8 +6,9 @@ the exported config (or passed in) and must be the one the model was trained on:
 ``encoder_id`` is compared with the one recorded in ``text2au.json``.
 
 With ``text2au.compose`` (default ``mean``) a description of several parts is read clause by
-clause (:mod:`emodifftalk.text2au.compose`); such texts get the thresholds calibrated for
-composed readings (``text2au.json`` ``au_thresholds_composed``).
+clause (:mod:`emodifftalk.text2au.compose`), with the thresholds ``text2au.json`` records for
+composed readings (``au_thresholds_composed``: the same as ``au_thresholds`` unless the model was
+trained with ``text2au.threshold_by_reading``).
 
 Probabilities are calibrated: the per-AU thresholds found on out-of-concept predictions at
 training time (``text2au.json`` ``au_thresholds``) are applied as a logit shift, so one decision

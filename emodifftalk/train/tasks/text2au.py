@@ -24,11 +24,17 @@ averaged over the (member, row) pairs a member may see. Text features get Gaussi
 phrasings the data set lacks map to the same AUs. ``text2au.mixup`` adds blends of two labelled
 rows (:func:`concept_mixup`: summed features, united AUs) to the focal BCE.
 
+Reading (``text2au.compose``, :mod:`emodifftalk.text2au.compose`): the head is trained on whole
+texts; at export the training texts are also read clause by clause, each clause by the member
+that never saw the text's concept fold, so the calibration and the concept CV measure the
+reading that inference uses.
+
 The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
 encoder id the features came from, the decision threshold, the thresholds calibrated on the
 out-of-concept predictions (``au_thresholds``, per ``text2au.calibration``), the data file
 fingerprint, the split seed, the val/test (paraphrase split) metrics and the concept
-cross-validation (``concept_cv``).
+cross-validation (``concept_cv``), the reading (``compose``) and the thresholds of texts read in
+clauses (``au_thresholds_composed``).
 """
 
 from __future__ import annotations
