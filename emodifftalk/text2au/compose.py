@@ -12,13 +12,11 @@ text's and the clauses' probabilities are combined (:func:`combine`, ``text2au.c
   votes on what the clauses imply together ("frowning with her mouth hanging open").
 * ``max``: the maximum over the whole text and its clauses.
 
-Measured on the concept CV (README): ``mean`` 0.720, ``max`` 0.716, the clauses alone 0.717,
-only the negation scope (whole text unless a clause is negated) 0.665, no composition 0.650
-(calibrated macro-F1 of one trained model; clause boundaries at punctuation only: 0.671).
-
-A composed probability runs higher than a whole-text one (a max over several readings), so
-texts read in clauses get their own decision threshold (``composed`` mask,
-:mod:`emodifftalk.text2au.calibration`).
+Measured on the concept CV (calibrated macro-F1 of one trained model, README and
+``benchmarks/text2au_compose_variants.py``): ``mean`` 0.731, ``max`` 0.732 (but its threshold,
+0.65, starves one-clause prompts), no composition 0.650; clause boundaries at punctuation only
+0.677. Texts read in clauses can get a threshold of their own (``text2au.threshold_by_reading``,
+:mod:`emodifftalk.text2au.calibration`): with ``mean`` one shared threshold did better (0.720).
 
 Negation scope: a clause that carries a negation ("not smiling", "no frown", "without
 blinking") describes what the face does *not* do, so it adds nothing. In a text with a negated
