@@ -16,7 +16,8 @@ Measured on the concept CV (calibrated macro-F1 of one trained model, README and
 ``benchmarks/text2au_compose_variants.py``): ``mean`` 0.731, ``max`` 0.732 (but its threshold,
 0.65, starves one-clause prompts), no composition 0.650; clause boundaries at punctuation only
 0.677. Texts read in clauses can get a threshold of their own (``text2au.threshold_by_reading``,
-:mod:`emodifftalk.text2au.calibration`): with ``mean`` one shared threshold did better (0.720).
+:mod:`emodifftalk.text2au.calibration`); with ``mean`` that scored 0.720, so by default one
+threshold is shared.
 
 Negation scope: a clause that carries a negation ("not smiling", "no frown", "without
 blinking") describes what the face does *not* do, so it adds nothing. In a text with a negated

@@ -290,7 +290,7 @@ def test_one_place_owns_the_learning_rate(tmp_path):
     paper = build_config("paper")
     assert (paper.train.lr, paper.train.weight_decay, paper.train.betas) == (1e-4, 0.01, (0.9, 0.999))
     assert (paper.text2au.epochs, paper.data.batch_size) == (300, 128)
-    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=1", "data.batch_size=64",
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=3", "data.batch_size=32",
                                 "train.lr=1e-4", "text2au.members=1"])
     summary = train_text2au(cfg, tmp_path / "run")
     assert cfg.train.lr == 1e-4 and summary["concept_cv"] == {}
@@ -312,3 +312,25 @@ def test_train_refuses_a_used_folder_before_encoding(tmp_path):
     cfg = build_config("tiny", ["text2au.encoder=hashing"])
     with pytest.raises(FileExistsError, match="already has checkpoints"):
         train_text2au(cfg, tmp_path, encoder=NoEncoding())
+
+
+def test_thresholds_by_reading_are_calibrated_on_their_own_rows(tmp_path):
+    from emodifftalk.text2au.calibration import calibrate_by_reading
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=3", "data.batch_size=32",
+                                "text2au.threshold_by_reading=true", "text2au.calibration=per_au"])
+    summary = train_text2au(cfg, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "export" / INFO_FILE).read_text())
+    assert info["compose"] == "mean" and summary["concept_cv"]["n_rows_composed"] > 0
+    assert len(info["au_thresholds"]) == len(info["au_thresholds_composed"]) == NUM_AUS
+    # the export's thresholds are the ones calibrate_by_reading finds on the out-of-fold rows
+    t2a = Text2AU.load(tmp_path / "run")
+    task = Text2AUTask(cfg, cache_dir=tmp_path / "run" / "features", encoder=t2a.encoder)
+    task.prepare()
+    probs, labels, _, composed = task.out_of_fold(t2a.model)
+    whole, comp = calibrate_by_reading(probs, labels, composed, mode="per_au")
+    shared, _ = calibrate_by_reading(probs, labels, composed & False, mode="per_au")
+    assert (whole != shared).any() or (comp != shared).any()  # else this test could not tell them apart
+    assert info["au_thresholds"] == pytest.approx(whole.tolist())
+    assert info["au_thresholds_composed"] == pytest.approx(comp.tolist())
