@@ -419,6 +419,13 @@ class Text2AUConfig:
     # decision thresholds from the out-of-concept predictions: "global" | "per_au" | "none"  # choice
     calibration: str = "global"
     threshold: float = 0.5  # decision threshold on the (calibrated) probabilities
+    # read a description of several parts clause by clause (text2au/compose.py): "mean" = mean of
+    # the whole text's probability and the max over its non-negated clauses, "max" = max over all,
+    # "none" = the whole text only. Concept CV macro-F1 0.731 / 0.732 / 0.650 (README)  # choice
+    compose: str = "mean"
+    # texts read in clauses get thresholds of their own (calibrated on the composed rows). Off: one
+    # threshold for all gave concept CV 0.731 vs 0.720 with "mean" (README); "max" needs it  # choice
+    threshold_by_reading: bool = False
     modulation_alpha: float = 1.0  # boost of requested AUs
     modulation_beta: float = 0.5  # attenuation of the others
     modulation_target: float = 0.6  # level of a requested AU that speech leaves at 0  # choice
@@ -441,6 +448,7 @@ class Text2AUConfig:
         _check(self.feature_noise >= 0, "text2au.feature_noise must be >= 0")
         _check(self.mixup >= 0, "text2au.mixup must be >= 0")
         _check(self.calibration in ("none", "global", "per_au"), "text2au.calibration must be none, global or per_au")
+        _check(self.compose in ("none", "mean", "max"), "text2au.compose must be none, mean or max")
         _check(self.max_text_chars >= 1, "text2au.max_text_chars must be >= 1")
         _check(len(self.minilm_layers) >= 1 and len(set(self.minilm_layers)) == len(self.minilm_layers)
                and all(1 <= v <= 6 for v in self.minilm_layers),

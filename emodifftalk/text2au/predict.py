@@ -5,6 +5,11 @@
 the exported config (or passed in) and must be the one the model was trained on: its
 ``encoder_id`` is compared with the one recorded in ``text2au.json``.
 
+With ``text2au.compose`` (default ``mean``) a description of several parts is read clause by
+clause (:mod:`emodifftalk.text2au.compose`), with the thresholds ``text2au.json`` records for
+composed readings (``au_thresholds_composed``: the same as ``au_thresholds`` unless the model was
+trained with ``text2au.threshold_by_reading``).
+
 Probabilities are calibrated: the per-AU thresholds found on out-of-concept predictions at
 training time (``text2au.json`` ``au_thresholds``) are applied as a logit shift, so one decision
 threshold (``threshold``, 0.5) holds for every AU and the probabilities that drive modulation
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,8 +29,9 @@ from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.config import load_config
 from emodifftalk.text2au.model import TextToAUEnsemble
 from emodifftalk.safetensors_io import load_tensors
-from emodifftalk.text2au.calibration import apply_thresholds
-from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder, build_encoder, encoder_dim
+from emodifftalk.text2au.calibration import apply_by_reading
+from emodifftalk.text2au.compose import compose_probs
+from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder, build_encoder, encoder_dim, prepare_texts
 
 INFO_FILE = "text2au.json"  # the export's Text-to-AU record: encoder, thresholds, metrics
 
@@ -52,13 +59,16 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
 
 class Text2AU:
     def __init__(self, model: torch.nn.Module, encoder: TextEncoder, threshold: float, info: dict,
-                 model_dir: Path | None = None):
+                 model_dir: Path | None = None, compose: str = "none"):
         self.model = model.eval()
         self.encoder = encoder
         self.threshold = float(threshold)
+        self.compose = compose
         self.info = info
         self.model_dir = model_dir
         self.au_thresholds = info.get("au_thresholds")  # (17,) or None: no calibration
+        # texts read in clauses; exports without composition have none
+        self.au_thresholds_composed = info.get("au_thresholds_composed") or self.au_thresholds
 
     @property
     def encoder_id(self) -> str:
@@ -89,18 +99,28 @@ class Text2AU:
             raise ValueError(f"{d / 'model.safetensors'} does not fit the Text-to-AU heads its config.json "
                              f"describes: {e}") from None
         model.to(device)
-        return cls(model, encoder, info.get("threshold", cfg.text2au.threshold), info, d)
+        # the reading the thresholds were calibrated for (exports before composition: none)
+        return cls(model, encoder, info.get("threshold", cfg.text2au.threshold), info, d,
+                   compose=info.get("compose", "none"))
 
     @torch.no_grad()
-    def predict_probs(self, texts: list[str] | str) -> Tensor:
-        """(B,) texts -> (B, 17) AU probabilities (CPU float32)."""
+    def raw_probs(self, texts: list[str]) -> Tensor:
+        """(B,) texts -> (B, 17) ensemble probabilities of each text as a whole, uncalibrated."""
         feats = self.encoder.encode(texts)
         device = next(self.model.parameters()).device
-        probs = torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
+        return torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
+
+    def predict_probs(self, texts: list[str] | str) -> Tensor:
+        """(B,) texts -> (B, 17) AU probabilities (CPU float32)."""
+        texts = prepare_texts(texts, self.encoder.max_chars)  # clear errors before any clause is read
+        if self.compose == "none":
+            probs, composed = self.raw_probs(texts).numpy(), np.zeros(len(texts), dtype=bool)
+        else:
+            probs, composed = compose_probs(texts, lambda parts: self.raw_probs(parts).numpy(), self.compose)
         if self.au_thresholds is not None:
-            probs = apply_thresholds(probs, self.au_thresholds, self.threshold)
-        assert probs.shape == (feats.shape[0], NUM_AUS)
-        return probs
+            probs = apply_by_reading(probs, self.au_thresholds, self.au_thresholds_composed, composed, self.threshold)
+        assert probs.shape == (len(texts), NUM_AUS)
+        return torch.as_tensor(probs, dtype=torch.float32)
 
     def predict(self, texts: list[str] | str, threshold: float | None = None) -> list[dict]:
         """One ``{"text", "probs": {AU: p}, "aus": [active AU names]}`` per text."""

@@ -187,7 +187,10 @@ def test_concept_folds_share_no_concept_or_au_vector_and_are_balanced(shipped):
         concept_folds(train, 1)
 
 
-@pytest.mark.parametrize("name, min_size", [("holdout_eval.jsonl", 80), ("holdout_fresh.jsonl", 40)])
+HOLDOUT_SETS = [("holdout_eval.jsonl", 80), ("holdout_fresh.jsonl", 40), ("holdout_s26.jsonl", 60)]
+
+
+@pytest.mark.parametrize("name, min_size", HOLDOUT_SETS)
 def test_holdout_sets_are_kept_apart_from_the_training_data(shipped, name, min_size):
     from emodifftalk.text2au.evaluate import HOLDOUT_DATA, load_labelled_texts
 
@@ -195,3 +198,14 @@ def test_holdout_sets_are_kept_apart_from_the_training_data(shipped, name, min_s
     assert len(held) >= min_size and len({h.style for h in held}) >= 6
     seen = {normalize_text(t) for e in shipped for t in (e.description, *e.positives, *e.negatives)}
     assert not [h.text for h in held if normalize_text(h.text) in seen]
+
+
+def test_holdout_sets_share_no_sentence():
+    from emodifftalk.text2au.evaluate import HOLDOUT_DATA, load_labelled_texts
+
+    seen: dict[str, str] = {}
+    for name, _ in HOLDOUT_SETS:
+        for h in load_labelled_texts(HOLDOUT_DATA.parent / name):
+            key = normalize_text(h.text)
+            assert key not in seen, f"{h.text!r} is in {name} and {seen[key]}"
+            seen[key] = name

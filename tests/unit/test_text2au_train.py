@@ -7,6 +7,7 @@ from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.cli import main
 from emodifftalk.config import build_config
 from emodifftalk.text2au.model import TextToAU, TextToAUEnsemble
+from emodifftalk.text2au.calibration import apply_thresholds
 from emodifftalk.text2au.encoders import EncoderMismatchError, HashingEncoder
 from emodifftalk.text2au.evaluate import evaluate_model
 from emodifftalk.text2au.metrics import multilabel_metrics
@@ -165,6 +166,9 @@ def test_cli_train_exports_model_and_encoder_info(trained):
     assert info["members"] == 5 and info["concept_cv"]["n_folds"] == 5
     assert 0 <= info["concept_cv"]["calibrated"]["f1_macro"] <= 1
     assert len(info["au_thresholds"]) == NUM_AUS and len(set(info["au_thresholds"])) == 1
+    # compositional reading (default), one threshold shared by texts read whole and in clauses
+    assert info["compose"] == "mean" and info["au_thresholds_composed"] == info["au_thresholds"]
+    assert 0 < info["concept_cv"]["n_rows_composed"] < info["concept_cv"]["n_rows"]
     # epoch schedule: 3 epochs of ceil(n_train / 32) steps
     n_train = info["n_entries"]["train"]
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -188,6 +192,39 @@ def test_predict_api_and_cli_json(trained, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["text"] for x in lines] == ["a furious man", "a sad old woman"]
     assert lines[0]["probs"] == pytest.approx(res[0]["probs"], abs=1e-4)
+
+
+def test_predict_reads_a_composed_text_clause_by_clause(trained):
+    from emodifftalk.text2au.calibration import apply_by_reading
+    from emodifftalk.text2au.compose import compose_probs
+
+    t2a = Text2AU.load(trained)
+    assert t2a.compose == "mean"
+    texts = ["raised brows and a dropped jaw", "not frowning, just smiling", "a furious man"]
+    raw, composed = compose_probs(texts, lambda parts: t2a.raw_probs(parts).numpy(), "mean")
+    assert composed.tolist() == [True, True, False]
+    expected = apply_by_reading(raw, t2a.au_thresholds, t2a.au_thresholds_composed, composed)
+    assert t2a.predict_probs(texts).numpy() == pytest.approx(expected, abs=1e-6)
+    # the negated clause and the whole text it is in do not count: only "just smiling" is read
+    assert t2a.predict_probs(["not frowning, just smiling"]).numpy() == pytest.approx(
+        apply_by_reading(t2a.raw_probs(["just smiling"]).numpy(), t2a.au_thresholds_composed,
+                         t2a.au_thresholds_composed, [True]), abs=1e-6)
+
+
+def test_export_without_composition_reads_whole_texts(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(trained / "export", copy)
+    info = json.loads((copy / INFO_FILE).read_text())
+    for key in ("compose", "au_thresholds_composed"):  # as written before text2au.compose existed
+        del info[key]
+    (copy / INFO_FILE).write_text(json.dumps(info))
+    t2a = Text2AU.load(copy)
+    assert t2a.compose == "none"
+    text = "raised brows and a dropped jaw"
+    whole = apply_thresholds(t2a.raw_probs([text]), t2a.au_thresholds)
+    assert t2a.predict_probs([text]).numpy() == pytest.approx(whole.numpy(), abs=1e-6)
 
 
 def test_predict_bad_inputs(trained, tmp_path, caplog):
@@ -253,7 +290,7 @@ def test_one_place_owns_the_learning_rate(tmp_path):
     paper = build_config("paper")
     assert (paper.train.lr, paper.train.weight_decay, paper.train.betas) == (1e-4, 0.01, (0.9, 0.999))
     assert (paper.text2au.epochs, paper.data.batch_size) == (300, 128)
-    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=1", "data.batch_size=64",
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=3", "data.batch_size=32",
                                 "train.lr=1e-4", "text2au.members=1"])
     summary = train_text2au(cfg, tmp_path / "run")
     assert cfg.train.lr == 1e-4 and summary["concept_cv"] == {}
@@ -275,3 +312,25 @@ def test_train_refuses_a_used_folder_before_encoding(tmp_path):
     cfg = build_config("tiny", ["text2au.encoder=hashing"])
     with pytest.raises(FileExistsError, match="already has checkpoints"):
         train_text2au(cfg, tmp_path, encoder=NoEncoding())
+
+
+def test_thresholds_by_reading_are_calibrated_on_their_own_rows(tmp_path):
+    from emodifftalk.text2au.calibration import calibrate_by_reading
+    from emodifftalk.train.tasks.text2au import train_text2au
+
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.epochs=3", "data.batch_size=32",
+                                "text2au.threshold_by_reading=true", "text2au.calibration=per_au"])
+    summary = train_text2au(cfg, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "export" / INFO_FILE).read_text())
+    assert info["compose"] == "mean" and summary["concept_cv"]["n_rows_composed"] > 0
+    assert len(info["au_thresholds"]) == len(info["au_thresholds_composed"]) == NUM_AUS
+    # the export's thresholds are the ones calibrate_by_reading finds on the out-of-fold rows
+    t2a = Text2AU.load(tmp_path / "run")
+    task = Text2AUTask(cfg, cache_dir=tmp_path / "run" / "features", encoder=t2a.encoder)
+    task.prepare()
+    probs, labels, _, composed = task.out_of_fold(t2a.model)
+    whole, comp = calibrate_by_reading(probs, labels, composed, mode="per_au")
+    shared, _ = calibrate_by_reading(probs, labels, composed & False, mode="per_au")
+    assert (whole != shared).any() or (comp != shared).any()  # else this test could not tell them apart
+    assert info["au_thresholds"] == pytest.approx(whole.tolist())
+    assert info["au_thresholds_composed"] == pytest.approx(comp.tolist())

@@ -24,11 +24,17 @@ averaged over the (member, row) pairs a member may see. Text features get Gaussi
 phrasings the data set lacks map to the same AUs. ``text2au.mixup`` adds blends of two labelled
 rows (:func:`concept_mixup`: summed features, united AUs) to the focal BCE.
 
+Reading (``text2au.compose``, :mod:`emodifftalk.text2au.compose`): the head is trained on whole
+texts; at export the training texts are also read clause by clause, each clause by the member
+that never saw the text's concept fold, so the calibration and the concept CV measure the
+reading that inference uses.
+
 The export directory gets ``text2au.json`` next to ``model.safetensors`` / ``config.json``: the
 encoder id the features came from, the decision threshold, the thresholds calibrated on the
 out-of-concept predictions (``au_thresholds``, per ``text2au.calibration``), the data file
 fingerprint, the split seed, the val/test (paraphrase split) metrics and the concept
-cross-validation (``concept_cv``).
+cross-validation (``concept_cv``), the reading (``compose``) and the thresholds of texts read in
+clauses (``au_thresholds_composed``).
 """
 
 from __future__ import annotations
@@ -42,13 +48,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from emodifftalk.au import AU_NAMES
 from emodifftalk.config import Config
 from emodifftalk.distributed.seed import torch_generator
-from emodifftalk.text2au.calibration import apply_thresholds, calibrate_thresholds, concept_cv
+from emodifftalk.text2au.calibration import apply_by_reading, calibrate_by_reading, concept_cv
+from emodifftalk.text2au.compose import compose_probs
 from emodifftalk.text2au.dataset import (
     DATA_VERSION,
     SPLITS,
@@ -100,6 +108,7 @@ class Text2AUTask(Task):
         self.split_seed = split_seed
         self.encoder = encoder
         self._splits: dict[str, SplitTensors] | None = None
+        self._cache = None  # FeatureCache / _MemoryCache after prepare(): clauses are encoded through it
         self._entries: dict[str, list[Entry]] | None = None
         self.data_sha256: str | None = None
 
@@ -156,6 +165,7 @@ class Text2AUTask(Task):
                 positives=feats[n:4 * n].reshape(n, 3, enc.dim), negatives=feats[4 * n:].reshape(n, 3, enc.dim),
                 labels=torch.tensor([e.aus for e in entries], dtype=torch.float32), fold=fold)
         cache.save()
+        self._cache = cache
         log.info("text2au: encoded %s with %s in %.1fs", {k: len(v) for k, v in out.items()}, enc.encoder_id,
                  time.perf_counter() - t0)
         self._splits = out
@@ -232,32 +242,59 @@ class Text2AUTask(Task):
 
     @torch.no_grad()
     def split_metrics(self, model: nn.Module, split: str, thresholds=None) -> dict | None:
-        """Metrics of the ensemble on a split (``thresholds``: per-AU calibration, else the plain threshold)."""
+        """Metrics of the ensemble on a split (``thresholds``: the (whole, composed) per-AU
+        calibration, else the plain threshold)."""
         cfg = self.cfg
         data = self.prepare()[split]
         if len(data) == 0:
             return None
-        device = next(model.parameters()).device
-        probs = torch.sigmoid(model(data.anchor.to(device))["logits"].float()).cpu().numpy()
+        if cfg.text2au.compose == "none":
+            device = next(model.parameters()).device
+            probs = torch.sigmoid(model(data.anchor.to(device))["logits"].float()).cpu().numpy()
+            composed = np.zeros(len(data), dtype=bool)
+        else:  # the ensemble's probability is the mean of its members'
+            texts = [e.description for e in self.entries()[split]]
+            probs, composed = compose_probs(texts, lambda parts: self._member_probs(model, parts).mean(0),
+                                            cfg.text2au.compose)
         if thresholds is not None:
-            probs = apply_thresholds(probs, thresholds, cfg.text2au.threshold)
+            probs = apply_by_reading(probs, *thresholds, composed, cfg.text2au.threshold)
         return multilabel_metrics(probs, data.labels.numpy(), cfg.text2au.threshold)
 
     @torch.no_grad()
     def out_of_fold(self, model: nn.Module) -> tuple | None:
-        """(probs, labels, folds) of the training anchors and paraphrases, each row predicted by
-        the member that never saw its concept fold; ``None`` for a single-member model."""
+        """(probs, labels, folds, composed) of the training anchors and paraphrases, each row
+        predicted by the member that never saw its concept fold (clause by clause where
+        ``text2au.compose`` reads it so: ``composed``); ``None`` for a single-member model."""
         data = self.prepare()["train"]
-        if self.cfg.text2au.members < 2 or len(data) == 0:
+        t = self.cfg.text2au
+        if t.members < 2 or len(data) == 0:
             return None
-        device = next(model.parameters()).device
         n, P, D = data.positives.shape
-        feats = torch.cat([data.anchor, data.positives.reshape(n * P, D)]).to(device)
         folds = torch.cat([data.fold, data.fold.repeat_interleave(P)])
-        logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
-        probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
         labels = torch.cat([data.labels, data.labels.repeat_interleave(P, dim=0)]).numpy()
-        return probs, labels, folds.numpy()
+        if t.compose == "none":
+            device = next(model.parameters()).device
+            feats = torch.cat([data.anchor, data.positives.reshape(n * P, D)]).to(device)
+            logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
+            probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
+            return probs, labels, folds.numpy(), np.zeros(len(folds), dtype=bool)
+        entries = self.entries()["train"]
+        texts = [e.description for e in entries] + [p for e in entries for p in e.positives]
+        probs = np.zeros(labels.shape, dtype=np.float64)
+        composed = np.zeros(len(texts), dtype=bool)
+        for k in range(t.members):
+            rows = torch.nonzero(folds == k).flatten().numpy()
+            if rows.size:
+                probs[rows], composed[rows] = compose_probs(
+                    [texts[i] for i in rows], lambda parts, k=k: self._member_probs(model, parts)[k], t.compose)
+        self._cache.save()  # the clauses' features, for the next run on this folder
+        return probs, labels, folds.numpy(), composed
+
+    @torch.no_grad()
+    def _member_probs(self, model: nn.Module, texts: list[str]) -> np.ndarray:
+        """(K, N, 17) every member's probabilities for texts (features through the task's cache)."""
+        feats = self._cache.encode(texts).to(next(model.parameters()).device)
+        return torch.sigmoid(model(feats)["member_logits"].float()).cpu().numpy()
 
     def validate(self, model: nn.Module, step: int) -> Validation:
         m = self.split_metrics(model, "val")
@@ -268,22 +305,28 @@ class Text2AUTask(Task):
         enc = self._encoder()
         entries = self.entries()
         oof = self.out_of_fold(model)
-        thresholds = None
-        if oof is not None and cfg.text2au.calibration != "none":
-            thresholds = calibrate_thresholds(oof[0], oof[1], cfg.text2au.threshold, mode=cfg.text2au.calibration)
+        thresholds, cv = None, None
+        if oof is not None:
+            probs, labels, folds, composed = oof
+            # thresholds per reading (whole / in clauses), or one for both
+            groups = composed if cfg.text2au.threshold_by_reading else np.zeros_like(composed)
+            if cfg.text2au.calibration != "none":
+                thresholds = calibrate_by_reading(probs, labels, groups, cfg.text2au.threshold,
+                                                  mode=cfg.text2au.calibration)
+            res = concept_cv(probs, labels, folds, composed=groups,
+                             mode="global" if cfg.text2au.calibration == "none" else cfg.text2au.calibration)
+            cv = {"n_folds": res["n_folds"], "n_rows": len(probs), "n_rows_composed": int(composed.sum()),
+                  "at_0.5": _flat_metrics(res["at_0.5"]), "calibrated": _flat_metrics(res["calibrated"]),
+                  "per_fold": res["per_fold"]}
         metrics = {s: _flat_metrics(self.split_metrics(model, s, thresholds)) for s in ("val", "test")
                    if self._splits is not None and len(self._splits[s])}
-        cv = None
-        if oof is not None:
-            res = concept_cv(*oof, mode="global" if cfg.text2au.calibration == "none" else cfg.text2au.calibration)
-            cv = {"n_folds": res["n_folds"], "n_rows": len(oof[0]), "at_0.5": _flat_metrics(res["at_0.5"]),
-                  "calibrated": _flat_metrics(res["calibrated"]), "per_fold": res["per_fold"]}
         path = self.data_path.resolve() if self.data_path else None
         info = {
             "encoder": cfg.text2au.encoder, "encoder_id": enc.encoder_id, "encoder_dim": enc.dim,
             "threshold": cfg.text2au.threshold, "au_names": list(AU_NAMES),
-            "au_thresholds": None if thresholds is None else [round(float(v), 4) for v in thresholds],
-            "members": cfg.text2au.members,
+            "au_thresholds": None if thresholds is None else [round(float(v), 4) for v in thresholds[0]],
+            "au_thresholds_composed": None if thresholds is None else [round(float(v), 4) for v in thresholds[1]],
+            "members": cfg.text2au.members, "compose": cfg.text2au.compose,
             "data_path": str(path) if path else None, "data_sha256": self.data_sha256,
             "data_version": DATA_VERSION, "split_seed": self.split_seed,
             "n_entries": {s: len(v) for s, v in entries.items()}, "metrics": metrics, "concept_cv": cv,
