@@ -44,7 +44,10 @@ class SynthConfig:
     clips_per_identity: int = 4
     clip_seconds: float = 4.0
     fps: float = 25.0
-    n_cameras: int = 4
+    n_cameras: int = 4  # cameras on the frontal arc
+    # "arc": the frontal arc only; "dome": the arc plus rows behind and above the head
+    # (data/synthetic/writer.py DOME_ROWS), so every side of the head is captured  # choice
+    camera_layout: str = "arc"
     image_size: int = 128
     mesh_resolution: int = 40  # template vertices ~ resolution^2 (sphere-ish head grid)
     n_free_points: int = 1500  # hair / shoulder Gaussians of the ground-truth head
@@ -64,6 +67,7 @@ class SynthConfig:
         _check(self.clip_seconds > 0.2, "synth.clip_seconds must be > 0.2")
         _check(self.fps > 0, "synth.fps must be positive")
         _check(self.n_cameras >= 2, "synth.n_cameras must be >= 2 (one is held out for rig eval)")
+        _check(self.camera_layout in ("arc", "dome"), "synth.camera_layout must be 'arc' or 'dome'")
         _check(16 <= self.image_size <= 2048, "synth.image_size must be in [16, 2048]")
         _check(self.mesh_resolution >= 8, "synth.mesh_resolution must be >= 8")
         _check(self.n_free_points >= 0, "synth.n_free_points must be >= 0")
