@@ -53,7 +53,7 @@ EVAL_RING_ELEVATION_DEG = 12.0  # the held-out ring sits above the training arc,
 # ``synth.camera_layout=dome``: rows added after the frontal arc, (elevation°, azimuths°), like
 # RenderMe-360's 60 cameras all around the head at several heights (about -25° to +30°). Every
 # azimuth and elevation differs from the held-out ring's (12°; ±22.5°, ±67.5° ...), whose views
-# are 14-24° from the nearest capture camera.  # choice
+# are 14-24° from the nearest capture camera (angles at the look-at point).  # choice
 DOME_ROWS = ((0.0, (90.0, -90.0, 140.0, -140.0, 180.0)),  # the back of the head, level
              (35.0, (0.0, 60.0, -60.0, 120.0, -120.0, 180.0)))  # the scalp and shoulders from above
 
