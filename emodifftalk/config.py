@@ -44,7 +44,10 @@ class SynthConfig:
     clips_per_identity: int = 4
     clip_seconds: float = 4.0
     fps: float = 25.0
-    n_cameras: int = 4
+    n_cameras: int = 4  # cameras on the frontal arc
+    # "arc": the frontal arc only; "dome": the arc plus rows behind and above the head
+    # (data/synthetic/writer.py DOME_ROWS), so every side of the head is captured  # choice
+    camera_layout: str = "arc"
     image_size: int = 128
     mesh_resolution: int = 40  # template vertices ~ resolution^2 (sphere-ish head grid)
     n_free_points: int = 1500  # hair / shoulder Gaussians of the ground-truth head
@@ -64,6 +67,7 @@ class SynthConfig:
         _check(self.clip_seconds > 0.2, "synth.clip_seconds must be > 0.2")
         _check(self.fps > 0, "synth.fps must be positive")
         _check(self.n_cameras >= 2, "synth.n_cameras must be >= 2 (one is held out for rig eval)")
+        _check(self.camera_layout in ("arc", "dome"), "synth.camera_layout must be 'arc' or 'dome'")
         _check(16 <= self.image_size <= 2048, "synth.image_size must be in [16, 2048]")
         _check(self.mesh_resolution >= 8, "synth.mesh_resolution must be >= 8")
         _check(self.n_free_points >= 0, "synth.n_free_points must be >= 0")
@@ -159,6 +163,10 @@ class RigConfig:
     # harmonic extension of the seen colours over the mesh, during the fit and at baking, not the
     # triplane's guess, which repeats the face there (rig/visibility.py)  # choice
     fill_unseen: bool = True
+    # free points follow the mesh's local motion fully within half this distance (in mean edge
+    # lengths) of their nearest template vertex, not at all beyond it: neck and shoulders stay
+    # rigid with the head instead of swinging with the jaw (rig/binding.py; 0 = all follow)  # choice
+    free_follow_radius: float = 4.0
     holdout_camera: int = -1  # index of the held-out eval camera (-1 = last)
     cameras_per_step: int = 0  # training cameras rendered per step (0 = all; a random subset otherwise)
     neutral_frame: int = 0
@@ -175,6 +183,7 @@ class RigConfig:
         _check(self.num_cpus_per_task > 0, "rig.num_cpus_per_task must be > 0")
         _check(self.cameras_per_step >= 0, "rig.cameras_per_step must be >= 0")
         _check(self.lambda_alpha >= 0, "rig.lambda_alpha must be >= 0")
+        _check(self.free_follow_radius >= 0, "rig.free_follow_radius must be >= 0")
 
 
 LEVEL_DIM = 2  # level channels the front ends append when audio.level_features (audio_frontend.py)
@@ -495,6 +504,15 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation options that are not a model's."""
+
+    # LPIPS weights on local disk (comma-separated files: torchvision's AlexNet + the lpips
+    # package's v0.1 alex.pth; eval/lpips.py); "" = no LPIPS. Never downloaded.
+    lpips_weights: str = ""
+
+
+@dataclass
 class InferConfig:
     """Rendering of `animate` and the viewer (the motion sampler's knobs are in ``diffusion``)."""
 
@@ -520,6 +538,7 @@ class Config:
     text2au: Text2AUConfig = field(default_factory=Text2AUConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

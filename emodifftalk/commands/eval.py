@@ -127,21 +127,34 @@ def _register_rig(sub) -> None:
                    help="score each rig with and without its feature line")
     p.add_argument("--max-frames", type=int, default=None, help="rendered frames per clip (default: all)")
     _add_common(p)
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                   help="eval.lpips_weights=FILE[,FILE] adds LPIPS from local weights (torchvision's AlexNet "
+                   "+ the lpips package's v0.1 alex.pth; never downloaded)")
     p.set_defaults(func=_run_rig)
 
 
 def _run_rig(args: argparse.Namespace) -> int:
     """Render each rig, driven by the tracked meshes, from the held-out ring of cameras that
     `emodifftalk synth` renders (never packed) and from its capture cameras; report PSNR/SSIM per
-    camera (emodifftalk/eval/rig.py). Prints the table; with --out writes JSON + markdown."""
+    camera (emodifftalk/eval/rig.py), and LPIPS with eval.lpips_weights=FILE[,FILE]. Prints the
+    table; with --out writes JSON + markdown."""
     from pathlib import Path
 
+    from emodifftalk.config import Config, apply_overrides
+    from emodifftalk.eval.lpips import LPIPSError, check_lpips_weights, load_lpips
     from emodifftalk.eval.rig import REPORT_JSON, evaluate_rig, format_table
     from emodifftalk.utils import atomic_write_text, ensure_writable
 
+    cfg = Config()
+    apply_overrides(cfg, list(args.overrides))
+    cfg.validate()
+    try:  # the weights before any rendering
+        lpips = load_lpips(cfg.eval.lpips_weights, args.device) if check_lpips_weights(cfg.eval.lpips_weights) else None
+    except LPIPSError as e:
+        raise SystemExit(f"emodifftalk eval rig: {e}") from None
     out = ensure_writable(args.out) if args.out else None
     settings = [True, False] if args.compare_feature_line else [not args.no_feature_line]
-    reports = [evaluate_rig(d, args.data, feature_line=line, max_frames_per_clip=args.max_frames)
+    reports = [evaluate_rig(d, args.data, feature_line=line, max_frames_per_clip=args.max_frames, lpips=lpips)
                for d in args.rig_dirs for line in settings]
     table = format_table(reports)
     print(table)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emodifftalk.cli import config_from_args
-    from emodifftalk.data.synthetic import generate_dataset
+    from emodifftalk.data.synthetic import generate_dataset, make_cameras
 
     cfg = config_from_args(args)
     s = cfg.synth
@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     out = generate_dataset(s, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                            num_threads=args.threads or None, workers=args.workers or usable_cores())
     print(f"wrote {s.n_identities} identities x {s.clips_per_identity} clips x {s.clip_seconds:g} s, "
-          f"{s.n_cameras} cameras at {s.image_size}px to {out} in {time.perf_counter() - start:.1f} s"
+          f"{len(make_cameras(s)[0])} cameras at {s.image_size}px to {out} in {time.perf_counter() - start:.1f} s"
           + (f"; gallery: {out / 'gallery.png'}" if s.version == 2 else ""))
     return 0

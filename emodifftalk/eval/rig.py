@@ -21,7 +21,8 @@ mesh (``verts.npy``), folds the frame's rigid head pose into the cameras as the 
 
 With a fitted feature line the opacity follows the frame's AUs (the clip's OpenFace-format labels,
 as at inference); ``feature_line=False`` scores the rig without it. Scores are means over the
-rendered frames of every clip of the identity. LPIPS is left out: it needs network weights.
+rendered frames of every clip of the identity. LPIPS (``lpips_ring`` ...) is added when a network
+is passed (``eval.lpips_weights``, local files only: ``emodifftalk/eval/lpips.py``); else None.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from emodifftalk.data.raw import RawDataset
+from emodifftalk.eval.lpips import LPIPS
 from emodifftalk.losses.image import psnr, ssim
 from emodifftalk.render import rasterize
 from emodifftalk.rig.deform import deform
@@ -85,9 +87,10 @@ def _complete_frames(frames: dict[int, dict[str, Path]], names: list[str]) -> li
 
 def evaluate_rig(rig_dir: str | Path, data_dir: str | Path, *, feature_line: bool = True,
                  background=(1.0, 1.0, 1.0), max_frames_per_clip: int | None = None,
-                 progress: bool = True) -> dict:
-    """Per-camera PSNR/SSIM of the rig in ``rig_dir`` on the raw synthetic folder ``data_dir``
-    (the ``emodifftalk synth`` output), ring and capture cameras. Returns the report dict."""
+                 progress: bool = True, lpips: LPIPS | None = None) -> dict:
+    """Per-camera PSNR/SSIM (and LPIPS with ``lpips``) of the rig in ``rig_dir`` on the raw
+    synthetic folder ``data_dir`` (the ``emodifftalk synth`` output), ring and capture cameras.
+    Returns the report dict."""
     rig_dir = Path(rig_dir)
     rig = GaussianRig.load(rig_dir)
     ident_dir = Path(data_dir) / rig.identity
@@ -131,11 +134,17 @@ def evaluate_rig(rig_dir: str | Path, data_dir: str | Path, *, feature_line: boo
             viewmats = cams.viewmats @ torch.from_numpy(pose[f]) if pose is not None else cams.viewmats
             out = rasterize(**g.render_args(), viewmats=viewmats, Ks=cams.Ks, width=cams.width,
                             height=cams.height, background=bg)
+            rgb = out.rgb.clamp(0, 1)
+            truth = torch.stack([_read_png(images[name]) for name in cams.names])
+            lp = lpips(rgb, truth).tolist() if lpips is not None else None
             for c, name in enumerate(cams.names):
-                p, s = _scores(out.rgb[c].clamp(0, 1), _read_png(images[name]))
-                entry = per_camera.setdefault(name, {"kind": kind, "psnr": [], "ssim": [], "psnr_expressive": []})
+                p, s = _scores(rgb[c], truth[c])
+                entry = per_camera.setdefault(name, {"kind": kind, "psnr": [], "ssim": [], "lpips": [],
+                                                     "psnr_expressive": []})
                 entry["psnr"].append(p)
                 entry["ssim"].append(s)
+                if lp is not None:
+                    entry["lpips"].append(lp[c])
                 if expressive:
                     entry["psnr_expressive"].append(p)
     return _report(rig, per_camera, holdout, line is not None, ring_coverage(rig, ring, capture, holdout))
@@ -165,6 +174,7 @@ def _report(rig: GaussianRig, per_camera: dict, holdout: str | None, with_line: 
             coverage: dict[str, dict]) -> dict:
     cams = {n: {"kind": ("holdout" if n == holdout else e["kind"]), "psnr": float(np.mean(e["psnr"])),
                 "ssim": float(np.mean(e["ssim"])), "frames": len(e["psnr"]),
+                "lpips": float(np.mean(e["lpips"])) if e["lpips"] else None,
                 "psnr_expressive": float(np.mean(e["psnr_expressive"])) if e["psnr_expressive"] else None,
                 "frames_expressive": len(e["psnr_expressive"]), **coverage.get(n, {})}
             for n, e in per_camera.items()}
@@ -178,13 +188,15 @@ def _report(rig: GaussianRig, per_camera: dict, holdout: str | None, with_line: 
         return float(np.mean(vals)) if vals else None
 
     return {"identity": rig.identity, "feature_line": with_line,
-            "psnr_ring": mean("ring", "psnr"), "ssim_ring": mean("ring", "ssim"),
+            "psnr_ring": mean("ring", "psnr"), "ssim_ring": mean("ring", "ssim"), "lpips_ring": mean("ring", "lpips"),
             "psnr_ring_covered": mean("ring", "psnr", True), "ssim_ring_covered": mean("ring", "ssim", True),
             "ring_covered": [n for n, c in cams.items() if c.get("covered")],
             "psnr_holdout_expressive": mean("holdout", "psnr_expressive"),
             "psnr_ring_covered_expressive": mean("ring", "psnr_expressive", True),
             "psnr_train": mean("capture", "psnr"), "ssim_train": mean("capture", "ssim"),
+            "lpips_train": mean("capture", "lpips"),
             "psnr_holdout": mean("holdout", "psnr"), "ssim_holdout": mean("holdout", "ssim"),
+            "lpips_holdout": mean("holdout", "lpips"),
             "per_camera": cams}
 
 
@@ -193,11 +205,12 @@ def format_table(reports: list[dict]) -> str:
     def f(x):
         return "–" if x is None else f"{x:.2f}"
 
-    rows = ["| identity | feature line | PSNR ring | SSIM ring | PSNR covered ring (cams) | PSNR train "
+    rows = ["| identity | feature line | PSNR ring | SSIM ring | LPIPS ring | PSNR covered ring (cams) | PSNR train "
             "| PSNR held-out capture cam | expressive frames: held-out cam, covered ring |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {r['identity']} | {'yes' if r['feature_line'] else 'no'} | {f(r['psnr_ring'])} | "
-             f"{r['ssim_ring']:.3f} | {f(r['psnr_ring_covered'])} ({len(r['ring_covered'])}) | "
+             f"{r['ssim_ring']:.3f} | {'–' if r.get('lpips_ring') is None else format(r['lpips_ring'], '.3f')} | "
+             f"{f(r['psnr_ring_covered'])} ({len(r['ring_covered'])}) | "
              f"{f(r['psnr_train'])} | {f(r['psnr_holdout'])} | {f(r['psnr_holdout_expressive'])}, "
              f"{f(r['psnr_ring_covered_expressive'])} |" for r in reports]
     return "\n".join(rows)

@@ -4,9 +4,14 @@
   one-ring (a weighted Kabsch fit between the canonical and the current neighbourhood).
 * Free Gaussian j follows its ``k`` nearest template vertices a_1..a_k (inverse-distance weights
   w): linear blend skinning with the per-vertex rigid transforms,
-  ``p_t = Σ_k w_k (v_t[a_k] + R_{a_k}(t) (p_0 − v_0[a_k]))``.
-  So hair and shoulders move structurally with the mesh, without any learned dynamics
+  ``p_t = p_0 + Σ_k w_k (v_t[a_k] + R_{a_k}(t) (p_0 − v_0[a_k]) − p_0)``.
+  So hair and the mouth interior move structurally with the mesh, without any learned dynamics
   (paper supp. §1: non-facial points are "driven structurally by facial motion").
+* The weights sum to how far the point follows the mesh (``follow_weight``): 1 on and near the
+  surface, falling to 0 with the distance to the nearest anchor. The rest of the motion is the
+  head's rigid motion, which is the identity in registered coordinates: neck and shoulders a
+  head's height below the nearest (chin) vertex must not swing with the jaw's local rotation
+  (its lever arm there is ten edges long). Weights summing to 1 are plain LBS.
 
 Rotations are estimated without gradient (SVD gradients blow up for the near-identity, nearly
 degenerate fits that dominate talking-head motion); gradients still flow to vertex positions
@@ -57,13 +62,23 @@ def knn(points: torch.Tensor, ref: torch.Tensor, k: int, chunk: int = 4096) -> t
     return torch.cat(dists), torch.cat(idxs)
 
 
-def bind_free_points(points: torch.Tensor, verts: torch.Tensor, k: int = 4,
-                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors of free points: idx (P, k) nearest template vertices, w (P, k) ∝ 1/distance."""
+def follow_weight(dist: torch.Tensor, radius: float) -> torch.Tensor:
+    """How far a free point at ``dist`` from its nearest anchor follows the mesh: 1 up to
+    ``radius / 2``, linearly down to 0 at ``radius`` (``radius`` <= 0: 1 everywhere)."""
+    if radius <= 0:
+        return torch.ones_like(dist)
+    return ((radius - dist) / (0.5 * radius)).clamp(0.0, 1.0)
+
+
+def bind_free_points(points: torch.Tensor, verts: torch.Tensor, k: int = 4, eps: float = 1e-4,
+                     follow_radius: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchors of free points: idx (P, k) nearest template vertices, w (P, k) ∝ 1/distance,
+    summing to ``follow_weight(nearest distance, follow_radius)`` (same length unit as ``points``)."""
     assert points.dim() == 2 and points.shape[1] == 3 and verts.dim() == 2 and verts.shape[1] == 3
     dist, idx = knn(points.detach().float(), verts.detach().float(), k)
     w = 1.0 / (dist + eps)
-    return idx, w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return idx, w * follow_weight(dist[:, :1], follow_radius)
 
 
 @torch.no_grad()

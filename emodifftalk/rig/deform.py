@@ -47,13 +47,14 @@ def deform(rig: GaussianRig, verts_t: torch.Tensor, delta_alpha: torch.Tensor | 
     else:
         rot_v = torch.eye(3, dtype=dt, device=dev).expand(*lead, v, 3, 3)
 
-    # free points: LBS with the per-vertex rigid transforms of their anchors
+    # free points: LBS with the per-vertex rigid transforms of their anchors; weights summing to
+    # less than 1 leave the rest of the point where it is (rigid with the head, binding.py)
     a_idx, a_w = rig.free_anchor_idx, rig.free_anchor_w  # (P, K)
     p0 = rig.means[v:]  # (P, 3)
     local = p0.unsqueeze(1) - canon[a_idx]  # (P, K, 3) offset from each anchor in canonical space
     r_a = rot_v[..., a_idx, :, :]  # (..., P, K, 3, 3)
     moved = verts_t[..., a_idx, :] + (r_a @ local.unsqueeze(-1)).squeeze(-1)  # (..., P, K, 3)
-    free_means = (a_w.unsqueeze(-1) * moved).sum(-2)
+    free_means = p0 + (a_w.unsqueeze(-1) * (moved - p0.unsqueeze(1))).sum(-2)
 
     means = torch.cat([verts_t, free_means], dim=-2)  # (..., N, 3)
 
@@ -62,7 +63,9 @@ def deform(rig: GaussianRig, verts_t: torch.Tensor, delta_alpha: torch.Tensor | 
         q_v = matrix_to_quat(rot_v)  # (..., V, 4)
         q_a = q_v[..., a_idx, :]  # (..., P, K, 4)
         q_a = torch.where((q_a * q_a[..., :1, :]).sum(-1, keepdim=True) < 0, -q_a, q_a)  # one hemisphere
-        q_free = torch.nn.functional.normalize((a_w.unsqueeze(-1) * q_a).sum(-2), dim=-1)
+        rest = (1.0 - a_w.sum(-1, keepdim=True)).clamp_min(0.0) * torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dt,
+                                                                                 device=dev)
+        q_free = torch.nn.functional.normalize((a_w.unsqueeze(-1) * q_a).sum(-2) + rest, dim=-1)
         quats = quat_multiply(torch.cat([q_v, q_free], dim=-2), q0)
     else:
         quats = q0.expand(*lead, rig.n_points, 4)

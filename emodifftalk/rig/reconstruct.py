@@ -294,7 +294,8 @@ def bake_rig(fit: RigFit, info: dict) -> GaussianRig:
     p, views, mesh = fit.params, fit.views, fit.mesh
     means = p.means().cpu()
     colors = fit.colors(p.means()).clamp(0, 1).cpu()
-    a_idx, a_w = bind_free_points(means[p.n_bound:], views.verts, k=FREE_ANCHORS)
+    a_idx, a_w = bind_free_points(means[p.n_bound:], views.verts, k=FREE_ANCHORS,
+                                  follow_radius=fit.rig_cfg.free_follow_radius * mesh.edge)
     return GaussianRig(
         identity=views.identity, means=means, log_scales=p.log_scales().cpu(),
         quats=torch.nn.functional.normalize(p.quats(), dim=-1).cpu(), opacity_logits=p.opacity_logits().cpu(),

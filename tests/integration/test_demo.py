@@ -88,7 +88,7 @@ def test_animate_bad_inputs_leave_no_outputs(demo, tmp_path):
     with pytest.raises(AnimateError, match="not a complete rig"):
         animate(tmp_path, wav, models, tmp_path / "c", cfg)
     with pytest.raises(AnimateError, match="camera"):
-        animate(rig, wav, models, tmp_path / "d", cfg, camera="7")
+        animate(rig, wav, models, tmp_path / "d", cfg, camera="99")
     assert not any((tmp_path / x).exists() for x in "abcd")
     rc = subprocess.run([sys.executable, "-m", "emodifftalk.cli", "animate", str(rig), str(wav), "--out",
                          str(tmp_path / "e"), "--s2au", str(tmp_path / "missing"), "--motion", str(tmp_path)],

@@ -111,3 +111,37 @@ def test_deform_rejects_wrong_shapes():
         deform(rig, torch.zeros(rig.n_bound + 1, 3))
     with pytest.raises(ValueError, match="Q="):
         deform(rig, rig.canonical_verts, torch.zeros(rig.n_facial + 2))
+
+
+def test_far_free_points_stay_rigid_with_the_head_while_near_ones_follow():
+    """Shoulders a head's height below the chin must not swing with the jaw (binding.follow_weight)."""
+    rig = make_rig(n_free=0)
+    verts0 = rig.canonical_verts
+    edge = float((verts0[rig.faces[:, 0]] - verts0[rig.faces[:, 1]]).norm(dim=-1).mean())
+    radius = 4 * edge
+    bottom = verts0[verts0[:, 1].argmin()]
+    near = bottom + torch.tensor([0.0, -0.5 * edge, 0.0])  # just below the lowest vertex
+    far = bottom + torch.tensor([0.0, -10 * edge, 0.0])  # "shoulder"
+    a_idx, a_w = bind_free_points(torch.stack([near, far]), verts0, k=4, follow_radius=radius)
+    assert torch.allclose(a_w[0].sum(), torch.tensor(1.0)) and float(a_w[1].sum()) == 0.0
+    rig.means = torch.cat([rig.means, torch.stack([near, far])])
+    for name, pad in (("log_scales", rig.log_scales[:2]), ("quats", rig.quats[:2]),
+                      ("opacity_logits", rig.opacity_logits[:2]), ("colors", rig.colors[:2])):
+        setattr(rig, name, torch.cat([getattr(rig, name), pad]))
+    rig.free_anchor_idx, rig.free_anchor_w = a_idx, a_w
+    # a "jaw" opening: the lower half of the head rotates 0.2 rad about a hinge above it
+    low = verts0[:, 1] < 0
+    hinge = torch.tensor([0.0, 0.0, 0.05])
+    verts = verts0.clone()
+    verts[low] = (verts0[low] - hinge) @ _rot([1.0, 0.0, 0.0], 0.2).T + hinge
+    g = deform(rig, verts)
+    n = rig.n_bound
+    assert torch.allclose(g.means[n + 1], far, atol=1e-7)  # the shoulder stays
+    chin_moved = float((verts[verts0[:, 1].argmin()] - bottom).norm())
+    assert chin_moved > 0.01 and float((g.means[n] - near).norm()) > 0.5 * chin_moved  # moves with the chin
+    assert torch.allclose(g.quats[n + 1], torch.nn.functional.normalize(rig.quats[n + 1], dim=-1), atol=1e-6)
+    # without the radius both follow (plain LBS): the far point swings further than the near one
+    _, plain_w = bind_free_points(torch.stack([near, far]), verts0, k=4)
+    rig.free_anchor_w = plain_w
+    g = deform(rig, verts)
+    assert float((g.means[n + 1] - far).norm()) > float((g.means[n] - near).norm())

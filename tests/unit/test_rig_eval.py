@@ -95,3 +95,22 @@ def test_shards_instead_of_the_raw_folder_is_a_clear_error(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(RigEvalError, match="eval_cameras.json.*raw folder"):
         evaluate_rig(tmp_path / "rigs" / "id0", tmp_path / "shards", progress=False)
+
+
+def test_lpips_is_reported_per_camera_and_ring_when_a_network_is_given(tmp_path):
+    truth = make_rig(identity="id0")
+    truth.info["cameras"] = {"holdout": "cam2"}
+    _write_world(tmp_path / "raw", truth, n_frames=2)
+    truth.save(tmp_path / "rigs" / "id0")
+    seen = []
+
+    def fake_lpips(render, gt):  # the LPIPS interface: (N, H, W, 3) pairs -> (N,)
+        seen.append(render.shape)
+        return (render - gt).abs().mean((1, 2, 3)) + torch.arange(len(render), dtype=torch.float32)
+
+    rep = evaluate_rig(tmp_path / "rigs" / "id0", tmp_path / "raw", progress=False, lpips=fake_lpips)
+    assert all(s[1:] == (SIZE, SIZE, 3) for s in seen) and len(seen) == 4  # 2 frames x (ring, capture)
+    ring = [rep["per_camera"][f"ring{i}"]["lpips"] for i in range(4)]
+    assert ring == pytest.approx([0, 1, 2, 3], abs=0.05) and rep["lpips_ring"] == pytest.approx(np.mean(ring))
+    assert rep["lpips_holdout"] == pytest.approx(rep["per_camera"]["cam2"]["lpips"])
+    assert evaluate_rig(tmp_path / "rigs" / "id0", tmp_path / "raw", progress=False)["lpips_ring"] is None

@@ -328,3 +328,31 @@ def test_world_labels_are_openface_like_per_au_and_lips_escape_the_aus_per_ident
     rel = label_reliability(labels, masks, truths)
     rs = {k: v["r"] for k, v in rel.items() if k != "AU24"}
     assert all(0.6 <= r <= 0.92 for r in rs.values()), rs  # OpenFace's range, every AU
+
+
+def _camera_directions(viewmats: np.ndarray) -> np.ndarray:
+    """Unit vectors from the look-at target to each camera centre."""
+    from emodifftalk.data.synthetic.writer import CAMERA_TARGET
+
+    centres = -np.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])
+    d = centres - np.array(CAMERA_TARGET)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def test_dome_layout_covers_every_side_and_keeps_the_ring_held_out():
+    from emodifftalk.data.synthetic import make_cameras, make_eval_cameras
+
+    arc = SynthConfig(n_cameras=9, image_size=64, camera_layout="arc")
+    dome = SynthConfig(n_cameras=9, image_size=64, camera_layout="dome")
+    arc_vm, _ = make_cameras(arc)
+    dome_vm, dome_k = make_cameras(dome)
+    assert len(dome_vm) == len(dome_k) == 20 and np.allclose(dome_vm[:9], arc_vm)  # the arc keeps its indices
+    ring = _camera_directions(make_eval_cameras(dome)[0])
+    cos = ring @ _camera_directions(dome_vm).T
+    nearest = np.degrees(np.arccos(np.clip(cos.max(1), -1, 1)))
+    assert nearest.min() > 10 and nearest.max() < 25, nearest  # every ring view is novel, none uncovered
+    arc_nearest = np.degrees(np.arccos(np.clip((ring @ _camera_directions(arc_vm).T).max(1), -1, 1)))
+    assert arc_nearest.max() > 90  # the arc never sees the back of the head
+    assert (_camera_directions(dome_vm)[:, 1] > 0.5).sum() == 6  # a row looks down on scalp and shoulders
+    with pytest.raises(ValueError, match="camera_layout"):
+        SynthConfig(camera_layout="sphere").validate()

@@ -50,6 +50,12 @@ CAMERA_RADIUS_M = 0.75
 CAMERA_FOV_DEG = 24.0
 CAMERA_TARGET = (0.0, -0.04, 0.0)
 EVAL_RING_ELEVATION_DEG = 12.0  # the held-out ring sits above the training arc, all around the head
+# ``synth.camera_layout=dome``: rows added after the frontal arc, (elevation°, azimuths°), like
+# RenderMe-360's 60 cameras all around the head at several heights (about -25° to +30°). Every
+# azimuth and elevation differs from the held-out ring's (12°; ±22.5°, ±67.5° ...), whose views
+# are 14-24° from the nearest capture camera (angles at the look-at point).  # choice
+DOME_ROWS = ((0.0, (90.0, -90.0, 140.0, -140.0, 180.0)),  # the back of the head, level
+             (35.0, (0.0, 60.0, -60.0, 120.0, -120.0, 180.0)))  # the scalp and shoulders from above
 
 # Independent random streams.
 _S_IDENTITY, _S_RIG, _S_CLIP, _S_EMOTION, _S_OBS = 1, 2, 3, 4, 5
@@ -203,12 +209,18 @@ def _arc_cameras(azimuths_deg, heights, cfg: SynthConfig) -> tuple[np.ndarray, n
 
 
 def make_cameras(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(viewmats (C,4,4), Ks (C,3,3)) on a frontal arc [-60°, 60°] (±30° for two cameras),
-    alternating slightly in height so the views are not all coplanar. An odd count includes
-    the frontal camera (v2's tiny preset: 9 cameras, every 15°)."""
+    """(viewmats (C,4,4), Ks (C,3,3)): ``n_cameras`` on a frontal arc [-60°, 60°] (±30° for two
+    cameras), alternating slightly in height so the views are not all coplanar; an odd count
+    includes the frontal camera (v2's tiny preset: 9 cameras, every 15°). ``camera_layout=dome``
+    appends the ``DOME_ROWS`` cameras (the arc keeps the first indices)."""
     n = cfg.n_cameras
     span = CAMERA_ARC_DEG if n > 2 else CAMERA_ARC_DEG / 2
-    return _arc_cameras(np.linspace(-span, span, n), [0.04 if k % 2 else -0.02 for k in range(n)], cfg)
+    az, heights = list(np.linspace(-span, span, n)), [0.04 if k % 2 else -0.02 for k in range(n)]
+    if cfg.camera_layout == "dome":
+        for elevation, azimuths in DOME_ROWS:
+            az += list(azimuths)
+            heights += [CAMERA_RADIUS_M * np.tan(np.deg2rad(elevation))] * len(azimuths)
+    return _arc_cameras(az, heights, cfg)
 
 
 def frontal_camera(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
