@@ -127,13 +127,17 @@ def face_forward(verts: Tensor, faces: Tensor, face_vertices: Tensor | None = No
     return centre, normal / normal.norm().clamp_min(1e-12)
 
 
-def most_frontal_camera(viewmats: Tensor, verts: Tensor, faces: Tensor, face_vertices: Tensor | None = None) -> int:
-    """Index of the camera (viewmats (C, 4, 4)) that looks most squarely at the face: the largest
-    cosine between the face's forward direction and the direction from the face to the camera."""
+def facing_cosines(viewmats: Tensor, verts: Tensor, faces: Tensor, face_vertices: Tensor | None = None) -> Tensor:
+    """(C,) cosine between the face's forward direction and the direction from the face to each
+    camera (viewmats (C, 4, 4)): 1 looks squarely at the face, <= 0 sees none of it."""
     centre, forward = face_forward(verts, faces, face_vertices)
     eyes = viewmat_to_c2w(viewmats.float())[:, :3, 3]
-    to_eye = torch.nn.functional.normalize(eyes - centre, dim=-1)
-    return int((to_eye @ forward).argmax())
+    return torch.nn.functional.normalize(eyes - centre, dim=-1) @ forward
+
+
+def most_frontal_camera(viewmats: Tensor, verts: Tensor, faces: Tensor, face_vertices: Tensor | None = None) -> int:
+    """Index of the camera (viewmats (C, 4, 4)) that looks most squarely at the face."""
+    return int(facing_cosines(viewmats, verts, faces, face_vertices).argmax())
 
 
 def opengl_to_opencv(c2w: Tensor) -> Tensor:

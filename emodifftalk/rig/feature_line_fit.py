@@ -31,6 +31,7 @@ from emodifftalk.losses.image import psnr
 from emodifftalk.losses.feature_line import feature_line_step_losses
 from emodifftalk.models.feature_line import FeatureLine
 from emodifftalk.render import rasterize
+from emodifftalk.render.cameras import facing_cosines
 from emodifftalk.rig.deform import deform
 from emodifftalk.rig.gaussians import GaussianRig
 from emodifftalk.safetensors_io import load_tensors
@@ -109,7 +110,11 @@ def fit_feature_line(rig: GaussianRig, frames: list[MovingFrame], cfg: Config, s
     fcfg = cfg.feature_line
     n_cams = frames[0].images.shape[0]
     holdout = cfg.rig.holdout_camera % n_cams
-    train_cams = [c for c in range(n_cams) if c != holdout]
+    # expression appearance is on the face: cameras behind the head would spend steps on hair
+    sees_face = facing_cosines(frames[0].viewmats, rig.canonical_verts.detach().cpu(), rig.faces.cpu(),
+                               rig.facial_idx.cpu()) > 0
+    train_cams = [c for c in range(n_cams) if c != holdout and sees_face[c]] or \
+        [c for c in range(n_cams) if c != holdout]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = FeatureLine.from_config(fcfg, q=rig.n_facial)

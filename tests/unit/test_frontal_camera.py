@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from emodifftalk.render.cameras import face_forward, most_frontal_camera, orbit_cameras
+from emodifftalk.render.cameras import face_forward, facing_cosines, most_frontal_camera, orbit_cameras
 from emodifftalk.rig.toy import uv_sphere
 
 
@@ -36,6 +36,13 @@ def test_picks_the_camera_in_front_of_the_face(yaw, expected):
     shuffled = torch.roll(viewmats, 3, dims=0)
     assert torch.allclose(torch.linalg.inv(shuffled)[most_frontal_camera(shuffled, verts, faces, face), :3, 3],
                           eyes[expected], atol=1e-5)
+
+
+def test_cameras_behind_the_head_do_not_see_the_face():
+    verts, faces, face = _head(90.0)  # facing camera 2
+    cos = facing_cosines(_ring(), verts, faces, face)
+    assert torch.nonzero(cos > 0).flatten().tolist() == [1, 2, 3]
+    assert cos[2] > 0.99 and cos[6] < -0.99
 
 
 def test_forward_ignores_winding():
