@@ -284,6 +284,11 @@ class DiffusionConfig:
     # what animate's guidance pushes away from: "speech" = the speech-only AU codes (only text/edits
     # are amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
     guidance_reference: str = "speech"
+    # how a code change (edit, text modulation) against the reference codes reaches the motion:
+    # "fields" = the model's fitted AU fields, de-attenuated (Denoiser.edit_offsets), times the
+    # guidance scale, one network call per step; "network" = the guided network's own difference
+    # (it has learnt the codes' effect *given the audio*, which noisy, grouped labels shrink)  # choice
+    edit_path: str = "fields"
     lambda_vertex: float = 1.0  # eq. (17)
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
@@ -294,6 +299,9 @@ class DiffusionConfig:
     # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
     # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
     lambda_move: float = 0.1
+    # AU-fields fit (ours): the per-template AU fields alone (plus a bias) must explain the offsets
+    # from the codes; they enter the prediction detached (motion/denoiser.py)  # choice
+    lambda_au_fields: float = 1.0
     move_tau: float = 0.005  # eq. (22) τ in metres  # choice
     dropout: float = 0.1  # transformer dropout  # choice
     causal: bool = False  # bidirectional attention over the window (context frames are inpainted)
@@ -316,6 +324,8 @@ class DiffusionConfig:
         _check(self.guidance_scale >= 0 and self.animate_guidance_scale >= 0,
                "diffusion.guidance_scale and diffusion.animate_guidance_scale must be >= 0 (1 = no guidance)")
         _check(self.guidance_reference in ("speech", "null"), "diffusion.guidance_reference must be 'speech' or 'null'")
+        _check(self.edit_path in ("fields", "network"), "diffusion.edit_path must be 'fields' or 'network'")
+        _check(self.lambda_au_fields >= 0, "diffusion.lambda_au_fields must be >= 0")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
         _check(self.lambda_lip_gap >= 0, "diffusion.lambda_lip_gap must be >= 0")

@@ -28,6 +28,14 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
   template (zero at init, off when the condition is dropped) — FACS's additive picture, which
   the transformer refines. Without F a short run learns to read mouth motion off the audio and
   all but ignores the codes (AU-edit gain ≈ 0.05, see ``eval/au_response.py``).
+* **AU-fields fit** (``au_path=True``, training with ``diffusion.lambda_au_fields``): F and a
+  per-vertex bias b(v) are fitted by their own loss, b + Σ_k E_tk F_k ≈ x0 from the codes alone,
+  and enter x̂0 detached. Trained jointly, F only learns what audio and the transformer leave
+  unexplained (edits then move the face ~0.2× as far as the data does); fitted alone it is the
+  least-squares AU→offset map, what an edit of one code should add (``edit_offsets``).
+* **Edit de-attenuation** ``au_deattenuation`` (17×17 buffer, identity by default): noisy labels
+  shrink a least-squares map (errors in variables); training sets this matrix from the labels'
+  own statistics (``motion/au_calibration.py``) and ``edit_offsets`` applies it to code changes.
 
 Audio alignment: feature frame i covers [i/rate, (i+1)/rate) s (see audio_frontend.py) and video
 frame t covers [t/fps, (t+1)/fps); the centre feature of frame t is ⌊(t + start_frame + ½)·rate/fps⌋.
@@ -57,11 +65,12 @@ class TemplateCode:
     synthesis: torch.Tensor  # (B, r, V·3), contiguous
     token: torch.Tensor  # (B, d_model)
     au_fields: torch.Tensor  # (B, 17, V·3): per-unit AU displacement, diffusion units
+    au_bias: torch.Tensor  # (B, V·3): offset of the AU-fields fit at zero codes, diffusion units
 
     def select(self, index: torch.Tensor) -> TemplateCode:
         """Row b of the result is row ``index[b]`` of this code."""
         return TemplateCode(self.analysis[index], self.synthesis[index], self.token[index],
-                            self.au_fields[index])
+                            self.au_fields[index], self.au_bias[index])
 
     @property
     def num_vertices(self) -> int:
@@ -138,6 +147,9 @@ class Denoiser(nn.Module):
         self.null_cond = nn.Parameter(torch.zeros(d_model))
         self.null_audio = nn.Parameter(torch.zeros(d_model))
         self.au_field_head = nn.Linear(point_hidden, n_aus * 3)
+        self.au_bias_head = nn.Linear(point_hidden, 3)
+        # code change → the change the AU fields should be given (errors-in-variables correction)
+        self.register_buffer("au_deattenuation", torch.eye(n_aus))
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model,
@@ -162,6 +174,8 @@ class Denoiser(nn.Module):
         nn.init.normal_(self.null_audio, std=0.02)
         nn.init.zeros_(self.au_field_head.weight)
         nn.init.zeros_(self.au_field_head.bias)
+        nn.init.zeros_(self.au_bias_head.weight)
+        nn.init.zeros_(self.au_bias_head.bias)
         # start with small outputs so early training is not dominated by a random basis
         nn.init.normal_(self.coef_out.weight, std=0.02 / math.sqrt(self.rank))
         nn.init.zeros_(self.coef_out.bias)
@@ -177,7 +191,22 @@ class Denoiser(nn.Module):
         synthesis = self.synthesis_head(h).view(b, v, self.rank, 3).permute(0, 2, 1, 3).reshape(b, self.rank, v * 3)
         au_fields = self.au_field_head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
         return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)),
-                            au_fields.contiguous())
+                            au_fields.contiguous(), self.au_bias_head(h).reshape(b, v * 3))
+
+    def edit_offsets(self, template_code: TemplateCode, delta_codes: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, T, V, 3), diffusion units, that a change of the AU codes ``delta_codes``
+        (B, T, 17) adds through the AU fields, de-attenuated (see the module docstring)."""
+        b, t = delta_codes.shape[:2]
+        corrected = torch.matmul(delta_codes.float(), self.au_deattenuation.T)
+        return torch.matmul(corrected, template_code.au_fields).view(b, t, -1, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # exports from before the AU-fields fit: zero bias head, no de-attenuation
+        for name, value in (("au_bias_head.weight", self.au_bias_head.weight),
+                            ("au_bias_head.bias", self.au_bias_head.bias),
+                            ("au_deattenuation", self.au_deattenuation)):
+            state_dict.setdefault(prefix + name, value.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode_condition(self, aus: torch.Tensor, audio: torch.Tensor | None,
                          start_frame: int = 0, drop_audio: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,7 +253,8 @@ class Denoiser(nn.Module):
                 template_code: TemplateCode | None = None,
                 template_index: torch.Tensor | None = None,
                 cond_embedding: torch.Tensor | None = None,
-                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
+                drop_audio: torch.Tensor | None = None,
+                au_path: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x_n (B,T,V,3), template (B,V,3) [or ``template_code``], aus (B,T,17),
         audio (B,Ta,D) or None (= no audio), n (B,) → x̂0 (B,T,V,3).
 
@@ -235,6 +265,8 @@ class Denoiser(nn.Module):
         b uses ``template[template_index[b]]`` (batches repeat identities: encode each once).
         ``cond_embedding``: ``encode_condition(aus, audio, start_frame)`` computed beforehand
         (samplers reuse it across steps; ``aus``/``audio`` are then only used for shape checks).
+        ``au_path``: return (x̂0, b + Σ_k E_tk F_k) with the fields' term detached in x̂0, so F and b
+        are trained only by the caller's loss on the second output (the AU-fields fit).
         """
         assert x_n.ndim == 4 and x_n.shape[-1] == 3, f"x_n must be (B, T, V, 3), got {tuple(x_n.shape)}"
         b, t, v, _ = x_n.shape
@@ -282,5 +314,10 @@ class Denoiser(nn.Module):
         if drop_cond is not None:
             keep = ~torch.as_tensor(drop_cond, device=codes.device).bool().expand(b)
             codes = codes * keep[:, None, None].to(codes.dtype)
-        out = torch.matmul(coef, template_code.synthesis) + torch.matmul(codes, template_code.au_fields)
-        return out.view(b, t, v, 3)
+        direct = torch.matmul(codes, template_code.au_fields)
+        if not au_path:
+            if self.training:  # keeps the bias head in the graph (DDP needs every parameter)
+                direct = direct + 0.0 * template_code.au_bias.sum()
+            return (torch.matmul(coef, template_code.synthesis) + direct).view(b, t, v, 3)
+        out = torch.matmul(coef, template_code.synthesis) + direct.detach()
+        return out.view(b, t, v, 3), (direct + template_code.au_bias[:, None]).view(b, t, v, 3)

@@ -113,3 +113,24 @@ def test_viewer_resampling_uses_the_same_reference_guidance():
     want = torch.einsum("tk,kvc->tvc", aus + 2 * (edited - aus), fields).numpy()
     np.testing.assert_allclose(out[8:14], want[8:14], atol=1e-6)
     np.testing.assert_array_equal(out[:5], old[:5])  # before the span's context: untouched
+
+
+def test_fields_edit_path_adds_the_deattenuated_fields_of_the_code_change():
+    from emodifftalk.diffusion.windowed import sample_motion
+
+    cfg, model, template, fields, aus, schedule = _linear_setup()
+    with torch.no_grad():
+        model.coef_out.weight.normal_(std=0.5)  # the network now reacts to the codes as well
+        model.au_deattenuation.copy_(1.5 * torch.eye(NUM_AUS))
+    edited = aus.clone()
+    edited[:, AU_INDEX["AU04"]] += 0.3
+
+    def edit(path):
+        cfg.diffusion.edit_path = path
+        run = [sample_motion(model, None, template, c, None, cfg, sampler="regression", guidance_scale=2.0,
+                             reference_aus=aus) for c in (edited, aus)]
+        return run[0] - run[1]
+
+    want = 2.0 * 1.5 * torch.einsum("tk,kvc->tvc", edited - aus, fields)
+    torch.testing.assert_close(edit("fields"), want, atol=1e-7, rtol=1e-4)
+    assert not torch.allclose(edit("network"), want, atol=1e-6)  # the network's own difference

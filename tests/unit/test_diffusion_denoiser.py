@@ -41,11 +41,45 @@ def test_same_weights_serve_two_topologies():
 def test_gradient_reaches_every_parameter():
     m = tiny().train()
     x, p, e, a, n = inputs(3, 6, 30)
-    out = m(x, p, e, a, n, drop_cond=torch.tensor([True, False, False]),
-            drop_audio=torch.tensor([False, True, False]))
-    out.square().mean().backward()
+    kw = {"drop_cond": torch.tensor([True, False, False]), "drop_audio": torch.tensor([False, True, False])}
+    out, fit = m(x, p, e, a, n, au_path=True, **kw)  # training with the AU-fields fit
+    (out.square().mean() + (fit - x).square().mean()).backward()
     missing = [name for name, prm in m.named_parameters() if prm.grad is None or not torch.any(prm.grad != 0)]
     assert not missing, f"no gradient for {missing}"
+    m.zero_grad(set_to_none=True)
+    m(x, p, e, a, n, **kw).square().mean().backward()  # without it: every parameter still in the graph (DDP)
+    assert all(prm.grad is not None for prm in m.parameters())
+
+
+def test_au_path_fields_are_fitted_only_by_their_own_loss():
+    m = tiny().train()
+    torch.nn.init.normal_(m.au_field_head.weight, std=0.1)
+    x, p, e, a, n = inputs(2, 5, 30)
+    out, fit = m(x, p, e, a, n, au_path=True)
+    plain = m(x, p, e, a, n)
+    torch.testing.assert_close(out, plain)  # the same prediction, F detached in it
+    out.square().mean().backward()
+    grad = m.au_field_head.weight.grad
+    assert grad is None or not grad.any()
+    code = m.encode_template(p)
+    expect = (torch.matmul(e, code.au_fields) + code.au_bias[:, None]).view_as(fit)
+    torch.testing.assert_close(fit, expect)
+
+
+def test_edit_offsets_apply_the_deattenuation_and_old_exports_load():
+    m = tiny()
+    torch.nn.init.normal_(m.au_field_head.weight, std=0.1)
+    code = m.encode_template(inputs(1, 4, 30)[1])
+    delta = torch.zeros(1, 4, 17)
+    delta[..., 3] = 0.5
+    base = m.edit_offsets(code, delta)
+    torch.testing.assert_close(base, 0.5 * code.au_fields[:, 3].view(1, 1, 30, 3).expand(1, 4, 30, 3))
+    m.au_deattenuation.copy_(2.0 * torch.eye(17))
+    torch.testing.assert_close(m.edit_offsets(code, delta), 2.0 * base)
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith(("au_bias_head", "au_deattenuation"))}
+    fresh = tiny()
+    fresh.load_state_dict(old, strict=True)  # exports from before the AU-fields fit
+    assert torch.equal(fresh.au_deattenuation, torch.eye(17)) and not fresh.au_bias_head.weight.any()
 
 
 def test_conditions_change_output_and_null_condition_ignores_them():

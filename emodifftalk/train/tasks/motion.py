@@ -45,6 +45,7 @@ from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
 from emodifftalk.losses.geometry import deformation_loss, geometry_loss, lip_gap_weights
 from emodifftalk.models.audio_frontend import encoder_id
+from emodifftalk.motion.au_calibration import deattenuation_matrix
 from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
 from emodifftalk.motion.methods import build_motion_model, method_of, predict_offsets
 from emodifftalk.train.data_check import check_training_shards
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 MOTION_META_FILE = "motion.json"
 SCALE_ESTIMATE_CLIPS = 32
+CALIBRATION_CLIPS = 256  # training clips whose labels estimate the AU edit de-attenuation
 VAL_CLIPS = 4
 VAL_NOISE_LEVELS = (0.1, 0.5, 0.9)  # fractions of the chain for the fixed-noise validation loss
 
@@ -163,6 +165,8 @@ class MotionTask(Task):
         self._templates: dict[str, TemplateInfo] | None = None
         self._scale: float | None = None
         self._val: list[dict] | None = None
+        self._deattenuation: np.ndarray | None = None
+        self._calibrated = False  # the model's au_deattenuation buffer holds the training labels' matrix
 
     # ---- set-up ------------------------------------------------------------------------------------
 
@@ -189,7 +193,28 @@ class MotionTask(Task):
         m = _unwrap(model)
         if float(m.offset_scale) <= 0:
             m.offset_scale.fill_(self.offset_scale())
+        if self.cfg.diffusion.lambda_au_fields > 0 and hasattr(m, "au_deattenuation") and not self._calibrated:
+            m.au_deattenuation.copy_(torch.from_numpy(self.deattenuation()))
+            self._calibrated = True
         return float(m.offset_scale)
+
+    def deattenuation(self) -> np.ndarray:
+        """The edit de-attenuation matrix of the training labels (``motion/au_calibration.py``)."""
+        if self._deattenuation is None:
+            labels, masks = [], []
+            for sample in iter_dataset(self._data_root(), "seq", "train"):
+                if sample.get("aus") is None:
+                    continue
+                labels.append(sample["aus"] * sample["au_mask"])
+                masks.append(sample["au_mask"].astype(bool))
+                if len(labels) >= CALIBRATION_CLIPS:
+                    break
+            if not labels:
+                raise ValueError(f"no training clip with AU labels in {self._data_root()}")
+            self._deattenuation = deattenuation_matrix(labels, masks)
+            log.info("AU edit de-attenuation from %d training clips: diagonal %s", len(labels),
+                     np.round(np.diag(self._deattenuation), 2).tolist())
+        return self._deattenuation
 
     # ---- Task protocol -------------------------------------------------------------------------------
 
@@ -231,12 +256,21 @@ class MotionTask(Task):
             x_n = self.schedule.q_sample(x0, n, torch.randn_like(x0))
             drop = torch.rand(b, device=x0.device) < d.cond_dropout
         drop_audio = torch.rand(b, device=x0.device) < d.audio_dropout
+        fit_fields = d.lambda_au_fields > 0
         pred = model(x_n, batch["template_unique"], aus, feats, n, drop_cond=drop, frame_mask=fmask,
-                     template_index=batch["template_index"], drop_audio=drop_audio)
+                     template_index=batch["template_index"], drop_audio=drop_audio, au_path=fit_fields)
+        if fit_fields:
+            pred, fields_fit = pred
         terms = self._geometry(pred.float(), x0, batch, fmask)
         # eq. (22) on the real frames' predicted offsets in metres, (N, V, 3); logged unweighted
         terms["move"] = distance_loss((pred.float() * scale)[fmask.bool()], d.move_tau, weight=1.0)
         out = {"loss": terms.pop("geometry") + d.lambda_move * terms["move"]}
+        if fit_fields:
+            # frames with labels (tracker failures have all-zero codes) of rows whose codes were kept
+            rows = fmask.bool() & batch["au_mask"].bool().any(-1) & ~drop[:, None]
+            terms["au_fields"] = (fields_fit.float() - x0)[rows].square().mean() if rows.any() \
+                else fields_fit.sum() * 0.0
+            out["loss"] = out["loss"] + d.lambda_au_fields * terms["au_fields"]
         out.update({k: v.detach() for k, v in terms.items()})
         return out
 
