@@ -58,3 +58,20 @@ def deattenuation_matrix(labels: list[np.ndarray], masks: list[np.ndarray],
     # A = I + Σ_N (Σ_L − Σ_N)⁻¹ with the floored inverse: an edit is never shrunk
     out[np.ix_(idx, idx)] += np.diag(noise[idx]) @ (v / w) @ v.T
     return out.astype(np.float32)
+
+
+def whitening(labels: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(μ (17,), W (17, 17)): mean and symmetric inverse square root Σ_L^-½ of the labelled AUs'
+    codes (identity rows/columns and zero mean for AUs without labels)."""
+    n = labels[0].shape[1]
+    columns = np.concatenate(masks).any(axis=0)
+    idx = np.flatnonzero(columns)
+    rows = np.concatenate([lab[_valid_rows(m, columns)] for lab, m in zip(labels, masks)]).astype(np.float64)
+    if len(rows) < len(idx) + 1:
+        raise ValueError(f"need more than {len(idx)} valid label frames, got {len(rows)}")
+    mean = np.zeros(n)
+    mean[idx] = rows[:, idx].mean(axis=0)
+    w, v = np.linalg.eigh(np.cov(rows[:, idx].T))
+    out = np.eye(n)
+    out[np.ix_(idx, idx)] = (v / np.sqrt(np.maximum(w, 1e-6 * w.max()))) @ v.T
+    return mean.astype(np.float32), out.astype(np.float32)

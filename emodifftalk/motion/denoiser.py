@@ -29,8 +29,9 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
   the transformer refines. Without F a short run learns to read mouth motion off the audio and
   all but ignores the codes (AU-edit gain ≈ 0.05, see ``eval/au_response.py``).
 * **AU-fields fit** (``au_path=True``, training with ``diffusion.lambda_au_fields``): F and a
-  per-vertex bias b(v) are fitted by their own loss, b + Σ_k E_tk F_k ≈ x0 from the codes alone,
-  and enter x̂0 detached. Trained jointly, F only learns what audio and the transformer leave
+  per-vertex bias b(v) are fitted by their own loss, b + Σ_k (E_tk − μ_k) F_k ≈ x0 from the codes
+  alone, and enter x̂0 detached. F = Wᵀ F_white is learnt for whitened codes (buffers ``au_mean``
+  μ and ``au_whitening`` W = Σ_L^-½ of the training labels), so all directions converge alike. Trained jointly, F only learns what audio and the transformer leave
   unexplained (edits then move the face ~0.2× as far as the data does); fitted alone it is the
   least-squares AU→offset map, what an edit of one code should add (``edit_offsets``).
 * **Edit de-attenuation** ``au_deattenuation`` (17×17 buffer, identity by default): noisy labels
@@ -150,6 +151,10 @@ class Denoiser(nn.Module):
         self.au_bias_head = nn.Linear(point_hidden, 3)
         # code change → the change the AU fields should be given (errors-in-variables correction)
         self.register_buffer("au_deattenuation", torch.eye(n_aus))
+        # the AU fields are learnt for whitened codes W (E − μ): the labels' AUs move in groups, and
+        # gradient descent on grouped inputs learns their sum long before their differences
+        self.register_buffer("au_whitening", torch.eye(n_aus))
+        self.register_buffer("au_mean", torch.zeros(n_aus))
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model,
@@ -189,7 +194,8 @@ class Denoiser(nn.Module):
         b, v, _ = h.shape
         analysis = self.analysis_head(h).view(b, v * 3, self.rank)  # rows ordered (v, xyz)
         synthesis = self.synthesis_head(h).view(b, v, self.rank, 3).permute(0, 2, 1, 3).reshape(b, self.rank, v * 3)
-        au_fields = self.au_field_head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
+        white = self.au_field_head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
+        au_fields = torch.matmul(self.au_whitening.T, white)  # per unit code: E·F = (W E)·white
         return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)),
                             au_fields.contiguous(), self.au_bias_head(h).reshape(b, v * 3))
 
@@ -204,7 +210,8 @@ class Denoiser(nn.Module):
         # exports from before the AU-fields fit: zero bias head, no de-attenuation
         for name, value in (("au_bias_head.weight", self.au_bias_head.weight),
                             ("au_bias_head.bias", self.au_bias_head.bias),
-                            ("au_deattenuation", self.au_deattenuation)):
+                            ("au_deattenuation", self.au_deattenuation),
+                            ("au_whitening", self.au_whitening), ("au_mean", self.au_mean)):
             state_dict.setdefault(prefix + name, value.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -320,4 +327,5 @@ class Denoiser(nn.Module):
                 direct = direct + 0.0 * template_code.au_bias.sum()
             return (torch.matmul(coef, template_code.synthesis) + direct).view(b, t, v, 3)
         out = torch.matmul(coef, template_code.synthesis) + direct.detach()
-        return out.view(b, t, v, 3), (direct + template_code.au_bias[:, None]).view(b, t, v, 3)
+        centre = torch.matmul(self.au_mean, template_code.au_fields)  # (B, V·3): the fit uses E − μ
+        return out.view(b, t, v, 3), (direct + (template_code.au_bias - centre)[:, None]).view(b, t, v, 3)

@@ -54,3 +54,14 @@ def test_deattenuated_least_squares_recovers_the_structural_map():
 def test_clean_labels_need_no_correction():
     _, labels, masks = _world(noise=(0.0, 0.0, 0.0))
     np.testing.assert_allclose(deattenuation_matrix(labels, masks), np.eye(4), atol=0.05)
+
+
+def test_whitening_decorrelates_the_labelled_codes():
+    from emodifftalk.motion.au_calibration import whitening
+
+    _, labels, masks = _world()
+    mean, w = whitening(labels, masks)
+    x = np.concatenate(labels)
+    z = (x - mean) @ w.T
+    np.testing.assert_allclose(np.cov(z[:, :3].T), np.eye(3), atol=1e-6)
+    assert np.array_equal(w[3], np.eye(4)[3]) and mean[3] == 0.0  # AU without labels untouched

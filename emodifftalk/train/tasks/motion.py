@@ -45,7 +45,7 @@ from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
 from emodifftalk.losses.geometry import deformation_loss, geometry_loss, lip_gap_weights
 from emodifftalk.models.audio_frontend import encoder_id
-from emodifftalk.motion.au_calibration import deattenuation_matrix
+from emodifftalk.motion.au_calibration import deattenuation_matrix, whitening
 from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
 from emodifftalk.motion.methods import build_motion_model, method_of, predict_offsets
 from emodifftalk.train.data_check import check_training_shards
@@ -165,7 +165,7 @@ class MotionTask(Task):
         self._templates: dict[str, TemplateInfo] | None = None
         self._scale: float | None = None
         self._val: list[dict] | None = None
-        self._deattenuation: np.ndarray | None = None
+        self._label_stats: dict[str, np.ndarray] | None = None
         self._calibrated = False  # the model's au_deattenuation buffer holds the training labels' matrix
 
     # ---- set-up ------------------------------------------------------------------------------------
@@ -194,13 +194,16 @@ class MotionTask(Task):
         if float(m.offset_scale) <= 0:
             m.offset_scale.fill_(self.offset_scale())
         if self.cfg.diffusion.lambda_au_fields > 0 and hasattr(m, "au_deattenuation") and not self._calibrated:
-            m.au_deattenuation.copy_(torch.from_numpy(self.deattenuation()))
+            stats = self.label_statistics()  # the same before the first step and on resume
+            for name in ("au_deattenuation", "au_mean", "au_whitening"):
+                getattr(m, name).copy_(torch.from_numpy(stats[name]))
             self._calibrated = True
         return float(m.offset_scale)
 
-    def deattenuation(self) -> np.ndarray:
-        """The edit de-attenuation matrix of the training labels (``motion/au_calibration.py``)."""
-        if self._deattenuation is None:
+    def label_statistics(self) -> dict[str, np.ndarray]:
+        """The AU-fields buffers from the training labels (``motion/au_calibration.py``): the edit
+        de-attenuation matrix, the codes' mean and whitening."""
+        if self._label_stats is None:
             labels, masks = [], []
             for sample in iter_dataset(self._data_root(), "seq", "train"):
                 if sample.get("aus") is None:
@@ -211,10 +214,12 @@ class MotionTask(Task):
                     break
             if not labels:
                 raise ValueError(f"no training clip with AU labels in {self._data_root()}")
-            self._deattenuation = deattenuation_matrix(labels, masks)
+            mean, white = whitening(labels, masks)
+            self._label_stats = {"au_deattenuation": deattenuation_matrix(labels, masks), "au_mean": mean,
+                                 "au_whitening": white}
             log.info("AU edit de-attenuation from %d training clips: diagonal %s", len(labels),
-                     np.round(np.diag(self._deattenuation), 2).tolist())
-        return self._deattenuation
+                     np.round(np.diag(self._label_stats["au_deattenuation"]).astype(float), 2).tolist())
+        return self._label_stats
 
     # ---- Task protocol -------------------------------------------------------------------------------
 
