@@ -287,7 +287,7 @@ class DiffusionConfig:
     # are amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
     guidance_reference: str = "speech"
     # how a code change (edit, text modulation) against the reference codes reaches the motion:
-    # "fields" = the model's fitted AU fields, de-attenuated (Denoiser.edit_offsets), times the
+    # "fields" = the model's fitted edit fields, de-attenuated (Denoiser.edit_offsets), times the
     # guidance scale, one network call per step; "network" = the guided network's own difference
     # (it has learnt the codes' effect *given the audio*, which noisy, grouped labels shrink)  # choice
     edit_path: str = "fields"
@@ -301,8 +301,8 @@ class DiffusionConfig:
     # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
     # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
     lambda_move: float = 0.1
-    # AU-fields fit (ours): the per-template AU fields alone (plus a bias) must explain the offsets
-    # from the codes; they enter the prediction detached (motion/denoiser.py)  # choice
+    # edit fields (ours): a second set of per-template AU fields that, with a bias, must explain the
+    # offsets from the codes alone; edits go through them (edit_path=fields, motion/denoiser.py)  # choice
     lambda_au_fields: float = 1.0
     move_tau: float = 0.005  # eq. (22) τ in metres  # choice
     dropout: float = 0.1  # transformer dropout  # choice

@@ -28,7 +28,8 @@ def test_response_stats_scale_and_shape():
 
 
 def _linear_model() -> Denoiser:
-    """A denoiser whose x̂0 is exactly Σ_k E_k F_k(v): the transformer's output is zeroed."""
+    """A denoiser whose x̂0 is exactly Σ_k E_k F_k(v) (the transformer's output is zeroed) and whose
+    edit fields are F."""
     torch.manual_seed(0)
     m = Denoiser(audio_dim=8, d_model=32, n_heads=4, n_layers=1, rank=8, dropout=0.0,
                  offset_scale=2e-3).eval()
@@ -36,6 +37,7 @@ def _linear_model() -> Denoiser:
         m.coef_out.weight.zero_()
         m.coef_out.bias.zero_()
         m.au_field_head.weight.normal_(std=0.2)
+        m.edit_field_head.weight.copy_(m.au_field_head.weight)  # edits move exactly what the codes do
     return m
 
 

@@ -15,7 +15,10 @@ Data: ``seq`` shards of ``cfg.data.root`` (split ``train``) with tracked meshes,
   ``diffusion.cond_dropout`` (classifier-free guidance), the audio alone with probability
   ``diffusion.audio_dropout`` (so the AU codes must explain the motion too: edits then work), the
   network predicts x0, loss = eq. 17 plus eq. (22) L_dist on the prediction in metres (the
-  predicted offsets are what moves the rig's facial Gaussians; ``diffusion.lambda_move``).
+  predicted offsets are what moves the rig's facial Gaussians; ``diffusion.lambda_move``), plus
+  ``diffusion.lambda_au_fields`` × the edit fields' fit (codes alone → offsets, on frames with
+  labels of rows whose condition was kept; ``motion/denoiser.py``). The fit's whitening and the
+  edit de-attenuation come from the training labels (``label_statistics``).
 
 ``offset_scale`` (metres per diffusion unit) is ``diffusion.offset_scale`` or, when that is 0, the
 RMS offset over the ``face`` vertices of the first training clips in manifest order (the same on
@@ -166,7 +169,7 @@ class MotionTask(Task):
         self._scale: float | None = None
         self._val: list[dict] | None = None
         self._label_stats: dict[str, np.ndarray] | None = None
-        self._calibrated = False  # the model's au_deattenuation buffer holds the training labels' matrix
+        self._calibrated = False  # the model's label-statistics buffers are set
 
     # ---- set-up ------------------------------------------------------------------------------------
 
