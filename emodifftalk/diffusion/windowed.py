@@ -33,9 +33,11 @@ x̂ = x̂(E_ref, A) + s·(x̂(E, A) − x̂(E_ref, A)). Only what the edit chang
 codes agree (no edit, lip-locked mouth AUs) guidance is a no-op and a window with no difference
 takes one network call per step. With ``diffusion.edit_path=fields`` the code change reaches the
 motion through the model's AU fields instead of the network's difference:
-x̂ = x̂(E_ref, A) + s·Δ(E − E_ref), Δ = ``Denoiser.edit_offsets`` (the fitted AU→offset map,
-de-attenuated), one network call per step; the network itself then only ever sees the
-reference codes, and s scales the edit.
+x̂ = x̂(x_t − √ᾱ_t·sΔ; E_ref, A) + s·Δ(E − E_ref), Δ = ``Denoiser.edit_offsets`` (the fitted
+AU→offset map, de-attenuated), one network call per step. The network sees the reference codes
+and a sample with the edit's share taken out, so the sample is the reference sample shifted by
+exactly sΔ (same noise, DDIM): a network that saw the edited x_t would partly reproduce the edit
+from it at low noise, and the edit would land up to twice.
 """
 
 from __future__ import annotations
@@ -53,13 +55,16 @@ SAMPLERS = ("ddim", "ddpm", "regression")
 
 
 def window_model_fn(model, code, aus_w: torch.Tensor, feats_b: torch.Tensor | None, start: int,
-                    ref_w: torch.Tensor | None = None, edit_scale: float | None = None):
+                    ref_w: torch.Tensor | None = None, edit_scale: float | None = None,
+                    schedule: NoiseSchedule | None = None):
     """The sampler's ``model_fn(x, t, cond, drop)`` for one window (see "Guidance" above).
 
     aus_w (1, L, 17) the window's AU codes; ref_w (1, L, 17) reference codes or None (then
     ``drop=True`` asks for the learned null condition). ``edit_scale`` (with ``ref_w``): the
     prediction under the reference codes plus ``edit_scale`` × the AU fields' offsets of the
-    code change (``edit_path=fields``; the sampler must then run unguided).
+    code change (``edit_path=fields``; the sampler must then run unguided); ``schedule``: the
+    noise schedule of x_t, whose edit share is taken out before the network sees it (None for
+    the regression sampler, whose x is not a sample).
     """
     ref_cond = None if ref_w is None else model.encode_condition(ref_w, feats_b, start)
     if edit_scale is not None:
@@ -68,6 +73,8 @@ def window_model_fn(model, code, aus_w: torch.Tensor, feats_b: torch.Tensor | No
         edit = edit_scale * model.edit_offsets(code, aus_w - ref_w)
 
         def fields_fn(x, t, cond, drop):
+            if schedule is not None:
+                x = x - schedule.alpha_bar(t, x).sqrt().to(x.dtype) * edit
             return model(x, None, ref_w, feats_b, t, start_frame=start, template_code=code,
                          cond_embedding=ref_cond) + edit
 
@@ -156,7 +163,7 @@ def sample_windows(model, schedule: NoiseSchedule | None, template: torch.Tensor
         if ref_w is not None and edit_path == "fields":  # the edit is scaled, the sampling unguided
             edit_scale, window_guidance = window_guidance, 1.0
         model_fn = window_model_fn(model, code, aus[None, start:start + length], feats_b, start, ref_w,
-                                   edit_scale)
+                                   edit_scale, None if sampler == "regression" else schedule)
 
         shape = (1, length, n_verts, 3)
         if sampler == "regression":

@@ -136,3 +136,12 @@ def test_fields_edit_path_adds_the_deattenuated_fields_of_the_code_change():
     want = 2.0 * 1.5 * torch.einsum("tk,kvc->tvc", edited - aus, fields)
     torch.testing.assert_close(edit("fields"), want, atol=1e-7, rtol=1e-4)
     assert not torch.allclose(edit("network"), want, atol=1e-6)  # the network's own difference
+
+    # DDIM, same noise: the edited sample is the reference sample shifted by exactly the edit, even
+    # though this network reads the noisy sample (it would otherwise reproduce part of the edit)
+    with torch.no_grad():
+        model.frame_in.weight.normal_(std=2.0)
+    cfg.diffusion.edit_path = "fields"
+    ddim = [sample_motion(model, schedule, template, c, None, cfg, guidance_scale=2.0, reference_aus=aus,
+                          generator=torch.Generator().manual_seed(0)) for c in (edited, aus)]
+    torch.testing.assert_close(ddim[0] - ddim[1], want, atol=1e-6, rtol=1e-3)
