@@ -288,11 +288,19 @@ class DiffusionConfig:
     guidance_scale: float = 1.0
     # classifier-free guidance when animating (`animate`, the viewer): > 1 makes the motion follow the
     # AU codes, hence edits, more closely (the demo's metrics.json: held_out_motion.au_edit_response,
-    # guided vs unguided)  # choice
-    animate_guidance_scale: float = 2.0
+    # guided vs unguided). With edit_path=fields it scales the edit; calibrated on v2's val identities
+    # (`eval pipeline --split val --au-clips 3 diffusion.animate_guidance_scale=1`): the scale that puts
+    # the most AUs in the band of issue 19 (gain 0.7-1.3, cosine >= 0.8: only AU26, gain 0.84 at 1,
+    # so <= 1.55), the largest such (median gain over the 16 editable AUs 0.57 at 1 would ask 1.8)  # choice
+    animate_guidance_scale: float = 1.5
     # what animate's guidance pushes away from: "speech" = the speech-only AU codes (only text/edits
     # are amplified, lips keep their unguided accuracy) or "null" = the null condition (classic CFG)  # choice
     guidance_reference: str = "speech"
+    # how a code change (edit, text modulation) against the reference codes reaches the motion:
+    # "fields" = the model's fitted edit fields, de-attenuated (Denoiser.edit_offsets), times the
+    # guidance scale, one network call per step; "network" = the guided network's own difference
+    # (it has learnt the codes' effect *given the audio*, which noisy, grouped labels shrink)  # choice
+    edit_path: str = "fields"
     lambda_vertex: float = 1.0  # eq. (17)
     lambda_motion: float = 0.5
     lambda_deform: float = 0.1
@@ -303,6 +311,9 @@ class DiffusionConfig:
     # eq. (22) (supp. "Feature line") on the predicted offsets, which are the facial Gaussians'
     # motion: λ_move · mean min(‖Δp̂‖, τ)/τ pulls sub-τ jitter towards zero (losses/feature_line.py)  # choice
     lambda_move: float = 0.1
+    # edit fields (ours): a second set of per-template AU fields that, with a bias, must explain the
+    # offsets from the codes alone; edits go through them (edit_path=fields, motion/denoiser.py)  # choice
+    lambda_au_fields: float = 1.0
     move_tau: float = 0.005  # eq. (22) τ in metres  # choice
     dropout: float = 0.1  # transformer dropout  # choice
     causal: bool = False  # bidirectional attention over the window (context frames are inpainted)
@@ -325,6 +336,8 @@ class DiffusionConfig:
         _check(self.guidance_scale >= 0 and self.animate_guidance_scale >= 0,
                "diffusion.guidance_scale and diffusion.animate_guidance_scale must be >= 0 (1 = no guidance)")
         _check(self.guidance_reference in ("speech", "null"), "diffusion.guidance_reference must be 'speech' or 'null'")
+        _check(self.edit_path in ("fields", "network"), "diffusion.edit_path must be 'fields' or 'network'")
+        _check(self.lambda_au_fields >= 0, "diffusion.lambda_au_fields must be >= 0")
         _check(0 <= self.cond_dropout < 1, "diffusion.cond_dropout must be in [0, 1)")
         _check(0 <= self.audio_dropout < 1, "diffusion.audio_dropout must be in [0, 1)")
         _check(self.lambda_lip_gap >= 0, "diffusion.lambda_lip_gap must be >= 0")

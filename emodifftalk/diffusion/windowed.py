@@ -31,7 +31,13 @@ With ``reference_aus`` (e.g. the speech-only AU codes of an edited clip), the "u
 is instead the prediction under those codes and the same audio — the negative-prompt pattern:
 x̂ = x̂(E_ref, A) + s·(x̂(E, A) − x̂(E_ref, A)). Only what the edit changes is amplified; where the
 codes agree (no edit, lip-locked mouth AUs) guidance is a no-op and a window with no difference
-takes one network call per step.
+takes one network call per step. With ``diffusion.edit_path=fields`` the code change reaches the
+motion through the model's AU fields instead of the network's difference:
+x̂ = x̂(x_t − √ᾱ_t·sΔ; E_ref, A) + s·Δ(E − E_ref), Δ = ``Denoiser.edit_offsets`` (the fitted
+AU→offset map, de-attenuated), one network call per step. The network sees the reference codes
+and a sample with the edit's share taken out, so the sample is the reference sample shifted by
+exactly sΔ (same noise, DDIM): a network that saw the edited x_t would partly reproduce the edit
+from it at low noise, and the edit would land up to twice.
 """
 
 from __future__ import annotations
@@ -49,14 +55,31 @@ SAMPLERS = ("ddim", "ddpm", "regression")
 
 
 def window_model_fn(model, code, aus_w: torch.Tensor, feats_b: torch.Tensor | None, start: int,
-                    ref_w: torch.Tensor | None = None):
+                    ref_w: torch.Tensor | None = None, edit_scale: float | None = None,
+                    schedule: NoiseSchedule | None = None):
     """The sampler's ``model_fn(x, t, cond, drop)`` for one window (see "Guidance" above).
 
     aus_w (1, L, 17) the window's AU codes; ref_w (1, L, 17) reference codes or None (then
-    ``drop=True`` asks for the learned null condition).
+    ``drop=True`` asks for the learned null condition). ``edit_scale`` (with ``ref_w``): the
+    prediction under the reference codes plus ``edit_scale`` × the AU fields' offsets of the
+    code change (``edit_path=fields``; the sampler must then run unguided); ``schedule``: the
+    noise schedule of x_t, whose edit share is taken out before the network sees it (None for
+    the regression sampler, whose x is not a sample).
     """
-    cond_w = model.encode_condition(aus_w, feats_b, start)  # the same for every denoising step
     ref_cond = None if ref_w is None else model.encode_condition(ref_w, feats_b, start)
+    if edit_scale is not None:
+        if ref_w is None:
+            raise ValueError("edit_scale needs reference codes (ref_w)")
+        edit = edit_scale * model.edit_offsets(code, aus_w - ref_w)
+
+        def fields_fn(x, t, cond, drop):
+            if schedule is not None:
+                x = x - schedule.alpha_bar(t, x).sqrt().to(x.dtype) * edit
+            return model(x, None, ref_w, feats_b, t, start_frame=start, template_code=code,
+                         cond_embedding=ref_cond) + edit
+
+        return fields_fn
+    cond_w = model.encode_condition(aus_w, feats_b, start)  # the same for every denoising step
 
     def model_fn(x, t, cond, drop):
         if ref_w is not None and bool(torch.as_tensor(drop).any()):
@@ -121,13 +144,14 @@ def sample_windows(model, schedule: NoiseSchedule | None, template: torch.Tensor
                    feats: torch.Tensor | None, out: torch.Tensor, windows: list[tuple[int, int, int]], *,
                    sampler: str, steps: int, guidance_scale: float, eta: float = 0.0,
                    generator: torch.Generator | None = None, reference_aus: torch.Tensor | None = None,
-                   device=None, callback: Callable[[], None] | None = None) -> None:
+                   edit_path: str = "network", device=None, callback: Callable[[], None] | None = None) -> None:
     """Sample ``windows`` (from ``window_plan``) in order into ``out`` (T, V, 3), in place, in
     diffusion units (metres / ``model.offset_scale``), on the CPU. Each window's context frames are
     read from ``out``: frames written by an earlier window, or frames the caller put there.
 
     aus (T, 17) and ``reference_aus`` (T, 17) or None on ``device``; feats (Ta, D) or None;
-    ``callback()`` after every network step (for progress).
+    ``callback()`` after every network step (for progress); ``edit_path``: how code changes
+    against ``reference_aus`` reach the motion ("network" | "fields", see "Guidance" above).
     """
     n_verts = template.shape[0]
     code = model.encode_template(template[None].to(device=device, dtype=torch.float32))
@@ -135,7 +159,11 @@ def sample_windows(model, schedule: NoiseSchedule | None, template: torch.Tensor
     tick = None if callback is None else (lambda *_: callback())
     for start, length, n_ctx in windows:
         ref_w, window_guidance = reference_window(reference_aus, aus, start, length, guidance_scale)
-        model_fn = window_model_fn(model, code, aus[None, start:start + length], feats_b, start, ref_w)
+        edit_scale = None
+        if ref_w is not None and edit_path == "fields":  # the edit is scaled, the sampling unguided
+            edit_scale, window_guidance = window_guidance, 1.0
+        model_fn = window_model_fn(model, code, aus[None, start:start + length], feats_b, start, ref_w,
+                                   edit_scale, None if sampler == "regression" else schedule)
 
         shape = (1, length, n_verts, 3)
         if sampler == "regression":
@@ -200,7 +228,7 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
     out = torch.zeros(aus.shape[0], template.shape[0], 3)  # diffusion units, CPU
     sample_windows(model, schedule, template, aus, feats, out, window_starts(aus.shape[0], window, context),
                    sampler=sampler, steps=steps, guidance_scale=guidance, eta=eta, generator=generator,
-                   reference_aus=reference_aus, device=device)
+                   reference_aus=reference_aus, edit_path=cfg.diffusion.edit_path, device=device)
     return out * scale
 
 
@@ -255,7 +283,8 @@ def resample_spans(model, schedule: NoiseSchedule | None, template: torch.Tensor
     result = np.array(old_offsets, dtype=np.float32, copy=True)  # untouched frames stay bit for bit
     for windows, a, b, end in plan:
         sample_windows(model, schedule, template, aus_t, feats, out, windows, sampler=sampler, steps=steps,
-                       guidance_scale=guidance, generator=gen, reference_aus=ref_t, device=device, callback=tick)
+                       guidance_scale=guidance, generator=gen, reference_aus=ref_t,
+                       edit_path=cfg.diffusion.edit_path, device=device, callback=tick)
         if end > b:  # new motion → old motion over [b, end); weight of the new 1 → 0
             w = torch.linspace(1, 0, end - b + 2)[1:-1].view(-1, 1, 1)
             out[b:end] = w * out[b:end] + (1 - w) * old[b:end]

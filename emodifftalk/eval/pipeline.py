@@ -21,7 +21,7 @@ against the tracked meshes.
   frames and clips (0 for a deterministic method, measured all the same);
 * ``au_edit_response`` (AU-conditioned methods, synthetic identities): gain and cosine
   (``eval/au_response.py``) of **every** AU at the export's default guidance, mean over
-  ``au_clips`` clips.
+  ``au_clips`` clips spread over the identities (``spread_over_identities``).
 """
 
 from __future__ import annotations
@@ -163,6 +163,18 @@ def synthetic_fields_of(data: str | Path, synth_cfg, templates: dict):
     return fields_of
 
 
+def spread_over_identities(identities: list[str], n: int) -> list[int]:
+    """Indices of ``n`` clips taking each identity's clips in turn (first clips of every identity,
+    then second ones, …): an AU edit's gain depends on the identity's tracker, so the clips that
+    measure it should cover as many identities as they can."""
+    rank: dict[str, int] = {}
+    order = []
+    for i, ident in enumerate(identities):
+        order.append((rank.get(ident, 0), i))
+        rank[ident] = rank.get(ident, 0) + 1
+    return sorted(i for _, i in sorted(order)[:max(n, 0)])
+
+
 def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | None = None,
                       splits: tuple[str, ...] = ("val", "test"), device: str = "cpu", seed: int = 0,
                       max_clips: int | None = None, au_clips: int = 4, diversity_samples: int = DIVERSITY_SAMPLES,
@@ -193,7 +205,8 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
     response = {m.name: {a: {"gain": [], "cosine": []} for a in AU_NAMES} for m in methods
                 if m.kind in AU_CONDITIONED}
     phones_missing = 0
-    n_au = min(au_clips, len(clips))
+    au_picks = set(spread_over_identities([c["meta"]["identity"] for c in clips], au_clips))
+    n_au = len(au_picks)
     total = len(clips) * len(methods) + n_au * len(response)
     bar = tqdm(total=total, desc="eval pipeline", unit="clip", disable=not progress)
     for i, clip in enumerate(clips):
@@ -222,7 +235,7 @@ def run_pipeline_eval(runs: str | Path, data: str | Path, *, out: str | Path | N
                 c = closure_counts(lip_gap(samples[0], tpl.verts, tpl.lip_idx), true_open, *labels)
                 counts[m.name] = add_counts(counts[m.name], c)
             bar.update(1)
-        if i < n_au and (fields := fields_of(clip["meta"]["identity"])) is not None:
+        if i in au_picks and (fields := fields_of(clip["meta"]["identity"])) is not None:
             aus = np.asarray(clip["aus"] * clip["au_mask"], np.float32)[:n]  # the true codes: edit what the data has
             for m in methods:
                 if m.name not in response:

@@ -28,6 +28,17 @@ Works for any vertex count V and any number of frames T; nothing has V in a weig
   template (zero at init, off when the condition is dropped) — FACS's additive picture, which
   the transformer refines. Without F a short run learns to read mouth motion off the audio and
   all but ignores the codes (AU-edit gain ≈ 0.05, see ``eval/au_response.py``).
+* **Edit fields** (``au_path=True``, training with ``diffusion.lambda_au_fields``): a second set of
+  per-template fields G(v) ∈ R^{17×3} and a bias b(v), fitted by their own loss to explain the
+  offsets from the codes alone, b + Σ_k (E_tk − μ_k) G_k ≈ x0; they are not part of x̂0. F, trained
+  jointly, only learns what audio and the transformer leave unexplained (an edit through F moves
+  the face ~0.2× as far as the data does); G is the least-squares AU→offset map, what an edit of
+  one code should add (``edit_offsets``). G = Wᵀ G_white is learnt for whitened codes (buffers
+  ``au_mean`` μ and ``au_whitening`` W = Σ_L^-½ of the training labels): the labels' AUs move in
+  groups, and gradient descent on grouped inputs learns their sum long before their differences.
+* **Edit de-attenuation** ``au_deattenuation`` (17×17 buffer, identity by default): noisy labels
+  shrink a least-squares map (errors in variables); training sets this matrix from the labels'
+  own statistics (``motion/au_calibration.py``) and ``edit_offsets`` applies it to code changes.
 
 Audio alignment: feature frame i covers [i/rate, (i+1)/rate) s (see audio_frontend.py) and video
 frame t covers [t/fps, (t+1)/fps); the centre feature of frame t is ⌊(t + start_frame + ½)·rate/fps⌋.
@@ -57,11 +68,13 @@ class TemplateCode:
     synthesis: torch.Tensor  # (B, r, V·3), contiguous
     token: torch.Tensor  # (B, d_model)
     au_fields: torch.Tensor  # (B, 17, V·3): per-unit AU displacement, diffusion units
+    edit_fields: torch.Tensor  # (B, 17, V·3): the fitted AU→offset map G (edits), diffusion units
+    au_bias: torch.Tensor  # (B, V·3): offset of the edit fields' fit at mean codes, diffusion units
 
     def select(self, index: torch.Tensor) -> TemplateCode:
         """Row b of the result is row ``index[b]`` of this code."""
         return TemplateCode(self.analysis[index], self.synthesis[index], self.token[index],
-                            self.au_fields[index])
+                            self.au_fields[index], self.edit_fields[index], self.au_bias[index])
 
     @property
     def num_vertices(self) -> int:
@@ -138,6 +151,13 @@ class Denoiser(nn.Module):
         self.null_cond = nn.Parameter(torch.zeros(d_model))
         self.null_audio = nn.Parameter(torch.zeros(d_model))
         self.au_field_head = nn.Linear(point_hidden, n_aus * 3)
+        self.edit_field_head = nn.Linear(point_hidden, n_aus * 3)
+        self.au_bias_head = nn.Linear(point_hidden, 3)
+        # code change → the change the AU fields should be given (errors-in-variables correction)
+        self.register_buffer("au_deattenuation", torch.eye(n_aus))
+        # the edit fields are learnt for whitened codes W (E − μ) (see the module docstring)
+        self.register_buffer("au_whitening", torch.eye(n_aus))
+        self.register_buffer("au_mean", torch.zeros(n_aus))
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model,
@@ -162,6 +182,10 @@ class Denoiser(nn.Module):
         nn.init.normal_(self.null_audio, std=0.02)
         nn.init.zeros_(self.au_field_head.weight)
         nn.init.zeros_(self.au_field_head.bias)
+        nn.init.zeros_(self.edit_field_head.weight)
+        nn.init.zeros_(self.edit_field_head.bias)
+        nn.init.zeros_(self.au_bias_head.weight)
+        nn.init.zeros_(self.au_bias_head.bias)
         # start with small outputs so early training is not dominated by a random basis
         nn.init.normal_(self.coef_out.weight, std=0.02 / math.sqrt(self.rank))
         nn.init.zeros_(self.coef_out.bias)
@@ -175,9 +199,34 @@ class Denoiser(nn.Module):
         b, v, _ = h.shape
         analysis = self.analysis_head(h).view(b, v * 3, self.rank)  # rows ordered (v, xyz)
         synthesis = self.synthesis_head(h).view(b, v, self.rank, 3).permute(0, 2, 1, 3).reshape(b, self.rank, v * 3)
-        au_fields = self.au_field_head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
+        def fields(head: nn.Linear) -> torch.Tensor:  # (B, 17, V·3)
+            return head(h).view(b, v, self.n_aus, 3).permute(0, 2, 1, 3).reshape(b, self.n_aus, v * 3)
+
+        edit_fields = torch.matmul(self.au_whitening.T, fields(self.edit_field_head))  # E·G = (W E)·G_white
         return TemplateCode(analysis, synthesis.contiguous(), self.template_token(h.mean(dim=1)),
-                            au_fields.contiguous())
+                            fields(self.au_field_head).contiguous(), edit_fields.contiguous(),
+                            self.au_bias_head(h).reshape(b, v * 3))
+
+    def edit_offsets(self, template_code: TemplateCode, delta_codes: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, T, V, 3), diffusion units, that a change of the AU codes ``delta_codes``
+        (B, T, 17) adds through the AU fields, de-attenuated (see the module docstring)."""
+        b, t = delta_codes.shape[:2]
+        corrected = torch.matmul(delta_codes.float(), self.au_deattenuation.T)
+        return torch.matmul(corrected, template_code.edit_fields).view(b, t, -1, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # exports from before the edit fields: edits go through their joint fields F, no bias,
+        # whitening or de-attenuation
+        for name, source in (("edit_field_head.weight", "au_field_head.weight"),
+                             ("edit_field_head.bias", "au_field_head.bias")):
+            if prefix + name not in state_dict and prefix + source in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + source]
+        for name, value in (("au_bias_head.weight", self.au_bias_head.weight),
+                            ("au_bias_head.bias", self.au_bias_head.bias),
+                            ("au_deattenuation", self.au_deattenuation),
+                            ("au_whitening", self.au_whitening), ("au_mean", self.au_mean)):
+            state_dict.setdefault(prefix + name, value.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode_condition(self, aus: torch.Tensor, audio: torch.Tensor | None,
                          start_frame: int = 0, drop_audio: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,7 +273,8 @@ class Denoiser(nn.Module):
                 template_code: TemplateCode | None = None,
                 template_index: torch.Tensor | None = None,
                 cond_embedding: torch.Tensor | None = None,
-                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
+                drop_audio: torch.Tensor | None = None,
+                au_path: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x_n (B,T,V,3), template (B,V,3) [or ``template_code``], aus (B,T,17),
         audio (B,Ta,D) or None (= no audio), n (B,) → x̂0 (B,T,V,3).
 
@@ -235,6 +285,8 @@ class Denoiser(nn.Module):
         b uses ``template[template_index[b]]`` (batches repeat identities: encode each once).
         ``cond_embedding``: ``encode_condition(aus, audio, start_frame)`` computed beforehand
         (samplers reuse it across steps; ``aus``/``audio`` are then only used for shape checks).
+        ``au_path``: return (x̂0, b + Σ_k (E_tk − μ_k) G_k): the edit fields' fit, for the caller's
+        loss (the only one that trains G and b).
         """
         assert x_n.ndim == 4 and x_n.shape[-1] == 3, f"x_n must be (B, T, V, 3), got {tuple(x_n.shape)}"
         b, t, v, _ = x_n.shape
@@ -283,4 +335,10 @@ class Denoiser(nn.Module):
             keep = ~torch.as_tensor(drop_cond, device=codes.device).bool().expand(b)
             codes = codes * keep[:, None, None].to(codes.dtype)
         out = torch.matmul(coef, template_code.synthesis) + torch.matmul(codes, template_code.au_fields)
-        return out.view(b, t, v, 3)
+        if not au_path:
+            if self.training:  # keeps the edit fields in the graph (DDP needs every parameter)
+                out = out + 0.0 * (template_code.edit_fields.sum() + template_code.au_bias.sum())
+            return out.view(b, t, v, 3)
+        centre = torch.matmul(self.au_mean, template_code.edit_fields)  # (B, V·3): the fit uses E − μ
+        fit = torch.matmul(codes, template_code.edit_fields) + (template_code.au_bias - centre)[:, None]
+        return out.view(b, t, v, 3), fit.view(b, t, v, 3)

@@ -28,7 +28,8 @@ def test_response_stats_scale_and_shape():
 
 
 def _linear_model() -> Denoiser:
-    """A denoiser whose x̂0 is exactly Σ_k E_k F_k(v): the transformer's output is zeroed."""
+    """A denoiser whose x̂0 is exactly Σ_k E_k F_k(v) (the transformer's output is zeroed) and whose
+    edit fields are F."""
     torch.manual_seed(0)
     m = Denoiser(audio_dim=8, d_model=32, n_heads=4, n_layers=1, rank=8, dropout=0.0,
                  offset_scale=2e-3).eval()
@@ -36,6 +37,7 @@ def _linear_model() -> Denoiser:
         m.coef_out.weight.zero_()
         m.coef_out.bias.zero_()
         m.au_field_head.weight.normal_(std=0.2)
+        m.edit_field_head.weight.copy_(m.au_field_head.weight)  # edits move exactly what the codes do
     return m
 
 
@@ -113,3 +115,33 @@ def test_viewer_resampling_uses_the_same_reference_guidance():
     want = torch.einsum("tk,kvc->tvc", aus + 2 * (edited - aus), fields).numpy()
     np.testing.assert_allclose(out[8:14], want[8:14], atol=1e-6)
     np.testing.assert_array_equal(out[:5], old[:5])  # before the span's context: untouched
+
+
+def test_fields_edit_path_adds_the_deattenuated_fields_of_the_code_change():
+    from emodifftalk.diffusion.windowed import sample_motion
+
+    cfg, model, template, fields, aus, schedule = _linear_setup()
+    with torch.no_grad():
+        model.coef_out.weight.normal_(std=0.5)  # the network now reacts to the codes as well
+        model.au_deattenuation.copy_(1.5 * torch.eye(NUM_AUS))
+    edited = aus.clone()
+    edited[:, AU_INDEX["AU04"]] += 0.3
+
+    def edit(path):
+        cfg.diffusion.edit_path = path
+        run = [sample_motion(model, None, template, c, None, cfg, sampler="regression", guidance_scale=2.0,
+                             reference_aus=aus) for c in (edited, aus)]
+        return run[0] - run[1]
+
+    want = 2.0 * 1.5 * torch.einsum("tk,kvc->tvc", edited - aus, fields)
+    torch.testing.assert_close(edit("fields"), want, atol=1e-7, rtol=1e-4)
+    assert not torch.allclose(edit("network"), want, atol=1e-6)  # the network's own difference
+
+    # DDIM, same noise: the edited sample is the reference sample shifted by exactly the edit, even
+    # though this network reads the noisy sample (it would otherwise reproduce part of the edit)
+    with torch.no_grad():
+        model.frame_in.weight.normal_(std=2.0)
+    cfg.diffusion.edit_path = "fields"
+    ddim = [sample_motion(model, schedule, template, c, None, cfg, guidance_scale=2.0, reference_aus=aus,
+                          generator=torch.Generator().manual_seed(0)) for c in (edited, aus)]
+    torch.testing.assert_close(ddim[0] - ddim[1], want, atol=1e-6, rtol=1e-3)

@@ -41,29 +41,50 @@ def test_same_weights_serve_two_topologies():
 def test_gradient_reaches_every_parameter():
     m = tiny().train()
     x, p, e, a, n = inputs(3, 6, 30)
-    out = m(x, p, e, a, n, drop_cond=torch.tensor([True, False, False]),
-            drop_audio=torch.tensor([False, True, False]))
-    out.square().mean().backward()
+    kw = {"drop_cond": torch.tensor([True, False, False]), "drop_audio": torch.tensor([False, True, False])}
+    out, fit = m(x, p, e, a, n, au_path=True, **kw)  # training with the AU-fields fit
+    (out.square().mean() + (fit - x).square().mean()).backward()
     missing = [name for name, prm in m.named_parameters() if prm.grad is None or not torch.any(prm.grad != 0)]
     assert not missing, f"no gradient for {missing}"
+    m.zero_grad(set_to_none=True)
+    m(x, p, e, a, n, **kw).square().mean().backward()  # without it: every parameter still in the graph (DDP)
+    assert all(prm.grad is not None for prm in m.parameters())
 
 
-def test_conditions_change_output_and_null_condition_ignores_them():
+def test_edit_fields_are_fitted_only_by_their_own_loss():
+    m = tiny().train()
+    torch.nn.init.normal_(m.edit_field_head.weight, std=0.1)
+    m.au_mean.fill_(0.2)
+    x, p, e, a, n = inputs(2, 5, 30)
+    out, fit = m(x, p, e, a, n, au_path=True)
+    torch.testing.assert_close(out, m(x, p, e, a, n))  # the prediction does not use them
+    out.square().mean().backward()
+    grad = m.edit_field_head.weight.grad
+    assert grad is None or not grad.any()
+    assert m.au_field_head.weight.grad.any()  # the joint fields F are still trained by x̂0
+    code = m.encode_template(p)
+    expect = torch.matmul(e - 0.2, code.edit_fields) + code.au_bias[:, None]
+    torch.testing.assert_close(fit, expect.view_as(fit))
+
+
+def test_edit_offsets_apply_the_whitening_and_deattenuation_and_old_exports_load():
     m = tiny()
-    x, p, e, a, n = inputs(1, 6, 30)
-    base = m(x, p, e, a, n)
-    assert not torch.allclose(base, m(x, p, torch.zeros_like(e), a, n))
-    assert not torch.allclose(base, m(x, p, e, torch.zeros_like(a), n))
-    assert not torch.allclose(base, m(x, p, e, a, n + 1))
-    # dropped condition: AU codes and audio no longer matter
-    d1 = m(x, p, e, a, n, drop_cond=True)
-    d2 = m(x, p, torch.rand_like(e), torch.randn_like(a), n, drop_cond=True)
-    assert torch.allclose(d1, d2, atol=1e-6)
-    assert not torch.allclose(d1, base)
-    # dropped audio: the audio no longer matters, the AU codes still do
-    a1 = m(x, p, e, a, n, drop_audio=True)
-    assert torch.allclose(a1, m(x, p, e, torch.randn_like(a), n, drop_audio=True), atol=1e-6)
-    assert not torch.allclose(a1, m(x, p, torch.rand_like(e), a, n, drop_audio=True))
+    torch.nn.init.normal_(m.edit_field_head.weight, std=0.1)
+    code = m.encode_template(inputs(1, 4, 30)[1])
+    delta = torch.zeros(1, 4, 17)
+    delta[..., 3] = 0.5
+    base = m.edit_offsets(code, delta)
+    torch.testing.assert_close(base, 0.5 * code.edit_fields[:, 3].view(1, 1, 30, 3).expand(1, 4, 30, 3))
+    m.au_deattenuation.copy_(2.0 * torch.eye(17))
+    torch.testing.assert_close(m.edit_offsets(code, delta), 2.0 * base)
+    m.au_whitening.copy_(3.0 * torch.eye(17))
+    torch.testing.assert_close(m.edit_offsets(m.encode_template(inputs(1, 4, 30)[1]), delta), 6.0 * base)
+    new = ("edit_field_head", "au_bias_head", "au_deattenuation", "au_whitening", "au_mean")
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith(new)}
+    fresh = tiny()
+    fresh.load_state_dict(old, strict=True)  # exports from before the edit fields: edits through F
+    assert torch.equal(fresh.au_deattenuation, torch.eye(17)) and not fresh.au_bias_head.weight.any()
+    assert torch.equal(fresh.edit_field_head.weight, m.au_field_head.weight)
 
 
 def test_au_fields_make_the_output_linear_in_the_codes_at_zero_transformer_output():

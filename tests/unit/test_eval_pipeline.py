@@ -89,3 +89,13 @@ def test_pipeline_au_edit_response_covers_every_au(runs_and_shards):
     assert "au_edit_response" not in report["results"]["faceformer"]
     with pytest.raises(ValueError, match="Speech-to-AU"):
         run_pipeline_eval(runs / "diffusion", shards)
+
+
+def test_au_edit_clips_are_spread_over_identities():
+    from emodifftalk.eval.pipeline import spread_over_identities
+
+    ids = ["a", "a", "a", "b", "b", "c"]
+    assert spread_over_identities(ids, 3) == [0, 3, 5]  # one clip of each identity first
+    assert spread_over_identities(ids, 4) == [0, 1, 3, 5]
+    assert spread_over_identities(ids, 10) == list(range(6))
+    assert spread_over_identities(ids, 0) == []

@@ -15,7 +15,10 @@ Data: ``seq`` shards of ``cfg.data.root`` (split ``train``) with tracked meshes,
   ``diffusion.cond_dropout`` (classifier-free guidance), the audio alone with probability
   ``diffusion.audio_dropout`` (so the AU codes must explain the motion too: edits then work), the
   network predicts x0, loss = eq. 17 plus eq. (22) L_dist on the prediction in metres (the
-  predicted offsets are what moves the rig's facial Gaussians; ``diffusion.lambda_move``).
+  predicted offsets are what moves the rig's facial Gaussians; ``diffusion.lambda_move``), plus
+  ``diffusion.lambda_au_fields`` × the edit fields' fit (codes alone → offsets, on frames with
+  labels of rows whose condition was kept; ``motion/denoiser.py``). The fit's whitening and the
+  edit de-attenuation come from the training labels (``label_statistics``).
 
 ``offset_scale`` (metres per diffusion unit) is ``diffusion.offset_scale`` or, when that is 0, the
 RMS offset over the ``face`` vertices of the first training clips in manifest order (the same on
@@ -45,6 +48,7 @@ from emodifftalk.eval.metrics import motion_metrics, mouth_opening
 from emodifftalk.losses.feature_line import distance_loss
 from emodifftalk.losses.geometry import deformation_loss, geometry_loss, lip_gap_weights
 from emodifftalk.models.audio_frontend import encoder_id
+from emodifftalk.motion.au_calibration import deattenuation_matrix, whitening
 from emodifftalk.motion.data import ClipFeatures, TemplateInfo, load_template_infos, usable_reason
 from emodifftalk.motion.methods import build_motion_model, method_of, predict_offsets
 from emodifftalk.train.data_check import check_training_shards
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 
 MOTION_META_FILE = "motion.json"
 SCALE_ESTIMATE_CLIPS = 32
+CALIBRATION_CLIPS = 256  # training clips whose labels estimate the AU edit de-attenuation
 VAL_CLIPS = 4
 VAL_NOISE_LEVELS = (0.1, 0.5, 0.9)  # fractions of the chain for the fixed-noise validation loss
 
@@ -163,6 +168,8 @@ class MotionTask(Task):
         self._templates: dict[str, TemplateInfo] | None = None
         self._scale: float | None = None
         self._val: list[dict] | None = None
+        self._label_stats: dict[str, np.ndarray] | None = None
+        self._calibrated = False  # the model's label-statistics buffers are set
 
     # ---- set-up ------------------------------------------------------------------------------------
 
@@ -189,7 +196,33 @@ class MotionTask(Task):
         m = _unwrap(model)
         if float(m.offset_scale) <= 0:
             m.offset_scale.fill_(self.offset_scale())
+        if self.cfg.diffusion.lambda_au_fields > 0 and hasattr(m, "au_deattenuation") and not self._calibrated:
+            stats = self.label_statistics()  # the same before the first step and on resume
+            for name in ("au_deattenuation", "au_mean", "au_whitening"):
+                getattr(m, name).copy_(torch.from_numpy(stats[name]))
+            self._calibrated = True
         return float(m.offset_scale)
+
+    def label_statistics(self) -> dict[str, np.ndarray]:
+        """The AU-fields buffers from the training labels (``motion/au_calibration.py``): the edit
+        de-attenuation matrix, the codes' mean and whitening."""
+        if self._label_stats is None:
+            labels, masks = [], []
+            for sample in iter_dataset(self._data_root(), "seq", "train"):
+                if sample.get("aus") is None:
+                    continue
+                labels.append(sample["aus"] * sample["au_mask"])
+                masks.append(sample["au_mask"].astype(bool))
+                if len(labels) >= CALIBRATION_CLIPS:
+                    break
+            if not labels:
+                raise ValueError(f"no training clip with AU labels in {self._data_root()}")
+            mean, white = whitening(labels, masks)
+            self._label_stats = {"au_deattenuation": deattenuation_matrix(labels, masks), "au_mean": mean,
+                                 "au_whitening": white}
+            log.info("AU edit de-attenuation from %d training clips: diagonal %s", len(labels),
+                     np.round(np.diag(self._label_stats["au_deattenuation"]).astype(float), 2).tolist())
+        return self._label_stats
 
     # ---- Task protocol -------------------------------------------------------------------------------
 
@@ -231,12 +264,21 @@ class MotionTask(Task):
             x_n = self.schedule.q_sample(x0, n, torch.randn_like(x0))
             drop = torch.rand(b, device=x0.device) < d.cond_dropout
         drop_audio = torch.rand(b, device=x0.device) < d.audio_dropout
+        fit_fields = d.lambda_au_fields > 0
         pred = model(x_n, batch["template_unique"], aus, feats, n, drop_cond=drop, frame_mask=fmask,
-                     template_index=batch["template_index"], drop_audio=drop_audio)
+                     template_index=batch["template_index"], drop_audio=drop_audio, au_path=fit_fields)
+        if fit_fields:
+            pred, fields_fit = pred
         terms = self._geometry(pred.float(), x0, batch, fmask)
         # eq. (22) on the real frames' predicted offsets in metres, (N, V, 3); logged unweighted
         terms["move"] = distance_loss((pred.float() * scale)[fmask.bool()], d.move_tau, weight=1.0)
         out = {"loss": terms.pop("geometry") + d.lambda_move * terms["move"]}
+        if fit_fields:
+            # frames with labels (tracker failures have all-zero codes) of rows whose codes were kept
+            rows = fmask.bool() & batch["au_mask"].bool().any(-1) & ~drop[:, None]
+            terms["au_fields"] = (fields_fit.float() - x0)[rows].square().mean() if rows.any() \
+                else fields_fit.sum() * 0.0
+            out["loss"] = out["loss"] + d.lambda_au_fields * terms["au_fields"]
         out.update({k: v.detach() for k, v in terms.items()})
         return out
 
