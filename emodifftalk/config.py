@@ -206,6 +206,12 @@ class AudioConfig:
     # the lips there itself (true mouth AU ~0.05 in such frames, was ~0.2); the estimated labels
     # still carry tracker bias and lag there. None: keep the labels as they are.  # choice
     train_closed_below_db: float | None = -40.0
+    # Share of Speech-to-AU training clips whose level follows a smooth random contour (up to
+    # train_loudness_db deep) with AU25/26 labels scaled by the world's jaw-with-loudness rule
+    # (train/speech_augment.py, with_loudness_contour): espeak-ng's syllables are all about
+    # equally loud, real speech's are not.  # choice
+    train_loudness_prob: float = 0.5
+    train_loudness_db: float = 20.0
 
     @property
     def feature_dim(self) -> int:
@@ -217,6 +223,8 @@ class AudioConfig:
                "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
         _check(0.0 <= self.train_augment_prob <= 1.0, "audio.train_augment_prob must be in [0, 1]")
         _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
+        _check(0.0 <= self.train_loudness_prob <= 1.0, "audio.train_loudness_prob must be in [0, 1]")
+        _check(self.train_loudness_db >= 0.0, "audio.train_loudness_db must be >= 0")
 
 
 @dataclass
