@@ -127,7 +127,8 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, 
     meshes must stay aligned with the audio and whose labels are meshes (the motion model)."""
     if silence and cfg.train_closed_below_db is not None:
         sample = close_lips_in_silence(sample, cfg.train_closed_below_db)
-    if silence and rng.uniform() < cfg.train_loudness_prob:
+    # drawn only when enabled, so configs without it replay the random stream of earlier runs
+    if silence and cfg.train_loudness_prob > 0 and rng.uniform() < cfg.train_loudness_prob:
         sample = with_loudness_contour(sample, rng, cfg.train_loudness_db)
     if silence and rng.uniform() < cfg.train_silence_prob:
         sample = with_silence(sample, rng)
