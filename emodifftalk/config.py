@@ -212,6 +212,12 @@ class AudioConfig:
     # equally loud, real speech's are not.  # choice
     train_loudness_prob: float = 0.5
     train_loudness_db: float = 20.0
+    # Share of Speech-to-AU training clips whose log-mel features are warped along frequency
+    # (vocal-tract length perturbation, factor in train_vtlp_range) and get train_freq_masks
+    # SpecAugment frequency masks: real speakers' formants are not espeak-ng's.  # choice
+    train_vtlp_prob: float = 0.5
+    train_vtlp_range: tuple[float, float] = (0.85, 1.18)
+    train_freq_masks: int = 2
 
     @property
     def feature_dim(self) -> int:
@@ -225,6 +231,10 @@ class AudioConfig:
         _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
         _check(0.0 <= self.train_loudness_prob <= 1.0, "audio.train_loudness_prob must be in [0, 1]")
         _check(self.train_loudness_db >= 0.0, "audio.train_loudness_db must be >= 0")
+        _check(0.0 <= self.train_vtlp_prob <= 1.0, "audio.train_vtlp_prob must be in [0, 1]")
+        _check(0.5 <= self.train_vtlp_range[0] <= self.train_vtlp_range[1] <= 2.0,
+               "audio.train_vtlp_range must be (lo, hi) with 0.5 <= lo <= hi <= 2")
+        _check(self.train_freq_masks >= 0, "audio.train_freq_masks must be >= 0")
 
 
 @dataclass

@@ -12,6 +12,12 @@ labelled "lips closed" (AU25 = AU26 = 0) and leave the other AUs unlabelled (mas
 someone frowns in silence is not in the audio. The clip's own pauses (``audio.train_closed_below_db``
 below its peak) are labelled lips-closed too.
 
+Voices: the log-mel part of a Speech-to-AU clip's features is, with probability
+``audio.train_vtlp_prob``, warped along frequency by a factor in ``audio.train_vtlp_range``
+(vocal-tract length perturbation: the formants of a shorter or longer vocal tract) and gets
+``audio.train_freq_masks`` frequency masks (SpecAugment). A few espeak-ng voices are all the
+model hears; real speakers' formants sit elsewhere, and the mouth must not hang on one band.
+
 Loudness: with probability ``audio.train_loudness_prob`` a Speech-to-AU clip's level is shaped by
 a smooth random contour (syllable to phrase scale, up to ``audio.train_loudness_db`` deep) and
 its AU25/AU26 labels follow the world's own rule for loudness (``visemes.jaw_gain``: a vowel
@@ -30,12 +36,14 @@ from emodifftalk.config import AudioConfig
 from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, resample
 from emodifftalk.data.augment import augment_audio
 from emodifftalk.data.synthetic.visemes import jaw_gain
+from emodifftalk.models.audio_frontend import mel_centre_hz
 
 SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
 CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
 CONTOUR_SIGMA_S = (0.08, 0.4)  # smoothing of the loudness contour: a syllable to a phrase
 CONTOUR_MIN_DB = 6.0  # the shallowest contour drawn (its depth is uniform in [this, train_loudness_db])
 SPEECH_DB = -40.0  # frames at least this loud (re the clip's peak) are speech for the jaw rule
+FREQ_MASK_MAX_SHARE = 0.1  # the widest frequency mask: this share of the mel bins (8 of 80)
 
 
 def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -135,3 +143,29 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, 
     if rng.uniform() < cfg.train_augment_prob:
         sample = dict(sample, audio=augmented_16k(sample["audio"], rng), feats=None, augmented=True)
     return sample
+
+
+def warp_mel(mel: np.ndarray, factor: float) -> np.ndarray:
+    """(Ta, M) log-mel as spoken by a vocal tract ``1 / factor`` as long: the value at each bin's
+    centre frequency f is read at f / factor (linear interpolation across bins, edges held)."""
+    centres = mel_centre_hz(mel.shape[1]).numpy().astype(np.float64)
+    pos = np.interp(centres / factor, centres, np.arange(len(centres)))
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(centres) - 1)
+    w = (pos - lo)[None, :]
+    return ((1.0 - w) * mel[:, lo] + w * mel[:, hi]).astype(mel.dtype)
+
+
+def augment_features(feats: np.ndarray, rng: np.random.Generator, cfg: AudioConfig) -> np.ndarray:
+    """The training view of a Speech-to-AU clip's features (see the module docstring): only the
+    log-mel columns (the first ``cfg.n_mels``) change; level channels and HuBERT features stay."""
+    if cfg.frontend != "mel" or not (cfg.train_vtlp_prob > 0 and rng.uniform() < cfg.train_vtlp_prob):
+        return feats
+    m = int(cfg.n_mels)
+    out = feats.copy()
+    out[:, :m] = warp_mel(feats[:, :m], rng.uniform(*cfg.train_vtlp_range))
+    for _ in range(int(cfg.train_freq_masks)):
+        width = int(rng.integers(1, max(1, round(FREQ_MASK_MAX_SHARE * m)) + 1))
+        start = int(rng.integers(0, m - width + 1))
+        out[:, start:start + width] = 0.0  # the per-utterance mean of a normalised bin
+    return out

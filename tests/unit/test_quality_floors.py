@@ -29,7 +29,7 @@ from emodifftalk.train.task import get_task
 # MAE 0.027-0.052 vs train-mean 0.051, r 0.77-0.86). The MAE floor measures the learning machinery
 # without it; a second test keeps the defaults honest on correlation.
 NO_SPEECH_AUGMENT = ["audio.train_augment_prob=0", "audio.train_silence_prob=0", "audio.train_closed_below_db=null",
-                     "audio.train_loudness_prob=0"]
+                     "audio.train_loudness_prob=0", "audio.train_vtlp_prob=0"]
 
 
 def train_and_eval_s2au(tmp, seed: int = 0, overrides: tuple[str, ...] = tuple(NO_SPEECH_AUGMENT)) -> dict:

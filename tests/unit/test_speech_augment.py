@@ -6,8 +6,8 @@ from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.config import AudioConfig
 from emodifftalk.data.audio import frame_levels_db
 from emodifftalk.data.synthetic.visemes import jaw_gain
-from emodifftalk.train.speech_augment import (augment_sample, augmented_16k, loudness_contour, with_loudness_contour,
-                                              with_silence)
+from emodifftalk.train.speech_augment import (augment_features, augment_sample, augmented_16k, loudness_contour, warp_mel,
+                                              with_loudness_contour, with_silence)
 
 
 def _sample(seconds=1.0, fps=25.0):
@@ -99,3 +99,28 @@ def test_motion_samples_never_get_a_loudness_contour():
     assert augment_sample(s, np.random.default_rng(0), cfg, silence=False) is s  # meshes stay the labels
     out = augment_sample(s, np.random.default_rng(0), cfg, silence=True)
     assert out["feats"] is None and not np.array_equal(out["audio"], s["audio"])
+
+
+def test_vtlp_moves_a_formant_by_the_factor():
+    """A peak at one mel bin's centre frequency f reappears near the bin of f * factor."""
+    from emodifftalk.models.audio_frontend import mel_centre_hz
+
+    centres = mel_centre_hz(80).numpy()
+    mel = np.zeros((4, 80), np.float32)
+    mel[:, 40] = 1.0
+    np.testing.assert_array_equal(warp_mel(mel, 1.0), mel)
+    for factor in (0.85, 1.18):
+        peak = int(np.argmax(warp_mel(mel, factor)[0]))
+        assert abs(peak - int(np.argmin(np.abs(centres - centres[40] * factor)))) <= 1 and peak != 40
+
+
+def test_feature_augmentation_touches_only_the_mel_columns():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((60, 82)).astype(np.float32)
+    cfg = AudioConfig(train_vtlp_prob=1.0, train_freq_masks=2)
+    out = augment_features(feats, rng, cfg)
+    assert out.shape == feats.shape and not np.array_equal(out[:, :80], feats[:, :80])
+    np.testing.assert_array_equal(out[:, 80:], feats[:, 80:])  # level channels: loudness is not a voice
+    assert (np.abs(out[:, :80]).max(axis=0) == 0).sum() >= 1  # a masked band
+    assert augment_features(feats, rng, AudioConfig(train_vtlp_prob=0.0)) is feats
+    assert augment_features(feats, rng, AudioConfig(frontend="hubert", hubert_path="x", train_vtlp_prob=1.0)) is feats
