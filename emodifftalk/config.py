@@ -215,6 +215,20 @@ class AudioConfig:
     # the lips there itself (true mouth AU ~0.05 in such frames, was ~0.2); the estimated labels
     # still carry tracker bias and lag there. None: keep the labels as they are.  # choice
     train_closed_below_db: float | None = -40.0
+    # Share of Speech-to-AU training clips whose level follows a smooth random contour (up to
+    # train_loudness_db deep) with AU25/26 labels scaled by the world's jaw-with-loudness rule
+    # (train/speech_augment.py, with_loudness_contour): espeak-ng's syllables are all about
+    # equally loud, real speech's are not. Off: with train_vtlp_prob=0.5 it gave no measurable
+    # gain on the 20 real recordings over two seeds (README "Real speech in").  # choice
+    train_loudness_prob: float = 0.0
+    train_loudness_db: float = 20.0
+    # Share of Speech-to-AU training clips whose log-mel features are warped along frequency
+    # (vocal-tract length perturbation, factor in train_vtlp_range) and get train_freq_masks
+    # SpecAugment frequency masks: real speakers' formants are not espeak-ng's. Off: no
+    # measurable gain either (same README table).  # choice
+    train_vtlp_prob: float = 0.0
+    train_vtlp_range: tuple[float, float] = (0.85, 1.18)
+    train_freq_masks: int = 2
 
     @property
     def feature_dim(self) -> int:
@@ -226,6 +240,12 @@ class AudioConfig:
                "audio.frontend=hubert needs audio.hubert_path=/local/dir (no hub downloads here)")
         _check(0.0 <= self.train_augment_prob <= 1.0, "audio.train_augment_prob must be in [0, 1]")
         _check(0.0 <= self.train_silence_prob <= 1.0, "audio.train_silence_prob must be in [0, 1]")
+        _check(0.0 <= self.train_loudness_prob <= 1.0, "audio.train_loudness_prob must be in [0, 1]")
+        _check(self.train_loudness_db >= 0.0, "audio.train_loudness_db must be >= 0")
+        _check(0.0 <= self.train_vtlp_prob <= 1.0, "audio.train_vtlp_prob must be in [0, 1]")
+        _check(0.5 <= self.train_vtlp_range[0] <= self.train_vtlp_range[1] <= 2.0,
+               "audio.train_vtlp_range must be (lo, hi) with 0.5 <= lo <= hi <= 2")
+        _check(self.train_freq_masks >= 0, "audio.train_freq_masks must be >= 0")
 
 
 @dataclass

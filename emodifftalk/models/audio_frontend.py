@@ -93,6 +93,13 @@ def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RA
     return fb.float()
 
 
+def mel_centre_hz(n_mels: int, sample_rate: int = SAMPLE_RATE, f_min: float = 20.0) -> torch.Tensor:
+    """(n_mels,) centre frequency of each filter of :func:`mel_filterbank`, in Hz."""
+    top = _hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
+    pts = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64)), top, n_mels + 2)
+    return _mel_to_hz(pts[1:-1]).float()
+
+
 class MelFrontend(AudioFrontend):
     """Log-mel spectrogram, 25 ms Hann window, 20 ms hop (50 Hz), per-utterance normalised."""
 

@@ -11,18 +11,39 @@ and/or trailing silence (before augmentation, so the noise bed covers it). Those
 labelled "lips closed" (AU25 = AU26 = 0) and leave the other AUs unlabelled (masked): whether
 someone frowns in silence is not in the audio. The clip's own pauses (``audio.train_closed_below_db``
 below its peak) are labelled lips-closed too.
+
+Voices: the log-mel part of a Speech-to-AU clip's features is, with probability
+``audio.train_vtlp_prob``, warped along frequency by a factor in ``audio.train_vtlp_range``
+(vocal-tract length perturbation: the formants of a shorter or longer vocal tract) and gets
+``audio.train_freq_masks`` frequency masks (SpecAugment). A few espeak-ng voices are all the
+model hears; real speakers' formants sit elsewhere, and the mouth must not hang on one band.
+
+Loudness: with probability ``audio.train_loudness_prob`` a Speech-to-AU clip's level is shaped by
+a smooth random contour (syllable to phrase scale, up to ``audio.train_loudness_db`` deep) and
+its AU25/AU26 labels follow the world's own rule for loudness (``visemes.jaw_gain``: a vowel
+24 dB below the loudest opens the jaw 35 % as wide). espeak-ng speaks every syllable at nearly
+the same level, so without this the model sees too little loudness variation to learn that
+real speech opens the mouth with its stressed, loud syllables.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from emodifftalk.au import AU_INDEX
 from emodifftalk.config import AudioConfig
 from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, resample
 from emodifftalk.data.augment import augment_audio
+from emodifftalk.data.synthetic.visemes import jaw_gain
+from emodifftalk.models.audio_frontend import mel_centre_hz
+
 SILENCE_SECONDS = (0.2, 1.2)  # length range of each added silent stretch
 CLOSED_LIP_AUS = (AU_INDEX["AU25"], AU_INDEX["AU26"])
+CONTOUR_SIGMA_S = (0.08, 0.4)  # smoothing of the loudness contour: a syllable to a phrase
+CONTOUR_MIN_DB = 6.0  # the shallowest contour drawn (its depth is uniform in [this, train_loudness_db])
+SPEECH_DB = -40.0  # frames at least this loud (re the clip's peak) are speech for the jaw rule
+FREQ_MASK_MAX_SHARE = 0.1  # the widest frequency mask: this share of the mel bins (8 of 80)
 
 
 def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -46,6 +67,35 @@ def close_lips_in_silence(sample: dict, below_db: float) -> dict:
         aus[silent, k] = 0.0
         mask[silent, k] = True
     return dict(sample, aus=aus, au_mask=mask)
+
+
+def loudness_contour(n_frames: int, fps: float, depth_db: float, rng: np.random.Generator) -> np.ndarray:
+    """(n_frames,) smooth random gain in dB: 0 at its loudest, ``-depth_db`` at its quietest."""
+    sigma = rng.uniform(*CONTOUR_SIGMA_S) * fps
+    g = gaussian_filter1d(rng.standard_normal(int(n_frames)), sigma, mode="reflect")
+    g = (g - g.min()) / max(float(g.max() - g.min()), 1e-9)
+    return (g - 1.0) * depth_db
+
+
+def with_loudness_contour(sample: dict, rng: np.random.Generator, max_db: float) -> dict:
+    """``sample`` with its audio shaped by :func:`loudness_contour` and AU25/AU26 scaled as the
+    world scales a vowel's jaw with its level re the clip's loudest (``visemes.jaw_gain``), both
+    levels measured per video frame before and after. Other AUs and silent frames are untouched."""
+    fps = float(sample["meta"]["fps"])
+    n = sample["aus"].shape[0]
+    gain_db = loudness_contour(n, fps, rng.uniform(min(CONTOUR_MIN_DB, max_db), max_db), rng)
+    audio = sample["audio"]
+    centres = (np.arange(n) + 0.5) / fps * SAMPLE_RATE
+    per_sample = np.interp(np.arange(len(audio)), centres, gain_db)
+    shaped = (audio * 10.0 ** (per_sample / 20.0)).astype(audio.dtype)
+    before = frame_levels_db(audio, n, fps, SAMPLE_RATE)
+    after = frame_levels_db(shaped, n, fps, SAMPLE_RATE)
+    gains = np.vectorize(jaw_gain)
+    ratio = np.where(before > SPEECH_DB, gains(after) / gains(before), 1.0)
+    aus = sample["aus"].copy()
+    for k in CLOSED_LIP_AUS:
+        aus[:, k] = np.clip(aus[:, k] * ratio, 0.0, 1.0)
+    return dict(sample, audio=shaped, aus=aus, feats=None)
 
 
 def with_silence(sample: dict, rng: np.random.Generator) -> dict:
@@ -85,8 +135,37 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, 
     meshes must stay aligned with the audio and whose labels are meshes (the motion model)."""
     if silence and cfg.train_closed_below_db is not None:
         sample = close_lips_in_silence(sample, cfg.train_closed_below_db)
+    # drawn only when enabled, so configs without it replay the random stream of earlier runs
+    if silence and cfg.train_loudness_prob > 0 and rng.uniform() < cfg.train_loudness_prob:
+        sample = with_loudness_contour(sample, rng, cfg.train_loudness_db)
     if silence and rng.uniform() < cfg.train_silence_prob:
         sample = with_silence(sample, rng)
     if rng.uniform() < cfg.train_augment_prob:
         sample = dict(sample, audio=augmented_16k(sample["audio"], rng), feats=None, augmented=True)
     return sample
+
+
+def warp_mel(mel: np.ndarray, factor: float) -> np.ndarray:
+    """(Ta, M) log-mel as spoken by a vocal tract ``1 / factor`` as long: the value at each bin's
+    centre frequency f is read at f / factor (linear interpolation across bins, edges held)."""
+    centres = mel_centre_hz(mel.shape[1]).numpy().astype(np.float64)
+    pos = np.interp(centres / factor, centres, np.arange(len(centres)))
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(centres) - 1)
+    w = (pos - lo)[None, :]
+    return ((1.0 - w) * mel[:, lo] + w * mel[:, hi]).astype(mel.dtype)
+
+
+def augment_features(feats: np.ndarray, rng: np.random.Generator, cfg: AudioConfig) -> np.ndarray:
+    """The training view of a Speech-to-AU clip's features (see the module docstring): only the
+    log-mel columns (the first ``cfg.n_mels``) change; level channels and HuBERT features stay."""
+    if cfg.frontend != "mel" or not (cfg.train_vtlp_prob > 0 and rng.uniform() < cfg.train_vtlp_prob):
+        return feats
+    m = int(cfg.n_mels)
+    out = feats.copy()
+    out[:, :m] = warp_mel(feats[:, :m], rng.uniform(*cfg.train_vtlp_range))
+    for _ in range(int(cfg.train_freq_masks)):
+        width = int(rng.integers(1, max(1, round(FREQ_MASK_MAX_SHARE * m)) + 1))
+        start = int(rng.integers(0, m - width + 1))
+        out[:, start:start + width] = 0.0  # the per-utterance mean of a normalised bin
+    return out

@@ -100,10 +100,11 @@ def test_real_speech_recordings_all_load():
     from emodifftalk.data.audio import load_audio
 
     files = audio_files(REPO / "tests" / "data" / "real_speech")
-    assert len(files) >= 6 and {language_of(f.name) for f in files} >= {"en", "zh", "ja"}
+    assert len(files) >= 20 and {language_of(f.name) for f in files} >= {"de", "en", "es", "fr", "ja", "pt", "ru", "zh"}
     for f in files:
         y = load_audio(f, target_sr=16000)
-        assert 2.0 < len(y) / 16000 < 15.0 and np.isfinite(y).all() and np.abs(y).max() > 0.05
+        # fr_fleurs000 is a real quiet recording (peak -48 dBFS, as ffmpeg's volumedetect reads it)
+        assert 2.0 < len(y) / 16000 < 15.0 and np.isfinite(y).all() and np.abs(y).max() > 0.002
 
 
 def test_cli_checks_audio_before_loading_models(tmp_path):

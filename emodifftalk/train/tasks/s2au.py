@@ -42,7 +42,7 @@ from emodifftalk.models.audio_frontend import encoder_id, feature_dim
 from emodifftalk.s2au.inference import EXPORT_META, predict_from_features
 from emodifftalk.s2au.model import SpeechToAU
 from emodifftalk.train.data_check import check_training_shards
-from emodifftalk.train.speech_augment import augment_sample
+from emodifftalk.train.speech_augment import augment_features, augment_sample
 from emodifftalk.train.task import Task, Validation, register_task
 from emodifftalk.utils import atomic_write_text
 
@@ -90,7 +90,7 @@ class S2AUBatches(IterableDataset):
         batch: list[dict] = []
         for sample in stream:
             sample = augment_sample(sample, rng, cfg.audio, silence=True)  # noise, rooms, silence ...
-            sample = dict(sample, feats=features(sample), verts=None)
+            sample = dict(sample, feats=augment_features(features(sample), rng, cfg.audio), verts=None)
             batch.append(crop_sequence(sample, cfg.data.window_frames, rng,
                                        feature_rate=cfg.audio.feature_rate))
             if len(batch) == cfg.data.batch_size:
