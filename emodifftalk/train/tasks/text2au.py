@@ -7,6 +7,10 @@ entry) is encoded once before training; batches are rows of those feature tables
 
 plus ``"fold"`` (B,): the concept fold of each row (-1 outside the training split).
 
+With ``text2au.finetune_layers=N`` each member first tunes its own copy of MiniLM's top N layers
+(:mod:`emodifftalk.train.tasks.text2au_tune`) and the tables hold one feature per member:
+``(B, K, D)``, ``(B, 3, K, D)``; the heads then train on them as below, the tuned layers fixed.
+
 Epoch-based schedule: ``text2au.epochs`` epochs of ``ceil(n_train / data.batch_size)`` steps;
 :func:`train_text2au` (used by ``emodifftalk text2au train``) sets ``train.max_steps`` from it.
 The optimiser is ``train.*`` (lr, betas, weight decay) like every task: one place owns the
