@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,27 @@ def with_subject(text: str, subject: str) -> str:
     if not subject or not words or words[0].lower().strip("'\",.") in SUBJECT_WORDS:
         return text
     return f"{subject} {text}"
+
+
+@dataclass
+class TokenStates:
+    """Frozen MiniLM's output for texts: per text the (T_i, 384) token states after the last frozen
+    layer, and the (F,) unit-norm token means of the frozen pooled layers, concatenated."""
+
+    hidden: list[Tensor]
+    frozen: Tensor  # (N, F)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def batch(self, idx) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows ``idx`` padded: hidden (B, T, 384), mask (B, T) bool, frozen (B, F)."""
+        idx = [int(i) for i in idx]
+        hs = [self.hidden[i] for i in idx]
+        mask = torch.zeros(len(hs), max(h.shape[0] for h in hs), dtype=torch.bool)
+        for r, h in enumerate(hs):
+            mask[r, :h.shape[0]] = True
+        return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), mask, self.frozen[idx]
 
 
 class TextEncoder:
@@ -198,6 +220,29 @@ class MiniLMEncoder(TextEncoder):
         pooled = [(hidden[i] * mask).sum(1) / mask.sum(1).clamp_min(1) for i in self.layers]
         # each layer unit-norm so none dominates; encode() normalises the concatenation
         return torch.cat([torch.nn.functional.normalize(p, dim=-1) for p in pooled], dim=-1)
+
+    @torch.no_grad()
+    def token_states(self, texts: list[str] | str, last_frozen: int) -> TokenStates:
+        """What the tuned top layers (:mod:`emodifftalk.text2au.tuned_top`) read: each text's token
+        states after layer ``last_frozen`` (0 = the embeddings) and the pooled frozen layers."""
+        from tqdm.auto import tqdm
+
+        texts = [with_subject(t, self.prompt_subject) for t in prepare_texts(texts, self.max_chars)]
+        module = self.model[0]
+        hidden, frozen = [], []
+        starts = range(0, len(texts), self.batch_size)
+        for s in tqdm(starts, desc="encode texts (frozen layers)", unit="batch",
+                      disable=len(starts) < PROGRESS_MIN_BATCHES):
+            features = module.tokenizer(texts[s:s + self.batch_size], padding=True, truncation=True,
+                                        max_length=module.max_seq_length, return_tensors="pt").to(self.model.device)
+            states = module.auto_model(**features, output_hidden_states=True).hidden_states
+            mask = features["attention_mask"]
+            m = mask.unsqueeze(-1).to(states[0].dtype)
+            pooled = [torch.nn.functional.normalize((states[i] * m).sum(1) / m.sum(1).clamp_min(1), dim=-1)
+                      for i in self.layers if i <= last_frozen]
+            frozen.append(torch.cat(pooled, dim=-1) if pooled else states[0].new_zeros(len(mask), 0))
+            hidden += [states[last_frozen][r, :n].float().cpu().clone() for r, n in enumerate(mask.sum(1).tolist())]
+        return TokenStates(hidden, torch.cat(frozen).float().cpu())
 
 
 # --------------------------------------------------------------------------------------------

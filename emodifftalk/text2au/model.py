@@ -66,11 +66,14 @@ class TextToAUEnsemble(nn.Module):
         return torch.baddbmm(self.biases[i], x, self.weights[i])
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
-        """feats (B, in_dim) -> ``member_logits`` (K, B, 17), ``member_z`` (K, B, proj_dim) unit-norm
-        and the ensemble ``logits`` (B, 17) = logit of the mean member probability."""
-        assert feats.dim() == 2 and feats.shape[1] == self.in_dim, \
-            f"TextToAUEnsemble expects (B, {self.in_dim}) text features, got {tuple(feats.shape)}"
-        x = feats.unsqueeze(0).expand(self.n_members, -1, -1)
+        """feats (B, in_dim) shared by the members or (B, K, in_dim) one per member (tuned encoder
+        tops) -> ``member_logits`` (K, B, 17), ``member_z`` (K, B, proj_dim) unit-norm and the
+        ensemble ``logits`` (B, 17) = logit of the mean member probability."""
+        shared = feats.dim() == 2 and feats.shape[1] == self.in_dim
+        assert shared or feats.shape[1:] == (self.n_members, self.in_dim), \
+            f"TextToAUEnsemble expects (B, {self.in_dim}) or (B, {self.n_members}, {self.in_dim}) text features, " \
+            f"got {tuple(feats.shape)}"
+        x = feats.unsqueeze(0).expand(self.n_members, -1, -1) if shared else feats.transpose(0, 1)
         h = self._layer(self.dropout(nn.functional.gelu(self._layer(x, 0))), 1)
         member_logits = self._layer(self.dropout(nn.functional.gelu(h)), 2)
         prob = torch.sigmoid(member_logits.float()).mean(0).clamp(1e-6, 1 - 1e-6)
@@ -81,3 +84,13 @@ class TextToAUEnsemble(nn.Module):
     def probs(self, feats: Tensor) -> Tensor:
         """(B, in_dim) -> (B, num_aus) ensemble AU probabilities."""
         return torch.sigmoid(self.forward(feats)["logits"])
+
+
+class TunedTextToAUEnsemble(TextToAUEnsemble):
+    """:class:`TextToAUEnsemble` that also carries each member's tuned MiniLM top layers
+    (``tops``, :class:`~emodifftalk.text2au.tuned_top.MemberTops`): ``forward`` still takes
+    features, now (B, K, in_dim) ones; :func:`~emodifftalk.text2au.tuned_top.text_features` makes them."""
+
+    def __init__(self, in_dim: int, tops: nn.Module, **kwargs):
+        super().__init__(in_dim, members=tops.members, **kwargs)
+        self.tops = tops

@@ -27,11 +27,12 @@ from torch import Tensor
 
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.config import load_config
-from emodifftalk.text2au.model import TextToAUEnsemble
+from emodifftalk.text2au.model import TextToAUEnsemble, TunedTextToAUEnsemble
 from emodifftalk.safetensors_io import load_tensors
 from emodifftalk.text2au.calibration import apply_by_reading
 from emodifftalk.text2au.compose import compose_probs
 from emodifftalk.text2au.encoders import EncoderMismatchError, TextEncoder, build_encoder, encoder_dim, prepare_texts
+from emodifftalk.text2au.tuned_top import MemberTops, text_features
 
 INFO_FILE = "text2au.json"  # the export's Text-to-AU record: encoder, thresholds, metrics
 
@@ -40,8 +41,11 @@ def build_text2au_model(t2a_cfg, in_dim: int | None = None) -> TextToAUEnsemble:
     """The head ensemble ``cfg.text2au`` describes, on ``in_dim``-d text features (default: the
     configured encoder's size, found without loading it)."""
     dim = encoder_dim(t2a_cfg) if in_dim is None else int(in_dim)
-    return TextToAUEnsemble(dim, members=t2a_cfg.members, hidden_dim=t2a_cfg.hidden_dim, proj_dim=t2a_cfg.proj_dim,
-                            dropout=t2a_cfg.dropout)
+    sizes = {"hidden_dim": t2a_cfg.hidden_dim, "proj_dim": t2a_cfg.proj_dim, "dropout": t2a_cfg.dropout}
+    if t2a_cfg.finetune_layers:  # the tops' weights come from training or the export
+        tops = MemberTops(t2a_cfg.members, t2a_cfg.finetune_layers, t2a_cfg.minilm_layers)
+        return TunedTextToAUEnsemble(dim, tops, **sizes)
+    return TextToAUEnsemble(dim, members=t2a_cfg.members, **sizes)
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:
@@ -106,7 +110,7 @@ class Text2AU:
     @torch.no_grad()
     def raw_probs(self, texts: list[str]) -> Tensor:
         """(B,) texts -> (B, 17) ensemble probabilities of each text as a whole, uncalibrated."""
-        feats = self.encoder.encode(texts)
+        feats = text_features(self.model, self.encoder, texts)
         device = next(self.model.parameters()).device
         return torch.sigmoid(self.model(feats.to(device))["logits"].float()).cpu()
 

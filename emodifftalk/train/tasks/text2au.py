@@ -7,6 +7,10 @@ entry) is encoded once before training; batches are rows of those feature tables
 
 plus ``"fold"`` (B,): the concept fold of each row (-1 outside the training split).
 
+With ``text2au.finetune_layers=N`` each member first tunes its own copy of MiniLM's top N layers
+(:mod:`emodifftalk.train.tasks.text2au_tune`) and the tables hold one feature per member:
+``(B, K, D)``, ``(B, 3, K, D)``; the heads then train on them as below, the tuned layers fixed.
+
 Epoch-based schedule: ``text2au.epochs`` epochs of ``ceil(n_train / data.batch_size)`` steps;
 :func:`train_text2au` (used by ``emodifftalk text2au train``) sets ``train.max_steps`` from it.
 The optimiser is ``train.*`` (lr, betas, weight decay) like every task: one place owns the
@@ -66,12 +70,14 @@ from emodifftalk.text2au.dataset import (
     load_entries,
     split_entries,
 )
-from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, build_encoder
+from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, TokenStates, build_encoder
 from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.losses import text2au_loss
 from emodifftalk.text2au.predict import INFO_FILE, build_text2au_model
+from emodifftalk.text2au.tuned_top import MemberTops
 from emodifftalk.train.loop import check_run_dir, run_training
 from emodifftalk.train.task import Task, Validation, register_task
+from emodifftalk.train.tasks.text2au_tune import tune_member_tops
 from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -108,7 +114,8 @@ class Text2AUTask(Task):
         self.split_seed = split_seed
         self.encoder = encoder
         self._splits: dict[str, SplitTensors] | None = None
-        self._cache = None  # FeatureCache / _MemoryCache after prepare(): clauses are encoded through it
+        self._cache = None  # FeatureCache / _MemoryCache / _TunedFeatures after prepare(): clauses go through it
+        self._tops: MemberTops | None = None  # tuned MiniLM top layers (text2au.finetune_layers)
         self._entries: dict[str, list[Entry]] | None = None
         self.data_sha256: str | None = None
 
@@ -142,7 +149,10 @@ class Text2AUTask(Task):
         cfg = self.cfg
         enc = self._encoder()
         t0 = time.perf_counter()
-        cache = FeatureCache(self.cache_dir, enc) if self.cache_dir else _MemoryCache(enc)
+        if cfg.text2au.finetune_layers:
+            cache = self._tune_tops(enc)
+        else:
+            cache = FeatureCache(self.cache_dir, enc) if self.cache_dir else _MemoryCache(enc)
         out = {}
         members = cfg.text2au.members
         for split, entries in self.entries().items():
@@ -160,9 +170,10 @@ class Text2AUTask(Task):
             texts += [p for e in entries for p in e.positives]
             texts += [t for e in entries for t in e.negatives]
             feats = cache.encode(texts)
+            rest = feats.shape[1:]  # (D,) or (K, D): one feature per member (tuned tops)
             out[split] = SplitTensors(
                 ids=[e.id for e in entries], anchor=feats[:n],
-                positives=feats[n:4 * n].reshape(n, 3, enc.dim), negatives=feats[4 * n:].reshape(n, 3, enc.dim),
+                positives=feats[n:4 * n].reshape(n, 3, *rest), negatives=feats[4 * n:].reshape(n, 3, *rest),
                 labels=torch.tensor([e.aus for e in entries], dtype=torch.float32), fold=fold)
         cache.save()
         self._cache = cache
@@ -171,10 +182,37 @@ class Text2AUTask(Task):
         self._splits = out
         return out
 
+    def _tune_tops(self, enc: TextEncoder) -> _TunedFeatures:
+        """Tune every member's copy of MiniLM's top layers on its training rows
+        (:mod:`emodifftalk.train.tasks.text2au_tune`); returns the features they give."""
+        t = self.cfg.text2au
+        if t.members < 2:
+            raise ValueError("text2au.finetune_layers needs text2au.members >= 2 (the concept folds keep "
+                             "the calibration out-of-concept)")
+        entries = self.entries()["train"]
+        fold = torch.tensor(concept_folds(entries, t.members, self.split_seed), dtype=torch.long)
+        texts = [e.description for e in entries] + [p for e in entries for p in e.positives]
+        labels = torch.tensor([e.aus for e in entries], dtype=torch.float32)
+        P = len(entries[0].positives)
+        tops = MemberTops(t.members, t.finetune_layers, t.minilm_layers)
+        tops.load_pretrained(enc)
+        features = _TunedFeatures(enc, tops)
+        tune_member_tops(tops, features.states(texts), torch.cat([labels, labels.repeat_interleave(P, dim=0)]),
+                         torch.cat([fold, fold.repeat_interleave(P)]), t, self.cfg.train.weight_decay,
+                         self.cfg.train.seed)
+        self._tops = tops
+        return features
+
     # ---- Task protocol -----------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
-        return build_text2au_model(self.cfg.text2au, self.encoder.dim if self.encoder is not None else None)
+        model = build_text2au_model(self.cfg.text2au, self.encoder.dim if self.encoder is not None else None)
+        if self.cfg.text2au.finetune_layers:  # the tuned tops are part of the export, fixed from here on
+            if self._tops is None:
+                self.prepare()
+            model.tops.load_state_dict(self._tops.state_dict())
+            model.tops.requires_grad_(False)
+        return model
 
     def train_batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         """Epoch-wise shuffles (same permutation on every rank, from ``(seed, epoch)``); each rank
@@ -207,9 +245,10 @@ class Text2AUTask(Task):
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
         t = self.cfg.text2au
         a, pos, neg, y, fold = batch["anchor"], batch["positives"], batch["negatives"], batch["labels"], batch["fold"]
-        B, P, D = pos.shape
-        M = neg.shape[1]
-        feats = torch.cat([a, pos.reshape(B * P, D), neg.reshape(B * M, D)])
+        B, P = pos.shape[:2]
+        M, D = neg.shape[1], pos.shape[-1]
+        rest = pos.shape[2:]  # (D,) or (K, D): one feature per member (tuned tops)
+        feats = torch.cat([a, pos.reshape(B * P, *rest), neg.reshape(B * M, *rest)])
         if t.feature_noise > 0:  # noise of expected norm feature_noise on unit vectors
             noise = torch.randn_like(feats) * (t.feature_noise / D ** 0.5)
             feats = nn.functional.normalize(feats + noise, dim=-1)
@@ -269,12 +308,12 @@ class Text2AUTask(Task):
         t = self.cfg.text2au
         if t.members < 2 or len(data) == 0:
             return None
-        n, P, D = data.positives.shape
+        n, P = data.positives.shape[:2]
         folds = torch.cat([data.fold, data.fold.repeat_interleave(P)])
         labels = torch.cat([data.labels, data.labels.repeat_interleave(P, dim=0)]).numpy()
         if t.compose == "none":
             device = next(model.parameters()).device
-            feats = torch.cat([data.anchor, data.positives.reshape(n * P, D)]).to(device)
+            feats = torch.cat([data.anchor, data.positives.reshape(n * P, *data.positives.shape[2:])]).to(device)
             logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
             probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
             return probs, labels, folds.numpy(), np.zeros(len(folds), dtype=bool)
@@ -355,6 +394,32 @@ def concept_mixup(feats: Tensor, labels: Tensor, folds: Tensor, rate: float) -> 
     i, j = i[keep], j[keep]
     mixed = nn.functional.normalize(feats[i] + feats[j], dim=-1)
     return mixed, torch.maximum(labels[i], labels[j]), torch.stack([folds[i], folds[j]], dim=-1)
+
+
+class _TunedFeatures:
+    """FeatureCache stand-in for tuned tops: (N, K, D) features; the frozen layers' token states of
+    each text are kept in memory (tuning and the feature tables read the same texts)."""
+
+    def __init__(self, encoder: TextEncoder, tops: MemberTops):
+        self.encoder, self.tops = encoder, tops
+        self._states: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def states(self, texts: list[str]) -> TokenStates:
+        missing = sorted(set(texts) - self._states.keys())
+        if missing:
+            new = self.encoder.token_states(missing, self.tops.first - 1)
+            self._states.update(zip(missing, zip(new.hidden, new.frozen)))
+        rows = [self._states[t] for t in texts]
+        return TokenStates([h for h, _ in rows], torch.stack([f for _, f in rows]))
+
+    def encode(self, texts: list[str]) -> Tensor:
+        uniq = sorted(set(texts))
+        feats = self.tops.features(self.states(uniq))
+        pos = {t: i for i, t in enumerate(uniq)}
+        return feats[torch.tensor([pos[t] for t in texts], dtype=torch.long)]
+
+    def save(self) -> None:
+        pass
 
 
 class _MemoryCache:
