@@ -117,18 +117,18 @@ def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip:
                     name, cfg.to_dict(), str(runs / name), str(logs[name]), threads, train_stage))
                 proc.start()
                 running[name] = (proc, time.perf_counter())
-            mp_connection.wait([proc.sentinel for proc, _ in running.values()], timeout=STATUS_EVERY_S)
+            ended = mp_connection.wait([proc.sentinel for proc, _ in running.values()], timeout=STATUS_EVERY_S)
             for name, (proc, started) in list(running.items()):
-                if proc.is_alive():
+                if proc.sentinel not in ended:
                     continue
-                proc.join()
+                proc.join()  # its sentinel closes a moment before the process is reaped
                 del running[name]
                 if proc.exitcode != 0:  # the finally below stops the stages still running
                     raise RuntimeError(f"demo stage {name} failed (exit code {proc.exitcode})\n"
                                        f"--- last lines of {logs[name]} ---\n{_log_tail(logs[name])}")
                 timings[name] = round(time.perf_counter() - started, 1)
                 print(f"[demo] {name} done in {timings[name]:.1f} s", flush=True)
-            if running:
+            if running and not ended:  # one line per quiet STATUS_EVERY_S
                 print(f"[demo] {time.perf_counter() - t_start:.0f} s: running {', '.join(running)}; "
                       f"finished {', '.join(timings) or '-'}", flush=True)
     finally:

@@ -38,6 +38,21 @@ def test_a_failing_stage_stops_the_stages_beside_it(tmp_path):
     assert not (runs / "motion" / "finished").exists()
 
 
+def _quick(name, cfg, out):
+    out.mkdir(parents=True)
+    time.sleep(0.5)
+
+
+def test_finished_stages_are_timed_and_reported_once(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    timings = run_training_stages({"motion": runs / "m", "s2au": runs / "s"}, build_config("tiny"), runs, jobs=2,
+                                  train_stage=_quick)
+    assert set(timings) == {"motion", "s2au", "train_wall"} and all(t >= 0.5 for t in timings.values())
+    out = capsys.readouterr().out
+    assert out.count("done in") == 2
+    assert ": running" not in out, "status lines come once per quiet STATUS_EVERY_S, not while a stage exits"
+
+
 def test_skipped_stages_need_their_earlier_export(tmp_path):
     cfg = build_config("tiny")
     with pytest.raises(FileNotFoundError, match="--skip-motion"):
