@@ -17,7 +17,7 @@ PACKAGE = ROOT / "emodifftalk"
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".yaml", ".yml", ".cfg", ".sbatch"}
 SKIP_DIRS = {".git", ".venv", "results", "build", "dist", "__pycache__", "node_modules"}
 
-OUTSIDE = re.compile(r"/work/|\.\./shared\b|/shared/(?:DESIGN|PERFORMANCE|formats|paper)\b")
+OUTSIDE = re.compile(r"(?<![\w.-])/work/|\.\./shared\b|/shared/(?:DESIGN|PERFORMANCE|formats|paper)\b")
 # a path that starts at a folder of the repository root or of the package (or beside the file)
 _TOP = sorted({p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in SKIP_DIRS and not p.name.startswith(".")}
               | {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"})
@@ -45,6 +45,7 @@ def test_referenced_repository_files_exist():
 
 
 @pytest.mark.parametrize("text, outside", [("see /work/shared/DESIGN.md", True), ("``../shared/x``", True),
-                                           ("see emodifftalk/eval/metrics.py", False)])
+                                           ("see emodifftalk/eval/metrics.py", False),
+                                           ("results/demo/work/raw: the demo's own folder", False)])
 def test_the_scan_recognises_outside_paths(text, outside):
     assert bool(OUTSIDE.search(text)) is outside
