@@ -26,6 +26,16 @@ def _valid_rows(mask: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return mask[:, columns].all(axis=1)
 
 
+def _labelled_frames(labels: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the AUs with any label, (N, 17) float64 frames where all of them are labelled)."""
+    columns = np.concatenate(masks).any(axis=0)
+    idx = np.flatnonzero(columns)
+    rows = np.concatenate([lab[_valid_rows(m, columns)] for lab, m in zip(labels, masks)]).astype(np.float64)
+    if len(rows) < len(idx) + 1:
+        raise ValueError(f"need more than {len(idx)} valid label frames, got {len(rows)}")
+    return idx, rows
+
+
 def label_noise_variance(labels: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """(17,) per-AU frame-to-frame noise variance of label sequences [(T, 17)] with masks [(T, 17)]."""
     columns = np.concatenate(masks).any(axis=0)
@@ -45,12 +55,8 @@ def deattenuation_matrix(labels: list[np.ndarray], masks: list[np.ndarray],
     """(17, 17) A = Σ_L (Σ_L − Σ_N)⁻¹ = I + Σ_N (Σ_L − Σ_N)⁻¹ over the labelled AUs (identity rows/columns for AUs without
     labels, e.g. AU24 in OpenFace 2.x); see the module docstring."""
     n = labels[0].shape[1]
-    columns = np.concatenate(masks).any(axis=0)
-    idx = np.flatnonzero(columns)
+    idx, rows = _labelled_frames(labels, masks)
     noise = label_noise_variance(labels, masks)
-    rows = np.concatenate([lab[_valid_rows(m, columns)] for lab, m in zip(labels, masks)]).astype(np.float64)
-    if len(rows) < len(idx) + 1:
-        raise ValueError(f"need more than {len(idx)} valid label frames, got {len(rows)}")
     sigma_l = np.cov(rows[:, idx].T)
     w, v = np.linalg.eigh(sigma_l - np.diag(noise[idx]))
     w = np.maximum(w, floor * max(float(noise[idx].mean()), 1e-12))
@@ -64,11 +70,7 @@ def whitening(labels: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.nda
     """(μ (17,), W (17, 17)): mean and symmetric inverse square root Σ_L^-½ of the labelled AUs'
     codes (identity rows/columns and zero mean for AUs without labels)."""
     n = labels[0].shape[1]
-    columns = np.concatenate(masks).any(axis=0)
-    idx = np.flatnonzero(columns)
-    rows = np.concatenate([lab[_valid_rows(m, columns)] for lab, m in zip(labels, masks)]).astype(np.float64)
-    if len(rows) < len(idx) + 1:
-        raise ValueError(f"need more than {len(idx)} valid label frames, got {len(rows)}")
+    idx, rows = _labelled_frames(labels, masks)
     mean = np.zeros(n)
     mean[idx] = rows[:, idx].mean(axis=0)
     w, v = np.linalg.eigh(np.cov(rows[:, idx].T))
