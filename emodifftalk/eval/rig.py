@@ -202,14 +202,14 @@ def _report(rig: GaussianRig, per_camera: dict, holdout: str | None, with_line: 
 
 def format_table(reports: list[dict]) -> str:
     """Markdown: one row per rig (and feature-line setting)."""
-    def f(x):
-        return "–" if x is None else f"{x:.2f}"
+    def f(x, digits=2):
+        return "–" if x is None else f"{x:.{digits}f}"
 
     rows = ["| identity | feature line | PSNR ring | SSIM ring | LPIPS ring | PSNR covered ring (cams) | PSNR train "
             "| PSNR held-out capture cam | expressive frames: held-out cam, covered ring |",
             "|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {r['identity']} | {'yes' if r['feature_line'] else 'no'} | {f(r['psnr_ring'])} | "
-             f"{r['ssim_ring']:.3f} | {'–' if r.get('lpips_ring') is None else format(r['lpips_ring'], '.3f')} | "
+             f"{r['ssim_ring']:.3f} | {f(r.get('lpips_ring'), 3)} | "
              f"{f(r['psnr_ring_covered'])} ({len(r['ring_covered'])}) | "
              f"{f(r['psnr_train'])} | {f(r['psnr_holdout'])} | {f(r['psnr_holdout_expressive'])}, "
              f"{f(r['psnr_ring_covered_expressive'])} |" for r in reports]
