@@ -137,16 +137,23 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str] | str) -> Tensor:
         """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised."""
+        chunks, n = [], 0
+        for batch in self._batches(texts, "encode texts"):
+            chunks.append(self._encode(batch))
+            n += len(batch)
+        feats = torch.cat(chunks).detach().to("cpu", torch.float32)
+        assert feats.shape == (n, self.dim), (feats.shape, n, self.dim)
+        return torch.nn.functional.normalize(feats, dim=-1)
+
+    def _batches(self, texts: list[str] | str, desc: str):
+        """The checked, subject-prefixed texts in batches of ``batch_size``, with a progress bar
+        when there are many (a data set's worth takes tens of seconds on a CPU; a prompt stays silent)."""
         from tqdm.auto import tqdm
 
         texts = [with_subject(t, self.prompt_subject) for t in prepare_texts(texts, self.max_chars)]
         starts = range(0, len(texts), self.batch_size)
-        # a data set's worth takes tens of seconds on a CPU: show it (one prompt stays silent)
-        chunks = [self._encode(texts[i:i + self.batch_size])
-                  for i in tqdm(starts, desc="encode texts", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES)]
-        feats = torch.cat(chunks).detach().to("cpu", torch.float32)
-        assert feats.shape == (len(texts), self.dim), (feats.shape, len(texts), self.dim)
-        return torch.nn.functional.normalize(feats, dim=-1)
+        for i in tqdm(starts, desc=desc, unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES):
+            yield texts[i:i + self.batch_size]
 
     def _encode(self, texts: list[str]) -> Tensor:
         raise NotImplementedError
@@ -184,6 +191,12 @@ def check_minilm_layers(layers) -> tuple[int, ...]:
     return layers
 
 
+def _layer_means(hidden: tuple[Tensor, ...], mask: Tensor, layers) -> list[Tensor]:
+    """Unit-norm token means (B, 384) of the listed layers' states over the real tokens (``mask`` (B, T))."""
+    m = mask.unsqueeze(-1).to(hidden[0].dtype)
+    return [torch.nn.functional.normalize((hidden[i] * m).sum(1) / m.sum(1).clamp_min(1), dim=-1) for i in layers]
+
+
 class MiniLMEncoder(TextEncoder):
     def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu", prompt_subject: str = "",
                  layers: tuple[int, ...] = (MINILM_LAYERS,)):
@@ -212,34 +225,26 @@ class MiniLMEncoder(TextEncoder):
         if self.layers == (MINILM_LAYERS,):
             return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                      show_progress_bar=False, normalize_embeddings=True)
+        hidden, mask = self._hidden_states(texts)
+        # each layer unit-norm so none dominates; encode() normalises the concatenation
+        return torch.cat(_layer_means(hidden, mask, self.layers), dim=-1)
+
+    def _hidden_states(self, texts: list[str]) -> tuple[tuple[Tensor, ...], Tensor]:
+        """MiniLM on prepared texts: (embeddings + the 6 layers' token states, each (B, T, 384);
+        the attention mask (B, T))."""
         module = self.model[0]  # the Transformer module: its tokenizer, length limit and BERT
         features = module.tokenizer(texts, padding=True, truncation=True, max_length=module.max_seq_length,
                                     return_tensors="pt").to(self.model.device)
-        hidden = module.auto_model(**features, output_hidden_states=True).hidden_states  # embeddings + 6
-        mask = features["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
-        pooled = [(hidden[i] * mask).sum(1) / mask.sum(1).clamp_min(1) for i in self.layers]
-        # each layer unit-norm so none dominates; encode() normalises the concatenation
-        return torch.cat([torch.nn.functional.normalize(p, dim=-1) for p in pooled], dim=-1)
+        return module.auto_model(**features, output_hidden_states=True).hidden_states, features["attention_mask"]
 
     @torch.no_grad()
     def token_states(self, texts: list[str] | str, last_frozen: int) -> TokenStates:
         """What the tuned top layers (:mod:`emodifftalk.text2au.tuned_top`) read: each text's token
         states after layer ``last_frozen`` (0 = the embeddings) and the pooled frozen layers."""
-        from tqdm.auto import tqdm
-
-        texts = [with_subject(t, self.prompt_subject) for t in prepare_texts(texts, self.max_chars)]
-        module = self.model[0]
         hidden, frozen = [], []
-        starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc="encode texts (frozen layers)", unit="batch",
-                      disable=len(starts) < PROGRESS_MIN_BATCHES):
-            features = module.tokenizer(texts[s:s + self.batch_size], padding=True, truncation=True,
-                                        max_length=module.max_seq_length, return_tensors="pt").to(self.model.device)
-            states = module.auto_model(**features, output_hidden_states=True).hidden_states
-            mask = features["attention_mask"]
-            m = mask.unsqueeze(-1).to(states[0].dtype)
-            pooled = [torch.nn.functional.normalize((states[i] * m).sum(1) / m.sum(1).clamp_min(1), dim=-1)
-                      for i in self.layers if i <= last_frozen]
+        for batch in self._batches(texts, "encode texts (frozen layers)"):
+            states, mask = self._hidden_states(batch)
+            pooled = _layer_means(states, mask, [i for i in self.layers if i <= last_frozen])
             frozen.append(torch.cat(pooled, dim=-1) if pooled else states[0].new_zeros(len(mask), 0))
             hidden += [states[last_frozen][r, :n].float().cpu().clone() for r, n in enumerate(mask.sum(1).tolist())]
         return TokenStates(hidden, torch.cat(frozen).float().cpu())
