@@ -8,6 +8,7 @@ which adds its parser and sets ``func``. Shared spellings across verbs: ``--out`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import sys
@@ -78,14 +79,28 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emodifftalk.threads import setup_threads
-    from emodifftalk.utils import OUTPUT_ERRNOS, OutputError, output_error, setup_logging
+    from emodifftalk.interrupt import Terminated, sigterm_as_interrupt, stop_children
 
     parser = build_parser()
     args = parse_args(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: pools and stage processes stop
+        try:
+            return _run(args)
+        except KeyboardInterrupt as e:
+            with contextlib.suppress(Exception):
+                stop_children()  # any worker its owner did not stop
+            how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+            print(f"emodifftalk {args.verb}: {how}", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130  # 128 + the signal, as a shell reports it
+
+
+def _run(args: argparse.Namespace) -> int:
+    from emodifftalk.threads import setup_threads
+    from emodifftalk.utils import OUTPUT_ERRNOS, OutputError, output_error, setup_logging
+
     setup_logging(args.verbose)
     try:
         if hasattr(args, "threads"):

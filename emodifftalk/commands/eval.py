@@ -158,7 +158,7 @@ def _run_rig(args: argparse.Namespace) -> int:
                for d in args.rig_dirs for line in settings]
     table = format_table(reports)
     print(table)
-    if out is not None:
+    if out is not None:  # not utils.write_report: its JSON (sorted keys, indent 2, "table") is another format
         atomic_write_text(Path(out) / REPORT_JSON, json.dumps({"rigs": reports}, indent=1))
         atomic_write_text(Path(out) / "rig_eval.md", table + "\n")
         print(f"wrote {Path(out) / REPORT_JSON}")

@@ -203,16 +203,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     Ray without dashboard. Returns True when this call initialised Ray (so we shut it down)."""
     import ray
 
+    from emodifftalk.interrupt import keep_sigterm_handler
+
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        tmp = os.environ.setdefault("RAY_TMPDIR", DEFAULT_RAY_TMPDIR)
-        Path(tmp).mkdir(parents=True, exist_ok=True)
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
-                 log_to_driver=True)
+    with keep_sigterm_handler():  # ray.init's own SIGTERM handler would skip the CLI's clean-up
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            tmp = os.environ.setdefault("RAY_TMPDIR", DEFAULT_RAY_TMPDIR)
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
+                     log_to_driver=True)
     return True
 
 

@@ -33,6 +33,7 @@ from emodifftalk.data.shards import iter_dataset, shard_urls
 from emodifftalk.eval.metrics import lip_gap, pearson
 from emodifftalk.motion.data import load_template_infos
 from emodifftalk.pipeline.animate import guidance_reference, motion_offsets, speech_aus
+from emodifftalk.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int =
     table = markdown_table(results, summary)
     report = {"files": [r.__dict__ for r in results], "summary": summary, "template": template.identity,
               "fps": fps, "table": table}
-    (out / REPORT_JSON).write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
-    (out / REPORT_MD).write_text(table + "\n")
+    # not utils.write_report: that one sorts keys and keeps "table" in the JSON (this file's format predates it)
+    atomic_write_text(out / REPORT_JSON, json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+    atomic_write_text(out / REPORT_MD, table + "\n")
     return report

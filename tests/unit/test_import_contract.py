@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # top first
     ("building blocks", ("emodifftalk.models", "emodifftalk.diffusion", "emodifftalk.losses", "emodifftalk.render",
                          "emodifftalk.data", "emodifftalk.edits", "emodifftalk.distributed")),
     ("foundation", ("emodifftalk.config", "emodifftalk.configs", "emodifftalk.utils", "emodifftalk.safetensors_io",
-                    "emodifftalk.threads")),
+                    "emodifftalk.threads", "emodifftalk.interrupt")),
 ]
 # The package's __init__ is its public facade (``emodifftalk.predict_aus``): top layer.
 ROOT_LAYER = "apps"

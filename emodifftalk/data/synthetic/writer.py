@@ -29,6 +29,7 @@ from emodifftalk.data.audio import SAMPLE_RATE, write_wav
 from emodifftalk.data.augment import augment_audio
 from emodifftalk.data.openface import write_openface_csv
 from emodifftalk.data.schema import SCHEMA_VERSION, validate_name
+from emodifftalk.interrupt import stop_process_pool
 from emodifftalk.utils import atomic_dir
 
 from .appearance import ExpressionMasks, expression_masks, expression_tint
@@ -394,12 +395,18 @@ def _write_identities(cfg: SynthConfig, tmp: Path, viewmats, Ks, eval_views, num
         with _torch_threads(num_threads):
             return [write_identity(cfg, i, tmp, viewmats, Ks, eval_views, progress=bar)
                     for i in range(cfg.n_identities)]
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
         futures = [pool.submit(_identity_process, cfg, i, tmp, viewmats, Ks, eval_views, num_threads)
                    for i in range(cfg.n_identities)]
         for fut in cf.as_completed(futures):
             bar.update(len(fut.result()["clips"]))
         return [f.result() for f in futures]
+    except BaseException:  # a failed identity, Ctrl-C or SIGTERM: the other workers stop now
+        stop_process_pool(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def generate_dataset(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False,
