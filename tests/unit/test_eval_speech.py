@@ -107,6 +107,25 @@ def test_real_speech_recordings_all_load():
         assert 2.0 < len(y) / 16000 < 15.0 and np.isfinite(y).all() and np.abs(y).max() > 0.002
 
 
+def test_fleurs_recordings_all_load_and_are_listed():
+    """The larger FLEURS set (tests/data/real_speech_fleurs) decodes, every file is in its README
+    with its source, and none repeats an utterance of tests/data/real_speech."""
+    from emodifftalk.data.audio import load_audio
+
+    folder = REPO / "tests" / "data" / "real_speech_fleurs"
+    files = audio_files(folder)
+    assert len(files) == 42 and {language_of(f.name) for f in files} == {"de", "en", "es", "fr", "pt"}
+    readme = (folder / "README.md").read_text()
+    def utterance(f):  # de_fleurs001_32k_vorbis.ogg -> de_fleurs001
+        return "_".join(f.name.split("_")[:2])
+
+    first = {utterance(f) for f in audio_files(REPO / "tests" / "data" / "real_speech")}
+    for f in files:
+        assert f"`{f.name}`" in readme and utterance(f) not in first
+        y = load_audio(f, target_sr=16000)
+        assert 2.0 < len(y) / 16000 < 60.0 and np.isfinite(y).all() and np.abs(y).max() > 0.002
+
+
 def test_cli_checks_audio_before_loading_models(tmp_path):
     out = subprocess.run([sys.executable, "-m", "emodifftalk.cli", "eval", "speech", "--model", str(tmp_path / "runs"),
                           "--audio", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o")],
