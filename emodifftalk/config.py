@@ -272,6 +272,12 @@ class S2AUConfig:
     silence_gate: bool = True
     gate_closed_db: float = -45.0
     gate_open_db: float = -30.0
+    # Loudness rule at inference (s2au/inference.py, loudness_jaw): AU25/AU26 are scaled per video
+    # frame by the world's own jaw-with-loudness rule (data/synthetic/visemes.jaw_gain: 1 at the
+    # file's loudest frame, 0.35 at 24 dB below it and quieter). The synthetic voices speak every
+    # syllable at nearly one level, so Speech-to-AU learns which vowels open the jaw, hardly how
+    # loudness does; real speakers open wider on loud, stressed syllables.  # choice
+    loudness_jaw: bool = False
 
     def validate(self) -> None:
         _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
