@@ -235,7 +235,7 @@ def test_predict_aus_applies_loudness_jaw_only_when_configured():
     ramp = np.repeat(np.linspace(0.02, 1.0, 25), 640)  # 1 s, louder every frame
     audio = (ramp * rng.standard_normal(ramp.size)).astype(np.float32)
     args = _bundle_args()
-    args["cfg"].s2au.silence_gate = False
+    args["cfg"].s2au.silence_gate = args["cfg"].s2au.loudness_jaw = False
     off = predict_aus(audio, sample_rate=16000, **args)
     args["cfg"].s2au.loudness_jaw = True
     on = predict_aus(audio, sample_rate=16000, **args)
