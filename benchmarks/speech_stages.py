@@ -136,7 +136,8 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}")
-    models = load_models(resolve_export(None, args.model, "s2au", True), resolve_export(None, args.model, "motion", True))
+    models = load_models(resolve_export(None, args.model, "s2au", True),
+                         resolve_export(None, args.model, "motion", True))
     cfg = models.motion_cfg
     for c in (cfg, models.s2au.cfg):
         apply_overrides(c, list(args.overrides))
