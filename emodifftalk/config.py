@@ -272,6 +272,13 @@ class S2AUConfig:
     silence_gate: bool = True
     gate_closed_db: float = -45.0
     gate_open_db: float = -30.0
+    # Loudness rule at inference (s2au/inference.py, loudness_jaw): AU25/AU26 are scaled per video
+    # frame by the world's own jaw-with-loudness rule (data/synthetic/visemes.jaw_gain: 1 at the
+    # file's loudest frame, 0.35 at 24 dB below it and quieter). The synthetic voices speak every
+    # syllable at nearly one level, so Speech-to-AU learns which vowels open the jaw, hardly how
+    # loudness does; real speakers open wider on loud, stressed syllables. On: r(envelope, mesh
+    # opening) on the 20 real recordings rose in both builds measured (README "Real speech in").  # choice
+    loudness_jaw: bool = True
 
     def validate(self) -> None:
         _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
@@ -717,7 +724,8 @@ def build_config(preset: str = "tiny", overrides: list[str] | None = None) -> Co
 # Options whose default changed what a model computes: a config written before the option
 # existed means the old behaviour, not today's default (so old exports keep loading).
 LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {("AudioConfig", "level_features"): False,
-                                                ("S2AUConfig", "silence_gate"): False}
+                                                ("S2AUConfig", "silence_gate"): False,
+                                                ("S2AUConfig", "loudness_jaw"): False}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

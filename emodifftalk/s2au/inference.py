@@ -37,6 +37,7 @@ import torch
 from emodifftalk.au import AU_INDEX, OPENFACE_MISSING_AUS
 from emodifftalk.config import Config, apply_overrides, load_config
 from emodifftalk.data.audio import AudioError, frame_levels_db, load_audio
+from emodifftalk.data.synthetic.visemes import jaw_gain
 from emodifftalk.models.audio_frontend import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -199,6 +200,24 @@ def gate_silence(aus: np.ndarray, audio: np.ndarray, fps: float, s2au_cfg) -> np
     return out
 
 
+def loudness_jaw_gain(audio: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) the synthetic world's jaw-with-loudness rule (``visemes.jaw_gain``) applied to
+    each video frame's RMS level re the file's loudest frame: 1 there, ``QUIET_JAW_GAIN`` (0.35)
+    at ``QUIET_VOWEL_DB`` (-24 dB) and below, linear in dB between. Gain invariant."""
+    db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
+    return np.array([jaw_gain(float(d)) for d in db], dtype=np.float64)
+
+
+def loudness_jaw(aus: np.ndarray, audio: np.ndarray, fps: float) -> np.ndarray:
+    """``aus`` (T, 17) with the ``GATED_AUS`` (AU25, AU26) scaled by :func:`loudness_jaw_gain`
+    (``s2au.loudness_jaw``); the other AUs are untouched."""
+    g = loudness_jaw_gain(audio, aus.shape[0], fps)
+    out = aus.copy()
+    for name in GATED_AUS:
+        out[:, AU_INDEX[name]] *= g
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # loading an exported model
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +309,8 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
     Give either ``model_dir`` (an export of ``emodifftalk train s2au``), a loaded ``S2AUBundle``,
     or a bare ``SpeechToAU`` plus its ``frontend`` (windowing from ``cfg.s2au``, default config).
     ``model_dir`` is loaded on every call: for many files, ``load_s2au`` once and pass ``model=``.
-    With ``cfg.s2au.silence_gate`` the lips-apart / jaw codes close in silence (:func:`gate_silence`).
+    With ``cfg.s2au.silence_gate`` the lips-apart / jaw codes close in silence (:func:`gate_silence`);
+    with ``cfg.s2au.loudness_jaw`` they also follow the frame's loudness (:func:`loudness_jaw`).
     A bundle's ``unlabelled_aus`` (no training label ever) are reported as 0.
     """
     try:
@@ -326,5 +346,7 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
                                 cfg.s2au.overlap_seconds, device).numpy()
     if cfg.s2au.silence_gate:
         aus = gate_silence(aus, audio, fps, cfg.s2au)
+    if cfg.s2au.loudness_jaw:
+        aus = loudness_jaw(aus, audio, fps)
     aus[:, [AU_INDEX[name] for name in unlabelled]] = 0.0
     return aus.astype(np.float32)

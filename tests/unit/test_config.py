@@ -64,6 +64,17 @@ def test_from_dict_ignores_unknown_keys():
     assert config_from_dict(d) == Config()
 
 
+def test_exports_older_than_the_loudness_rule_load_without_it():
+    # today's default is on; a config written before s2au.loudness_jaw existed means "off"
+    assert Config().s2au.loudness_jaw is True
+    d = Config().to_dict()
+    del d["s2au"]["loudness_jaw"]
+    old = config_from_dict(d)
+    assert old.s2au.loudness_jaw is False and old.s2au.silence_gate is True
+    d["s2au"]["loudness_jaw"] = True
+    assert config_from_dict(d).s2au.loudness_jaw is True
+
+
 def test_apply_overrides_rejects_assigning_to_section():
     with pytest.raises(ConfigError):
         apply_overrides(Config(), ["train.lr.x=1"])

@@ -204,3 +204,44 @@ def test_silence_gate_closes_only_the_mouth_codes_in_silence():
     assert np.all(gated[:20][:, mouth] == 0) and np.all(gated[30:45][:, mouth] == 0.5)
     others = [k for k in range(NUM_AUS) if k not in mouth]
     np.testing.assert_array_equal(gated[:, others], aus[:, others])
+
+
+def test_loudness_jaw_follows_the_worlds_rule_on_the_mouth_codes_only():
+    from emodifftalk.au import AU_INDEX, NUM_AUS
+    from emodifftalk.s2au.inference import loudness_jaw, loudness_jaw_gain
+
+    fps = 25.0
+    per = 640  # samples per video frame at 16 kHz
+    levels_db = np.array([0.0, -6.0, -12.0, -24.0, -40.0])  # one frame each, re the loudest
+    t = np.arange(per) / 16000
+    tone = np.sin(2 * np.pi * 250 * t)  # 16 whole periods per frame: every frame has the same RMS shape
+    audio = np.concatenate([10 ** (d / 20) * tone for d in levels_db]).astype(np.float32)
+    g = loudness_jaw_gain(audio, len(levels_db), fps)
+    np.testing.assert_allclose(g, [1.0, 0.35 + 0.65 * 0.75, 0.35 + 0.65 * 0.5, 0.35, 0.35], atol=1e-3)
+    np.testing.assert_allclose(loudness_jaw_gain(0.01 * audio, len(levels_db), fps), g, atol=1e-6)  # gain invariant
+    aus = np.full((len(levels_db), NUM_AUS), 0.8, np.float32)
+    out = loudness_jaw(aus, audio, fps)
+    for name in ("AU25", "AU26"):
+        np.testing.assert_allclose(out[:, AU_INDEX[name]], 0.8 * g, atol=1e-6)
+    others = [k for k in range(NUM_AUS) if k not in (AU_INDEX["AU25"], AU_INDEX["AU26"])]
+    np.testing.assert_array_equal(out[:, others], aus[:, others])
+
+
+def test_predict_aus_applies_loudness_jaw_only_when_configured():
+    from emodifftalk.au import AU_INDEX
+    from emodifftalk.s2au.inference import loudness_jaw_gain
+
+    rng = np.random.default_rng(2)
+    ramp = np.repeat(np.linspace(0.02, 1.0, 25), 640)  # 1 s, louder every frame
+    audio = (ramp * rng.standard_normal(ramp.size)).astype(np.float32)
+    args = _bundle_args()
+    args["cfg"].s2au.silence_gate = args["cfg"].s2au.loudness_jaw = False
+    off = predict_aus(audio, sample_rate=16000, **args)
+    args["cfg"].s2au.loudness_jaw = True
+    on = predict_aus(audio, sample_rate=16000, **args)
+    g = loudness_jaw_gain(audio, 25, 25.0)
+    assert g.min() < 0.5 and g.max() == 1.0
+    mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
+    np.testing.assert_allclose(on[:, mouth], off[:, mouth] * g[:, None], atol=1e-6)
+    others = [k for k in range(17) if k not in mouth]
+    np.testing.assert_array_equal(on[:, others], off[:, others])
