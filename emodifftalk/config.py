@@ -273,18 +273,25 @@ class S2AUConfig:
     gate_closed_db: float = -45.0
     gate_open_db: float = -30.0
     # Loudness rule at inference (s2au/inference.py, loudness_jaw): AU25/AU26 are scaled per video
-    # frame by the world's own jaw-with-loudness rule (data/synthetic/visemes.jaw_gain: 1 at the
-    # file's loudest frame, 0.35 at 24 dB below it and quieter). The synthetic voices speak every
+    # frame by a jaw-with-loudness ramp (data/audio.py level_gain: 1 at the file's loudest frame,
+    # loudness_jaw_quiet_gain at loudness_jaw_quiet_db below it and quieter, linear in dB between;
+    # the synthetic world's vowels follow the same ramp with the same two numbers, not tuned on
+    # real speech). Part of its gain on eval speech is by construction: the metric correlates the
+    # mouth with that same frame level (README "Real speech in"). The synthetic voices speak every
     # syllable at nearly one level, so Speech-to-AU learns which vowels open the jaw, hardly how
     # loudness does; real speakers open wider on loud, stressed syllables. On: r(envelope, mesh
     # opening) on the 20 real recordings rose in both builds measured (README "Real speech in").  # choice
     loudness_jaw: bool = True
+    loudness_jaw_quiet_db: float = -24.0
+    loudness_jaw_quiet_gain: float = 0.35
 
     def validate(self) -> None:
         _check(self.d_model % self.n_heads == 0, "s2au.d_model must be divisible by s2au.n_heads")
         _check(self.gate_closed_db < self.gate_open_db <= 0,
                "s2au.gate_closed_db must be below s2au.gate_open_db, both <= 0 dB")
         _check(self.local_layers + self.global_layers >= 1, "s2au needs at least one layer")
+        _check(self.loudness_jaw_quiet_db < 0 and 0.0 <= self.loudness_jaw_quiet_gain <= 1.0,
+               "s2au.loudness_jaw_quiet_db must be < 0 dB and s2au.loudness_jaw_quiet_gain in [0, 1]")
         _check(0 < self.overlap_seconds < self.window_seconds / 2,
                "s2au.overlap_seconds must be in (0, window_seconds / 2)")
 

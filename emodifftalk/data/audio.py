@@ -169,3 +169,12 @@ def frame_levels_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate: i
     edges = np.minimum(edges, len(x))
     power = np.array([np.mean(np.square(x[a:b])) if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
     return 10.0 * np.log10(np.maximum(power, 1e-12) / max(float(power.max(initial=0.0)), 1e-12))
+
+
+def level_gain(level_db, quiet_db: float, quiet_gain: float) -> np.ndarray:
+    """Share of a mouth opening kept at ``level_db`` (dB re the loudest frame or phone, <= 0): 1 at
+    0 dB, ``quiet_gain`` at ``quiet_db`` and below, linear in dB between. The one jaw-with-loudness
+    ramp: the synthetic world opens its vowels by it (``visemes.jaw_gain``) and ``s2au.loudness_jaw``
+    scales predicted mouth codes by it."""
+    x = np.clip(1.0 - np.asarray(level_db, np.float64) / quiet_db, 0.0, 1.0)
+    return quiet_gain + (1.0 - quiet_gain) * x

@@ -36,8 +36,7 @@ import torch
 
 from emodifftalk.au import AU_INDEX, OPENFACE_MISSING_AUS
 from emodifftalk.config import Config, apply_overrides, load_config
-from emodifftalk.data.audio import AudioError, frame_levels_db, load_audio
-from emodifftalk.data.synthetic.visemes import jaw_gain
+from emodifftalk.data.audio import AudioError, frame_levels_db, level_gain, load_audio
 from emodifftalk.models.audio_frontend import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -200,18 +199,18 @@ def gate_silence(aus: np.ndarray, audio: np.ndarray, fps: float, s2au_cfg) -> np
     return out
 
 
-def loudness_jaw_gain(audio: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
-    """(n_frames,) the synthetic world's jaw-with-loudness rule (``visemes.jaw_gain``) applied to
-    each video frame's RMS level re the file's loudest frame: 1 there, ``QUIET_JAW_GAIN`` (0.35)
-    at ``QUIET_VOWEL_DB`` (-24 dB) and below, linear in dB between. Gain invariant."""
+def loudness_jaw_gain(audio: np.ndarray, n_frames: int, fps: float, s2au_cfg) -> np.ndarray:
+    """(n_frames,) each video frame's RMS level re the file's loudest frame through
+    :func:`~emodifftalk.data.audio.level_gain`: 1 there, ``s2au.loudness_jaw_quiet_gain`` at
+    ``s2au.loudness_jaw_quiet_db`` and below, linear in dB between. Gain invariant."""
     db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
-    return np.array([jaw_gain(float(d)) for d in db], dtype=np.float64)
+    return level_gain(db, s2au_cfg.loudness_jaw_quiet_db, s2au_cfg.loudness_jaw_quiet_gain)
 
 
-def loudness_jaw(aus: np.ndarray, audio: np.ndarray, fps: float) -> np.ndarray:
+def loudness_jaw(aus: np.ndarray, audio: np.ndarray, fps: float, s2au_cfg) -> np.ndarray:
     """``aus`` (T, 17) with the ``GATED_AUS`` (AU25, AU26) scaled by :func:`loudness_jaw_gain`
     (``s2au.loudness_jaw``); the other AUs are untouched."""
-    g = loudness_jaw_gain(audio, aus.shape[0], fps)
+    g = loudness_jaw_gain(audio, aus.shape[0], fps, s2au_cfg)
     out = aus.copy()
     for name in GATED_AUS:
         out[:, AU_INDEX[name]] *= g
@@ -347,6 +346,6 @@ def predict_aus(wav_path_or_array, sample_rate: int | None = None, fps: float = 
     if cfg.s2au.silence_gate:
         aus = gate_silence(aus, audio, fps, cfg.s2au)
     if cfg.s2au.loudness_jaw:
-        aus = loudness_jaw(aus, audio, fps)
+        aus = loudness_jaw(aus, audio, fps, cfg.s2au)
     aus[:, [AU_INDEX[name] for name in unlabelled]] = 0.0
     return aus.astype(np.float32)

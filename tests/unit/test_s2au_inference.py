@@ -216,11 +216,14 @@ def test_loudness_jaw_follows_the_worlds_rule_on_the_mouth_codes_only():
     t = np.arange(per) / 16000
     tone = np.sin(2 * np.pi * 250 * t)  # 16 whole periods per frame: every frame has the same RMS shape
     audio = np.concatenate([10 ** (d / 20) * tone for d in levels_db]).astype(np.float32)
-    g = loudness_jaw_gain(audio, len(levels_db), fps)
+    s2au = Config().s2au
+    g = loudness_jaw_gain(audio, len(levels_db), fps, s2au)
     np.testing.assert_allclose(g, [1.0, 0.35 + 0.65 * 0.75, 0.35 + 0.65 * 0.5, 0.35, 0.35], atol=1e-3)
-    np.testing.assert_allclose(loudness_jaw_gain(0.01 * audio, len(levels_db), fps), g, atol=1e-6)  # gain invariant
+    np.testing.assert_allclose(loudness_jaw_gain(0.01 * audio, len(levels_db), fps, s2au), g, atol=1e-6)  # gain invariant
+    s2au.loudness_jaw_quiet_db, s2au.loudness_jaw_quiet_gain = -12.0, 0.0  # the ramp is the config's
+    np.testing.assert_allclose(loudness_jaw_gain(audio, len(levels_db), fps, s2au), [1.0, 0.5, 0.0, 0.0, 0.0], atol=1e-3)
     aus = np.full((len(levels_db), NUM_AUS), 0.8, np.float32)
-    out = loudness_jaw(aus, audio, fps)
+    out = loudness_jaw(aus, audio, fps, Config().s2au)
     for name in ("AU25", "AU26"):
         np.testing.assert_allclose(out[:, AU_INDEX[name]], 0.8 * g, atol=1e-6)
     others = [k for k in range(NUM_AUS) if k not in (AU_INDEX["AU25"], AU_INDEX["AU26"])]
@@ -239,7 +242,7 @@ def test_predict_aus_applies_loudness_jaw_only_when_configured():
     off = predict_aus(audio, sample_rate=16000, **args)
     args["cfg"].s2au.loudness_jaw = True
     on = predict_aus(audio, sample_rate=16000, **args)
-    g = loudness_jaw_gain(audio, 25, 25.0)
+    g = loudness_jaw_gain(audio, 25, 25.0, args["cfg"].s2au)
     assert g.min() < 0.5 and g.max() == 1.0
     mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
     np.testing.assert_allclose(on[:, mouth], off[:, mouth] * g[:, None], atol=1e-6)

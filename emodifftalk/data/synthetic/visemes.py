@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emodifftalk.data.audio import level_gain
+
 ARTICULATORS: tuple[str, ...] = ("jaw", "close", "labio", "round", "spread")
 A_JAW, A_CLOSE, A_LABIO, A_ROUND, A_SPREAD = range(len(ARTICULATORS))
 
@@ -105,8 +107,7 @@ def is_vowel(v: Viseme) -> bool:
 
 def jaw_gain(level_db: float) -> float:
     """Share of a vowel's jaw height opened at ``level_db`` re the clip's loudest phone."""
-    x = float(np.clip(1.0 - level_db / QUIET_VOWEL_DB, 0.0, 1.0))
-    return QUIET_JAW_GAIN + (1.0 - QUIET_JAW_GAIN) * x
+    return float(level_gain(level_db, QUIET_VOWEL_DB, QUIET_JAW_GAIN))
 
 
 def _segments(phones: list[tuple[str, float, float]], times: np.ndarray,
