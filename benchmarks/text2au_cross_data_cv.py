@@ -11,7 +11,7 @@ reading is the model's (``text2au.compose``), and the thresholds are calibrated 
 reference file's concept folds, as ``text2au train`` does. For a model trained on the reference
 file itself this is exactly the concept CV that training printed.
 
-Usage: python benchmarks/text2au_cross_data_cv.py --model RUN [--data FILE] [--out FILE]
+Usage: python benchmarks/text2au_cross_data_cv.py --model RUN [--data FILE] [--model-data FILE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="text2au run dir (uses its features/ cache when there)")
     ap.add_argument("--data", default=None, help="reference JSONL (default: the shipped data set)")
+    ap.add_argument("--model-data", default=None,
+                    help="the JSONL the model was trained on, when its text2au.json records none (it was "
+                         "trained on the data set shipped then)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -56,7 +59,8 @@ def main() -> None:
     K, seed = cfg.text2au.members, t2a.info.get("split_seed", 0)
     run = Path(args.model)
     cache = FeatureCache(run / "features", t2a.encoder) if (run / "features").is_dir() else None
-    by_key, by_aus = member_of(split_entries(load_entries(t2a.info.get("data_path")), seed)["train"], K, seed)
+    model_data = args.model_data or t2a.info.get("data_path")
+    by_key, by_aus = member_of(split_entries(load_entries(model_data), seed)["train"], K, seed)
 
     ref = split_entries(load_entries(args.data), seed)["train"]
     ref_folds = np.array(concept_folds(ref, K, seed))
