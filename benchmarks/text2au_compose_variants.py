@@ -93,8 +93,8 @@ def main() -> None:
     labels = np.array([e.aus for e in train] + [e.aus for e in train for _ in e.positives], dtype=np.float64)
 
     @torch.no_grad()
-    def member_probs(strs):  # (folds, N, 17): the heads of each concept fold averaged (member_repeats)
-        return t2a.model.fold_probs(cache.encode(strs), cfg.text2au.members).numpy()
+    def member_probs(strs):  # (K, N, 17)
+        return torch.sigmoid(t2a.model(cache.encode(strs))["member_logits"].float()).numpy()
 
     results = {}
     for variant in args.variants.split(","):

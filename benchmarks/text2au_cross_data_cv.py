@@ -28,7 +28,6 @@ from emodifftalk.text2au.calibration import concept_cv
 from emodifftalk.text2au.compose import compose_probs
 from emodifftalk.text2au.dataset import concept_folds, concept_key, load_entries, split_entries
 from emodifftalk.text2au.encoders import FeatureCache
-from emodifftalk.text2au.model import fold_mean
 from emodifftalk.text2au.predict import Text2AU
 from emodifftalk.text2au.tuned_top import text_features
 
@@ -72,9 +71,9 @@ def main() -> None:
     member = np.array([by_key.get(concept_key(ref[i]), by_aus.get(ref[i].aus, -1)) for i in entry_of])
 
     @torch.no_grad()
-    def member_probs(strs):  # (folds, N, 17): the heads of each concept fold averaged (member_repeats)
+    def member_probs(strs):  # (K, N, 17)
         feats = cache.encode(strs) if cache is not None else text_features(t2a.model, t2a.encoder, strs)
-        return fold_mean(torch.sigmoid(t2a.model(feats)["member_logits"].float()), K).numpy()
+        return torch.sigmoid(t2a.model(feats)["member_logits"].float()).numpy()
 
     probs = np.zeros(labels.shape)
     composed = np.zeros(len(texts), dtype=bool)

@@ -457,9 +457,6 @@ class Text2AUConfig:
     # Cross-fitted ensemble: member k never sees concept fold k, so its predictions there are
     # out-of-concept; they calibrate the per-AU thresholds and give the concept cross-validation.
     members: int = 5  # 1 = a single head, no calibration  # choice
-    # heads per concept fold (bagging: the same rows, other initialisation and noise draws); the
-    # ensemble has members x member_repeats heads, a fold's prediction is the mean of its heads  # choice
-    member_repeats: int = 1
     feature_noise: float = 0.3  # expected norm of Gaussian noise on the unit text features while training  # choice
     # extra rows per labelled row: blends of two concepts (sum of features, union of AUs). Off:
     # 0.5 gave concept-CV macro-F1 +0.01 but hold-out micro-F1 -0.03 over two seeds (README)  # choice
@@ -501,9 +498,6 @@ class Text2AUConfig:
         _check(0 < self.threshold < 1, "text2au.threshold must be in (0, 1)")
         _check(self.epochs >= 1, "text2au.epochs must be >= 1")
         _check(1 <= self.members <= 20, "text2au.members must be in 1..20")
-        _check(1 <= self.member_repeats <= 8, "text2au.member_repeats must be in 1..8")
-        _check(self.finetune_layers == 0 or self.member_repeats == 1,
-               "text2au.finetune_layers does not support text2au.member_repeats > 1")
         _check(self.feature_noise >= 0, "text2au.feature_noise must be >= 0")
         _check(self.mixup >= 0, "text2au.mixup must be >= 0")
         _check(self.calibration in ("none", "global", "per_au"), "text2au.calibration must be none, global or per_au")

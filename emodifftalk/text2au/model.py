@@ -85,21 +85,6 @@ class TextToAUEnsemble(nn.Module):
         """(B, in_dim) -> (B, num_aus) ensemble AU probabilities."""
         return torch.sigmoid(self.forward(feats)["logits"])
 
-    @torch.no_grad()
-    def fold_probs(self, feats: Tensor, n_folds: int) -> Tensor:
-        """(n_folds, B, num_aus): per concept fold, the mean probability of the heads that never saw
-        it (head ``m`` is fold ``m % n_folds``'s: ``text2au.member_repeats`` heads per fold)."""
-        return fold_mean(torch.sigmoid(self.forward(feats)["member_logits"].float()), n_folds)
-
-
-def fold_mean(member_values: Tensor, n_folds: int) -> Tensor:
-    """(K, ...) per-head values -> (n_folds, ...) the mean over the heads of each fold (head ``m``
-    belongs to fold ``m % n_folds``; K a multiple of n_folds)."""
-    K = member_values.shape[0]
-    if K % n_folds:
-        raise ValueError(f"{K} heads cannot be dealt to {n_folds} folds")
-    return member_values.reshape(K // n_folds, n_folds, *member_values.shape[1:]).mean(0)
-
 
 class TunedTextToAUEnsemble(TextToAUEnsemble):
     """:class:`TextToAUEnsemble` that also carries each member's tuned MiniLM top layers

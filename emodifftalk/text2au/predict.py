@@ -45,8 +45,7 @@ def build_text2au_model(t2a_cfg, in_dim: int | None = None) -> TextToAUEnsemble:
     if t2a_cfg.finetune_layers:  # the tops' weights come from training or the export
         tops = MemberTops(t2a_cfg.members, t2a_cfg.finetune_layers, t2a_cfg.minilm_layers)
         return TunedTextToAUEnsemble(dim, tops, **sizes)
-    # configs from before member_repeats: one head per fold
-    return TextToAUEnsemble(dim, members=t2a_cfg.members * getattr(t2a_cfg, "member_repeats", 1), **sizes)
+    return TextToAUEnsemble(dim, members=t2a_cfg.members, **sizes)
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:

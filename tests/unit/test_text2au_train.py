@@ -334,37 +334,3 @@ def test_thresholds_by_reading_are_calibrated_on_their_own_rows(tmp_path):
     assert (whole != shared).any() or (comp != shared).any()  # else this test could not tell them apart
     assert info["au_thresholds"] == pytest.approx(whole.tolist())
     assert info["au_thresholds_composed"] == pytest.approx(comp.tolist())
-
-
-def test_member_repeats_deal_heads_to_folds_and_average_them(hashing_cfg):
-    from dataclasses import replace
-
-    from emodifftalk.text2au.model import fold_mean
-
-    vals = torch.arange(6.0).reshape(6, 1)  # heads 0..5 over 3 folds: fold k has heads k and k + 3
-    assert fold_mean(vals, 3).flatten().tolist() == [1.5, 2.5, 3.5]
-    with pytest.raises(ValueError):
-        fold_mean(vals, 4)
-    cfg = replace(hashing_cfg, text2au=replace(hashing_cfg.text2au, member_repeats=2))
-    task = Text2AUTask(cfg)
-    torch.manual_seed(0)
-    model = task.build_model()
-    F = cfg.text2au.members
-    assert model.n_members == 2 * F
-    # a head's loss never sees its fold's rows: head m belongs to fold m % F
-    batch = next(task.train_batches(0, 1, 0, 0))
-    fold = batch["fold"]
-    held = int(fold[0])
-    only = {k: v[fold == held] for k, v in batch.items()}
-    task.loss(model, only, 0)["loss"].backward()
-    g = model.weights[2].grad  # the AU layer: only the focal BCE reaches it
-    for head in (held, held + F):  # every row is of the heads' own fold: no gradient
-        assert g[head].abs().sum() == 0, head
-    assert g[[m for m in range(2 * F) if m % F != held]].abs().sum() > 0
-    model.eval()  # no dropout: the two readings see the same heads
-    probs = model.fold_probs(batch["anchor"], F)
-    member = torch.sigmoid(model(batch["anchor"])["member_logits"].float())
-    assert probs.shape == (F, len(fold), NUM_AUS)
-    assert torch.allclose(probs[1], (member[1] + member[1 + F]) / 2, atol=1e-6)
-    with pytest.raises(Exception):
-        build_config("tiny", ["text2au.member_repeats=0"])

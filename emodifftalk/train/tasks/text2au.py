@@ -72,7 +72,6 @@ from emodifftalk.text2au.dataset import (
 )
 from emodifftalk.text2au.encoders import EncoderMismatchError, FeatureCache, TextEncoder, TokenStates, build_encoder
 from emodifftalk.text2au.metrics import multilabel_metrics
-from emodifftalk.text2au.model import fold_mean
 from emodifftalk.text2au.losses import text2au_loss
 from emodifftalk.text2au.predict import INFO_FILE, build_text2au_model
 from emodifftalk.text2au.tuned_top import MemberTops
@@ -262,7 +261,7 @@ class Text2AUTask(Task):
         out = model(feats)
         logits, z = out["member_logits"], out["member_z"]  # (K, rows, 17), (K, rows, proj)
         K = logits.shape[0]
-        members = torch.arange(K, device=fold.device)[:, None] % max(t.members, 1)  # each head's fold
+        members = torch.arange(K, device=fold.device)[:, None]
         # member k never sees concept fold k; members are folded into the batch dimension
         label_weight = row_fold[None] != members  # (K, n_lab)
         lab_logits = logits[:, :n_lab]
@@ -315,8 +314,8 @@ class Text2AUTask(Task):
         if t.compose == "none":
             device = next(model.parameters()).device
             feats = torch.cat([data.anchor, data.positives.reshape(n * P, *data.positives.shape[2:])]).to(device)
-            probs = model.fold_probs(feats, t.members).cpu()  # (folds, rows, 17)
-            probs = probs[folds, torch.arange(len(folds))].numpy()
+            logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
+            probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
             return probs, labels, folds.numpy(), np.zeros(len(folds), dtype=bool)
         entries = self.entries()["train"]
         texts = [e.description for e in entries] + [p for e in entries for p in e.positives]
@@ -326,7 +325,7 @@ class Text2AUTask(Task):
             rows = torch.nonzero(folds == k).flatten().numpy()
             if rows.size:
                 probs[rows], composed[rows] = compose_probs(
-                    [texts[i] for i in rows], lambda parts, k=k: self._fold_probs(model, parts)[k], t.compose)
+                    [texts[i] for i in rows], lambda parts, k=k: self._member_probs(model, parts)[k], t.compose)
         self._cache.save()  # the clauses' features, for the next run on this folder
         return probs, labels, folds.numpy(), composed
 
@@ -335,10 +334,6 @@ class Text2AUTask(Task):
         """(K, N, 17) every member's probabilities for texts (features through the task's cache)."""
         feats = self._cache.encode(texts).to(next(model.parameters()).device)
         return torch.sigmoid(model(feats)["member_logits"].float()).cpu().numpy()
-
-    def _fold_probs(self, model: nn.Module, texts: list[str]) -> np.ndarray:
-        """(folds, N, 17): per concept fold the mean of its heads' probabilities (``member_repeats``)."""
-        return fold_mean(torch.from_numpy(self._member_probs(model, texts)), self.cfg.text2au.members).numpy()
 
     def validate(self, model: nn.Module, step: int) -> Validation:
         m = self.split_metrics(model, "val")
