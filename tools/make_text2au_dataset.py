@@ -24,13 +24,25 @@ choices: Ekman, Friesen & Hager, *Facial Action Coding System* (2002) for single
 prototypes (Friesen & Ekman 1983; Matsumoto & Ekman 2008) for emotions; Du, Tao & Martinez,
 *Compound facial expressions of emotion* (PNAS 2014) for blends; Keltner (1995) for embarrassment.
 
+Emotion words (v3): the BASIC tables list synonyms per emotion and level, written from general
+knowledge of English synonyms (thesaurus-style groups; no thesaurus file was read), graded by
+Plutchik's intensity triads (*Emotion: A Psychoevolutionary Synthesis*, 1980:
+serenity < joy < ecstasy, pensiveness < sadness < grief, annoyance < anger < rage, apprehension <
+fear < terror); degree adverbs are Quirk et al.'s diminishers / minimizers (slight level) and
+maximizers / boosters (strong level), and a word may take an adverb of its own level ("a little
+annoyed", "utterly terrified"). Every lexicon word gets at least one anchor (``Concept.words``).
+Words that occur in the hand-written hold-out sets (``text2au/data/holdout_*.jsonl``) were kept
+out of the v3 additions, so those sets keep measuring words the model never saw.
+
 Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 from dataclasses import dataclass
 
 from emodifftalk.au import au_vector_from_names
@@ -76,8 +88,16 @@ ALL_SUBJECTS = SUBJECTS + PRONOUNS
 # Subject-free phrasings ("raised brows", "lifts the brows", "furious"): what people type as prompts.
 BARE = Subject("", None, "the")
 
-SLIGHT_ADVERBS = ("slightly", "a little", "mildly", "somewhat", "a bit")
-STRONG_ADVERBS = ("very", "extremely", "intensely", "really", "deeply", "incredibly", "utterly")
+# Degree adverbs (Quirk, Greenbaum, Leech & Svartvik, *A Comprehensive Grammar of the English
+# Language*, 1985, §8.104-8.112): diminishers, compromisers and minimizers mark the slight level,
+# maximizers and boosters the strong one. Ambiguous ones ("quite", "rather", "fairly") are left out.
+SLIGHT_ADVERBS = ("slightly", "a little", "mildly", "somewhat", "a bit", "a little bit", "faintly", "vaguely",
+                  "kind of", "sort of", "barely")
+STRONG_ADVERBS = ("very", "extremely", "intensely", "really", "deeply", "incredibly", "utterly", "absolutely",
+                  "completely", "totally", "thoroughly", "terribly", "awfully", "truly", "so", "immensely",
+                  "enormously")
+SLIGHT_NOUN_QUANTIFIERS = ("a hint of", "a trace of", "mild", "a flicker of", "a touch of", "slight")
+STRONG_NOUN_QUANTIFIERS = ("intense", "overwhelming", "sheer", "utter", "deep")
 
 
 def article(word: str) -> str:
@@ -248,9 +268,17 @@ BASIC = {
                  ("pleased", "slight"), ("content", "slight"), ("delighted", "strong"), ("overjoyed", "strong"),
                  ("ecstatic", "strong"), ("elated", "strong"), ("cheery", "base"), ("jolly", "base"),
                  ("joyous", "base"), ("amused", "slight"), ("satisfied", "slight"), ("gleeful", "strong"),
-                 ("jubilant", "strong")),
+                 ("jubilant", "strong"),
+                 # v3 (thesaurus synonyms; Plutchik's serenity < joy < ecstasy for the levels)
+                 ("contented", "slight"), ("serene", "slight"), ("good-humoured", "slight"), ("merry", "base"),
+                 ("upbeat", "base"), ("light-hearted", "base"), ("sunny", "base"), ("radiant", "base"),
+                 ("euphoric", "strong"), ("exhilarated", "strong"), ("rapturous", "strong"),
+                 ("exultant", "strong")),
         "nouns": (("joy", "base"), ("happiness", "base"), ("delight", "strong"), ("glee", "strong"),
-                  ("amusement", "slight"), ("cheer", "base")),
+                  ("amusement", "slight"), ("cheer", "base"),
+                  ("contentment", "slight"), ("pleasure", "slight"), ("serenity", "slight"),
+                  ("merriment", "base"), ("gladness", "base"), ("bliss", "strong"), ("euphoria", "strong"),
+                  ("elation", "strong"), ("ecstasy", "strong")),
         "idioms": (("on cloud nine", "strong"), ("over the moon", "strong"), ("tickled pink", "base"),
                    ("in high spirits", "base"), ("all smiles", "base")),
         "contrast": ("sadness", "anger", "disgust", "pout"),
@@ -262,9 +290,17 @@ BASIC = {
                  ("gloomy", "base"), ("melancholic", "base"), ("glum", "slight"), ("heartbroken", "strong"),
                  ("devastated", "strong"), ("grief-stricken", "strong"), ("miserable", "strong"),
                  ("depressed", "base"), ("dejected", "base"), ("crestfallen", "base"), ("mournful", "base"),
-                 ("upset", "base"), ("disappointed", "slight"), ("tearful", "strong")),
+                 ("upset", "base"), ("disappointed", "slight"), ("tearful", "strong"),
+                 # v3 (thesaurus synonyms; Plutchik's pensiveness < sadness < grief)
+                 ("pensive", "slight"), ("subdued", "slight"), ("disheartened", "slight"),
+                 ("saddened", "base"), ("doleful", "base"), ("morose", "base"), ("sombre", "base"),
+                 ("melancholy", "base"), ("dispirited", "base"), ("downhearted", "base"),
+                 ("despondent", "strong"), ("inconsolable", "strong"), ("anguished", "strong"),
+                 ("distraught", "strong"), ("desolate", "strong")),
         "nouns": (("sadness", "base"), ("sorrow", "base"), ("grief", "strong"), ("despair", "strong"),
-                  ("heartache", "base"), ("disappointment", "slight"), ("misery", "strong")),
+                  ("heartache", "base"), ("disappointment", "slight"), ("misery", "strong"),
+                  ("pensiveness", "slight"), ("regret", "slight"), ("gloom", "base"),
+                  ("unhappiness", "base"), ("dejection", "base"), ("anguish", "strong"), ("desolation", "strong")),
         "idioms": (("in a blue mood", "base"), ("down in the mouth", "base"), ("close to tears", "strong"),
                    ("heavy-hearted", "base")),
         "contrast": ("happiness", "surprise", "laugh", "duchenne_smile"),
@@ -276,9 +312,17 @@ BASIC = {
                  ("annoyed", "slight"), ("irritated", "slight"), ("furious", "strong"), ("enraged", "strong"),
                  ("livid", "strong"), ("irate", "strong"), ("fuming", "strong"), ("seething", "strong"),
                  ("infuriated", "strong"), ("grumpy", "slight"), ("frustrated", "slight"), ("bad-tempered", "base"),
-                 ("aggressive", "base")),
+                 ("aggressive", "base"),
+                 # v3 (thesaurus synonyms; Plutchik's annoyance < anger < rage)
+                 ("irked", "slight"), ("peeved", "slight"), ("vexed", "slight"), ("miffed", "slight"),
+                 ("cranky", "slight"), ("testy", "slight"), ("grouchy", "slight"), ("displeased", "slight"),
+                 ("exasperated", "slight"), ("riled", "base"), ("heated", "base"), ("bristling", "base"),
+                 ("belligerent", "base"), ("ill-tempered", "base"), ("wrathful", "strong"), ("raging", "strong"),
+                 ("apoplectic", "strong"), ("incandescent", "strong"), ("steaming", "strong")),
         "nouns": (("anger", "base"), ("irritation", "slight"), ("rage", "strong"), ("fury", "strong"),
-                  ("annoyance", "slight"), ("frustration", "slight"), ("wrath", "strong")),
+                  ("annoyance", "slight"), ("frustration", "slight"), ("wrath", "strong"),
+                  ("exasperation", "slight"), ("vexation", "slight"), ("displeasure", "slight"), ("ire", "base"),
+                  ("hostility", "base"), ("outrage", "strong")),
         "idioms": (("hot under the collar", "base"), ("up in arms", "base"), ("ready to explode", "strong"),
                    ("fit to be tied", "strong"), ("in a foul temper", "base")),
         "contrast": ("happiness", "fear", "sadness", "duchenne_smile"),
@@ -289,10 +333,14 @@ BASIC = {
         "adjs": (("surprised", "base"), ("amazed", "base"), ("astonished", "base"), ("startled", "base"),
                  ("stunned", "strong"), ("astounded", "strong"), ("dumbfounded", "strong"),
                  ("flabbergasted", "strong"), ("shocked", "strong"), ("gobsmacked", "strong"), ("awestruck", "base"),
-                 ("speechless", "strong")),
+                 ("speechless", "strong"),
+                 # v3 (thesaurus synonyms)
+                 ("agog", "base"), ("awed", "base"), ("open-mouthed", "base"), ("wonderstruck", "base"),
+                 ("staggered", "strong"), ("floored", "strong"), ("stupefied", "strong")),
         "idioms": (("caught off guard", "base"), ("taken by surprise", "base"), ("thunderstruck", "strong"),
                    ("lost for words", "strong")),
-        "nouns": (("surprise", "base"), ("astonishment", "base"), ("amazement", "base"), ("shock", "strong")),
+        "nouns": (("surprise", "base"), ("astonishment", "base"), ("amazement", "base"), ("shock", "strong"),
+                  ("wonder", "base"), ("awe", "base"), ("disbelief", "base"), ("stupefaction", "strong")),
         "contrast": ("anger", "sadness", "scowl", "squeeze_eyes"),
     },
     "fear": {
@@ -301,9 +349,15 @@ BASIC = {
         "adjs": (("afraid", "base"), ("scared", "base"), ("frightened", "base"), ("fearful", "base"),
                  ("terrified", "strong"), ("petrified", "strong"), ("panic-stricken", "strong"),
                  ("nervous", "slight"), ("apprehensive", "slight"), ("spooked", "base"), ("panicked", "strong"),
-                 ("horror-struck", "strong")),
+                 ("horror-struck", "strong"),
+                 # v3 (thesaurus synonyms; Plutchik's apprehension < fear < terror)
+                 ("jittery", "slight"), ("jumpy", "slight"), ("timid", "slight"), ("wary", "slight"),
+                 ("edgy", "slight"), ("daunted", "slight"), ("shaken", "base"), ("intimidated", "base"),
+                 ("unnerved", "base"), ("threatened", "base"), ("panicky", "strong"), ("terror-stricken", "strong"),
+                 ("hysterical", "strong"), ("paralysed", "strong")),
         "nouns": (("fear", "base"), ("fright", "base"), ("dread", "base"), ("terror", "strong"),
-                  ("panic", "strong"), ("horror", "strong")),
+                  ("panic", "strong"), ("horror", "strong"), ("apprehension", "slight"), ("unease", "slight"),
+                  ("trepidation", "slight"), ("alarm", "base"), ("fearfulness", "base")),
         "idioms": (("scared stiff", "strong"), ("frozen with fear", "strong"), ("white as a sheet", "base"),
                    ("trembling like a leaf", "base")),
         "contrast": ("happiness", "anger", "contempt", "smirk"),
@@ -312,9 +366,12 @@ BASIC = {
         "levels": {"slight": ("AU09",), "base": ("AU09", "AU10", "AU15"), "strong": ("AU09", "AU10", "AU15", "AU17")},
         "adjs": (("disgusted", "base"), ("grossed out", "base"), ("repulsed", "strong"), ("revolted", "strong"),
                  ("sickened", "strong"), ("nauseated", "strong"), ("repelled", "strong"), ("put off", "slight"),
-                 ("queasy", "base")),
+                 ("queasy", "base"),
+                 # v3 (thesaurus synonyms)
+                 ("squeamish", "slight"), ("turned off", "slight"), ("nauseous", "strong")),
         "nouns": (("disgust", "base"), ("distaste", "slight"), ("revulsion", "strong"), ("loathing", "strong"),
-                  ("repugnance", "strong"), ("aversion", "slight")),
+                  ("repugnance", "strong"), ("aversion", "slight"),
+                  ("queasiness", "base"), ("nausea", "strong"), ("abhorrence", "strong"), ("repulsion", "strong")),
         "idioms": (("sick to the stomach", "strong"), ("utterly grossed out", "strong")),
         "contrast": ("happiness", "surprise", "duchenne_smile", "brow_raise"),
     },
@@ -322,8 +379,13 @@ BASIC = {
         "levels": {"base": ("AU14",)},
         "adjs": (("contemptuous", "base"), ("scornful", "base"), ("disdainful", "base"),
                  ("condescending", "base"), ("dismissive", "base"), ("snide", "base"), ("haughty", "base"),
-                 ("derisive", "base"), ("mocking", "base"), ("supercilious", "base")),
-        "nouns": (("contempt", "base"), ("scorn", "base"), ("disdain", "base"), ("derision", "base")),
+                 ("derisive", "base"), ("mocking", "base"), ("supercilious", "base"),
+                 # v3 (thesaurus synonyms)
+                 ("patronising", "base"), ("superior", "base"), ("disparaging", "base"), ("scoffing", "base"),
+                 ("sardonic", "base"), ("arrogant", "base"), ("snooty", "base"), ("snobbish", "base"),
+                 ("sniffy", "base"), ("withering", "base")),
+        "nouns": (("contempt", "base"), ("scorn", "base"), ("disdain", "base"), ("derision", "base"),
+                  ("condescension", "base"), ("mockery", "base"), ("disrespect", "base")),
         "contrast": ("fear", "surprise", "sadness", "laugh"),
     },
 }
@@ -411,6 +473,7 @@ MIXED = {
                    "nouns": (("determination", "resolve"),), "contrast": ("happiness", "surprise", "fear")},
 }
 MIXED_COUNT = 8  # anchors per mixed concept (fewer when phrasings run out)
+COVER_EXTRA = 3  # an emotion level gets at least (its lexicon words + this many) anchors
 
 SIMPLE_COUNT = 9  # anchors per single action
 NAMED_COUNT = 4  # anchors per named combination
@@ -441,14 +504,16 @@ def emotion_texts(spec: dict, level: str, rng: random.Random) -> list[tuple[str,
     for word, wl in spec["adjs"]:
         if wl == level:
             adjs.append(word)
+            if level in ("slight", "strong"):  # a degree adverb of the word's own level: "a little annoyed"
+                adjs.append(intensified(word, level, rng))
         elif wl == "base" and level in ("slight", "strong"):
             adjs.append(intensified(word, level, rng))
     nouns = [w for w, nl in spec["nouns"] if nl == level]
     base_nouns = [w for w, nl in spec["nouns"] if nl == "base"]
     if level == "slight":
-        nouns = nouns + [f"{q} {w}" for w in base_nouns for q in ("a hint of", "a trace of", "mild")]
+        nouns = nouns + [f"{q} {w}" for w in base_nouns for q in SLIGHT_NOUN_QUANTIFIERS]
     elif level == "strong":
-        nouns = nouns + [f"{q} {w}" for w in base_nouns for q in ("intense", "overwhelming")]
+        nouns = nouns + [f"{q} {w}" for w in base_nouns for q in STRONG_NOUN_QUANTIFIERS]
     for adj in adjs:
         attributive = not adj.startswith("a ")  # "a bit sad" cannot precede a noun ("an a bit sad man")
         for s in SUBJECTS:
@@ -460,6 +525,9 @@ def emotion_texts(spec: dict, level: str, rng: random.Random) -> list[tuple[str,
             if attributive:
                 out += [(f"{s.np} with {with_article(adj)} expression", "A6"),
                         (f"{s.np} with {with_article(adj)} face", "A8")]
+            out.append((f"{s.np} who appears {adj}", "A11"))
+            if s.noun and " " not in adj:  # "an angry-looking man"
+                out.append((f"{article(adj)} {adj}-looking {s.noun}", "A10"))
     for noun in nouns:
         for s in SUBJECTS:
             out += [(f"{s.np} filled with {noun}", "N1"), (f"{s.np} showing {noun}", "N2"),
@@ -473,7 +541,10 @@ def emotion_texts(spec: dict, level: str, rng: random.Random) -> list[tuple[str,
     for adj in adjs:  # subject-free
         out += [(adj, "B1"), (f"looking {adj}", "B2"), (f"feeling {adj}", "B3")]
         if not adj.startswith("a "):
-            out += [(f"{with_article(adj)} look", "B4"), (f"{with_article(adj)} face", "B5")]
+            out += [(f"{with_article(adj)} look", "B4"), (f"{with_article(adj)} face", "B5"),
+                    (f"with {with_article(adj)} expression", "B10")]
+        if " " not in adj:  # one word, no degree adverb
+            out += [(f"{adj}-looking", "B9"), (f"visibly {adj}", "B11")]
     for noun in nouns:
         out += [(f"{noun} written all over the face", "B6"), (f"showing {noun}", "B7")]
         if " " not in noun:
@@ -626,6 +697,9 @@ class Concept:
     candidates: list[tuple[str, str]]  # (text, template id), shuffled
     count: int
     contrast: tuple[str, ...] = ()
+    # lexicon words of the concept: each gets at least one anchor before the other picks (v3),
+    # so no synonym of the tables is left out of the data by the random pick
+    words: tuple[str, ...] = ()
 
 
 class Builder:
@@ -645,14 +719,17 @@ class Builder:
             for level, aus in spec["levels"].items():
                 count = CONTEMPT_COUNT if name == "contempt" else BASIC_COUNTS[level]
                 key = name if level == "base" else f"{name}@{level}"
+                words = tuple(w for w, wl in spec["adjs"] + spec["nouns"] if wl == level)
+                count = max(count, len(words) + COVER_EXTRA)
                 texts = emotion_texts(spec, level, rng)
                 if level == "base":
                     others = [w for c in spec["contrast"] if c in BASIC for w, wl in BASIC[c]["adjs"][:3]
                               if wl == "base"]
                     texts += negated_texts(spec, others)
-                self.add(Concept(key, "basic emotion", aus, texts, count, spec["contrast"]))
+                self.add(Concept(key, "basic emotion", aus, texts, count, spec["contrast"], words))
         for name, spec in MIXED.items():
-            self.add(Concept(name, "mixed emotion", spec["aus"], mixed_texts(spec), MIXED_COUNT, spec["contrast"]))
+            self.add(Concept(name, "mixed emotion", spec["aus"], mixed_texts(spec), MIXED_COUNT, spec["contrast"],
+                             tuple(spec["names"])))
         for a in ACTIONS:
             self.add(Concept(a.key, "simple expression", a.aus, action_texts(a), SIMPLE_COUNT))
         for key, aus, templates in NAMED_COMBOS:
@@ -711,10 +788,11 @@ class Selector:
         self.desc_norms: set[str] = set()
         self.desc_sets: list[frozenset[str]] = []
         self.chosen: list[tuple[Concept, str, str]] = []  # concept, text, template
+        self.held_out = held_out_sentences()
 
     def near_dup(self, text: str) -> bool:
         n = normalize_text(text)
-        if n in self.desc_norms:
+        if n in self.desc_norms or n in self.held_out:
             return True
         ts = token_set(text)
         return any(jaccard(ts, o) >= NEAR_DUP_JACCARD for o in self.desc_sets)
@@ -730,6 +808,18 @@ class Selector:
             used_templates: set[str] = set()
             used_subjects: set[str] = set()
             picked = 0
+            for word in c.words:  # one anchor per lexicon word first, each in a template not yet used
+                pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
+                having = [(t, tm) for t, tm in c.candidates if pattern.search(t)]
+                having.sort(key=lambda x: x[1] in used_templates)  # stable: keeps the shuffle order
+                for text, tmpl in having:
+                    if any(text == t for _, t, _ in self.chosen) or self.near_dup(text):
+                        continue
+                    self.take(c, text, tmpl)
+                    used_templates.add(tmpl)
+                    used_subjects.add(next((s.np for s in ALL_SUBJECTS if text.startswith(s.np + " ")), ""))
+                    picked += 1
+                    break
             # prefer unseen templates and subjects; relax when they run out
             for strict in (2, 1, 0):
                 for text, tmpl in c.candidates:
@@ -748,8 +838,9 @@ class Selector:
                     picked += 1
 
     def free(self, text: str) -> bool:
-        """Positives / negatives never equal any anchor description (no leakage across splits)."""
-        return normalize_text(text) not in self.desc_norms
+        """Positives / negatives never equal any anchor description (no leakage across splits) nor a
+        hold-out sentence."""
+        return normalize_text(text) not in self.desc_norms and normalize_text(text) not in self.held_out
 
     def positives(self, c: Concept, anchor: str, tmpl: str) -> list[str]:
         out: list[str] = []
@@ -796,6 +887,17 @@ class Selector:
         else:
             out.append(self.rng.choice(NEUTRAL_NEGATIVES))
         return out
+
+
+def held_out_sentences() -> set[str]:
+    """Normalised sentences of the hand-written hold-out sets: never emitted, so a plain word that
+    happens to be a hold-out prompt ("scornful") stays out of the data set (the tests check this)."""
+    out = set()
+    for path in sorted(DEFAULT_DATA.parent.glob("holdout_*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.add(normalize_text(json.loads(line)["text"]))
+    return out
 
 
 def au_jaccard(a: set, b: set) -> float:

@@ -2,7 +2,7 @@
 
 One entry per line (pure JSONL, no header), fields::
 
-    {"id": "emo-happiness-003", "version": 2, "description": "a very happy woman",
+    {"id": "emo-happiness-003", "version": 3, "description": "a very happy woman",
      "type": "basic emotion", "aus": [0, 0, 0, 0, 1, ...17 ints in au.AU_NAMES order...],
      "au_names": ["AU06", "AU12", "AU25"],
      "positives": [3 paraphrases], "negatives": [3 contrasting descriptions]}
@@ -33,7 +33,7 @@ from pathlib import Path
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.utils import atomic_write_text
 
-DATA_VERSION = 2
+DATA_VERSION = 3
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATA = DATA_DIR / f"text2au_v{DATA_VERSION}.jsonl"
 

@@ -29,6 +29,12 @@ subject ("furious", "raises the inner brows") is encoded as "a person furious" /
 the inner brows", in training and at inference alike. Prompts are typed subject-free while most
 descriptions are written about someone; on a frozen sentence encoder the two registers land in
 different places, and a shared subject closes that gap. The template is part of ``encoder_id``.
+
+Prompt ensembling (``text2au.prompt_templates``, as CLIP's zero-shot classifiers do): each text
+(after the subject rule) is encoded inside every template, ``"{}"`` being the text itself, e.g.
+``("{}", "facial expression: {}")``, and the unit features are averaged and re-normalised. The
+context of a template can pull a word toward its emotional sense ("facial expression: livid").
+Empty (the default): one encoding per text. The templates are part of ``encoder_id``.
 """
 
 from __future__ import annotations
@@ -88,6 +94,17 @@ SUBJECT_WORDS = frozenset("""a an the this that one someone somebody anyone ever
 his her their my our your its him them me us people person man woman boy girl child kid""".split())
 
 
+def check_templates(templates) -> tuple[str, ...]:
+    """Prompt templates: each holds exactly one ``{}`` (where the text goes) and no other braces."""
+    templates = tuple(str(t) for t in templates)
+    for t in templates:
+        if t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
+            raise ValueError(f"text2au.prompt_templates: {t!r} must contain exactly one '{{}}' and no other braces")
+    if len(set(templates)) != len(templates):
+        raise ValueError(f"text2au.prompt_templates has duplicates: {templates}")
+    return templates
+
+
 def with_subject(text: str, subject: str) -> str:
     """``subject + " " + text`` unless ``text`` already starts with a subject word (or ``subject`` is empty)."""
     words = text.split(maxsplit=1)
@@ -123,34 +140,43 @@ class TextEncoder:
     _base_id: str = ""
     dim: int = 0
 
-    def __init__(self, max_chars: int = 300, batch_size: int = 64, prompt_subject: str = ""):
+    def __init__(self, max_chars: int = 300, batch_size: int = 64, prompt_subject: str = "",
+                 prompt_templates: tuple[str, ...] = ()):
         if max_chars < 1:
             raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         self.max_chars = max_chars
         self.batch_size = batch_size
         self.prompt_subject = " ".join(prompt_subject.split())
+        self.prompt_templates = check_templates(prompt_templates)
 
     @property
     def encoder_id(self) -> str:
-        return self._base_id + (f"|subject={self.prompt_subject}" if self.prompt_subject else "")
+        return (self._base_id + (f"|subject={self.prompt_subject}" if self.prompt_subject else "")
+                + (f"|templates={json.dumps(list(self.prompt_templates))}" if self.prompt_templates else ""))
 
     @torch.no_grad()
     def encode(self, texts: list[str] | str) -> Tensor:
-        """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised."""
-        chunks, n = [], 0
-        for batch in self._batches(texts, "encode texts"):
-            chunks.append(self._encode(batch))
-            n += len(batch)
-        feats = torch.cat(chunks).detach().to("cpu", torch.float32)
-        assert feats.shape == (n, self.dim), (feats.shape, n, self.dim)
+        """(B,) texts -> (B, dim) float32 CPU tensor, rows L2-normalised (the mean over
+        ``prompt_templates`` when there are any)."""
+        feats = None
+        for template in self.prompt_templates or ("{}",):
+            chunks, n = [], 0
+            for batch in self._batches(texts, "encode texts", template):
+                chunks.append(self._encode(batch))
+                n += len(batch)
+            one = torch.nn.functional.normalize(torch.cat(chunks).detach().to("cpu", torch.float32), dim=-1)
+            assert one.shape == (n, self.dim), (one.shape, n, self.dim)
+            feats = one if feats is None else feats + one
         return torch.nn.functional.normalize(feats, dim=-1)
 
-    def _batches(self, texts: list[str] | str, desc: str):
-        """The checked, subject-prefixed texts in batches of ``batch_size``, with a progress bar
-        when there are many (a data set's worth takes tens of seconds on a CPU; a prompt stays silent)."""
+    def _batches(self, texts: list[str] | str, desc: str, template: str = "{}"):
+        """The checked, subject-prefixed texts (inside ``template``) in batches of ``batch_size``, with
+        a progress bar when there are many (a data set's worth takes tens of seconds on a CPU; a
+        prompt stays silent)."""
         from tqdm.auto import tqdm
 
-        texts = [with_subject(t, self.prompt_subject) for t in prepare_texts(texts, self.max_chars)]
+        texts = [template.replace("{}", with_subject(t, self.prompt_subject))
+                 for t in prepare_texts(texts, self.max_chars)]
         starts = range(0, len(texts), self.batch_size)
         for i in tqdm(starts, desc=desc, unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES):
             yield texts[i:i + self.batch_size]
@@ -199,8 +225,8 @@ def _layer_means(hidden: tuple[Tensor, ...], mask: Tensor, layers) -> list[Tenso
 
 class MiniLMEncoder(TextEncoder):
     def __init__(self, max_chars: int = 300, batch_size: int = 64, device: str = "cpu", prompt_subject: str = "",
-                 layers: tuple[int, ...] = (MINILM_LAYERS,)):
-        super().__init__(max_chars, batch_size, prompt_subject)
+                 layers: tuple[int, ...] = (MINILM_LAYERS,), prompt_templates: tuple[str, ...] = ()):
+        super().__init__(max_chars, batch_size, prompt_subject, prompt_templates)
         self.layers = check_minilm_layers(layers)
         self.dim = MINILM_DIM * len(self.layers)
         last_only = self.layers == (MINILM_LAYERS,)
@@ -257,8 +283,8 @@ class MiniLMEncoder(TextEncoder):
 
 class OpenCLIPEncoder(TextEncoder):
     def __init__(self, model_name: str, checkpoint: str | Path, max_chars: int = 300, batch_size: int = 64,
-                 device: str = "cpu", prompt_subject: str = ""):
-        super().__init__(max_chars, batch_size, prompt_subject)
+                 device: str = "cpu", prompt_subject: str = "", prompt_templates: tuple[str, ...] = ()):
+        super().__init__(max_chars, batch_size, prompt_subject, prompt_templates)
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"open_clip checkpoint {checkpoint} does not exist "
@@ -294,8 +320,9 @@ class OpenCLIPEncoder(TextEncoder):
 class HashingEncoder(TextEncoder):
     """Signed feature hashing of word 1-2-grams and char 3-5-grams (blake2b; process-independent)."""
 
-    def __init__(self, dim: int = HASHING_DIM, max_chars: int = 300, batch_size: int = 256, prompt_subject: str = ""):
-        super().__init__(max_chars, batch_size, prompt_subject)
+    def __init__(self, dim: int = HASHING_DIM, max_chars: int = 300, batch_size: int = 256, prompt_subject: str = "",
+                 prompt_templates: tuple[str, ...] = ()):
+        super().__init__(max_chars, batch_size, prompt_subject, prompt_templates)
         self.dim = dim
         self._base_id = f"hashing:v{HASHING_VERSION}:d{dim}"
 
@@ -341,16 +368,18 @@ def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:
     """Encoder for a ``Text2AUConfig`` (``cfg.text2au``)."""
     kind = t2a_cfg.encoder
     subject = t2a_cfg.prompt_subject
+    templates = tuple(getattr(t2a_cfg, "prompt_templates", ()))  # configs from before the option: none
     if kind == "minilm":
         return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject,
-                             layers=t2a_cfg.minilm_layers)
+                             layers=t2a_cfg.minilm_layers, prompt_templates=templates)
     if kind == "open_clip":
         if not t2a_cfg.open_clip_checkpoint:
             raise ValueError("text2au.encoder=open_clip needs text2au.open_clip_checkpoint=/local/file")
         return OpenCLIPEncoder(t2a_cfg.open_clip_model, t2a_cfg.open_clip_checkpoint,
-                               max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject)
+                               max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject,
+                               prompt_templates=templates)
     if kind == "hashing":
-        return HashingEncoder(max_chars=t2a_cfg.max_text_chars, prompt_subject=subject)
+        return HashingEncoder(max_chars=t2a_cfg.max_text_chars, prompt_subject=subject, prompt_templates=templates)
     raise ValueError(f"unknown text encoder {kind!r}; expected minilm, open_clip or hashing")
 
 

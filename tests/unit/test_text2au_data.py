@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -210,3 +211,48 @@ def test_holdout_sets_share_no_sentence():
             key = normalize_text(h.text)
             assert key not in seen, f"{h.text!r} is in {name} and {seen[key]}"
             seen[key] = name
+
+
+def _generator(monkeypatch):
+    spec = importlib.util.spec_from_file_location("make_t2a", ROOT / "tools" / "make_text2au_dataset.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_t2a", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _has_word(text, word):
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text.lower()) is not None
+
+
+def test_every_emotion_word_of_the_tables_has_an_anchor(shipped, monkeypatch):
+    mod = _generator(monkeypatch)
+    anchors = {}
+    for e in shipped:
+        anchors.setdefault(concept_key(e), []).append(e.description)
+    missing = []
+    for name, spec in mod.BASIC.items():
+        texts = anchors[f"emo-{name}"]
+        missing += [w for w, _ in spec["adjs"] + spec["nouns"] if not any(_has_word(t, w) for t in texts)]
+    for name, spec in mod.MIXED.items():
+        texts = anchors[f"mix-{name}"]
+        missing += [w for w in spec["names"] if not any(_has_word(t, w) for t in texts)]
+    assert not missing, missing
+
+
+def test_degree_adverbs_mark_the_level_of_an_emotion_anchor(shipped, monkeypatch):
+    mod = _generator(monkeypatch)
+    levels = {"slight": mod.SLIGHT_ADVERBS, "strong": mod.STRONG_ADVERBS}
+    own_level = {"slight": 0, "strong": 0}  # "a little annoyed": an adverb on a word of its own level
+    for e in shipped:
+        if e.type != "basic emotion" or " not " in f" {e.description} ":
+            continue
+        level = next((lv for lv in levels if f"-{lv}-" in e.id), "base")
+        name = e.id.split("-")[1]
+        for lv, advs in levels.items():
+            for adv in advs:
+                for w, wl in mod.BASIC[name]["adjs"]:
+                    if _has_word(e.description, f"{adv} {w}"):
+                        assert level == lv, (e.id, e.description)
+                        own_level[lv] += wl == lv
+    assert own_level["slight"] >= 5 and own_level["strong"] >= 5, own_level

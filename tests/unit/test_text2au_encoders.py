@@ -149,3 +149,31 @@ def test_prompt_subject_template_applies_to_subject_free_texts_only():
     assert templ.encoder_id == plain.encoder_id + "|subject=a person"
     assert torch.allclose(templ.encode(["furious"]), plain.encode(["a person furious"]))
     assert torch.allclose(templ.encode(["a furious man"]), plain.encode(["a furious man"]))
+
+
+def test_prompt_templates_average_the_unit_features_of_every_template():
+    from emodifftalk.config import build_config
+    from emodifftalk.text2au.encoders import build_encoder, check_templates
+
+    plain = HashingEncoder(dim=64, prompt_subject="a person")
+    ens = HashingEncoder(dim=64, prompt_subject="a person", prompt_templates=("{}", "facial expression: {}"))
+    assert ens.encoder_id != plain.encoder_id and "facial expression" in ens.encoder_id
+    # the subject rule first, then the template; each template's feature unit-norm, then their mean
+    a = plain.encode(["furious", "a man frowns"])
+    b = HashingEncoder(dim=64).encode(["facial expression: a person furious", "facial expression: a man frowns"])
+    got = ens.encode(["furious", "a man frowns"])
+    assert torch.allclose(got, torch.nn.functional.normalize(a + b, dim=-1), atol=1e-6)
+    assert not torch.allclose(got, a, atol=1e-3)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(2))
+    # one template "{}" is the plain encoding
+    assert torch.allclose(HashingEncoder(dim=64, prompt_templates=("{}",)).encode(["smiling"]),
+                          HashingEncoder(dim=64).encode(["smiling"]))
+    for bad in (("no placeholder",), ("{} and {}",), ("{x}",), ("{}", "{}")):
+        with pytest.raises(ValueError):
+            check_templates(bad)
+    cfg = build_config("tiny", ["text2au.encoder=hashing", "text2au.prompt_templates={},facial expression: {}"])
+    assert cfg.text2au.prompt_templates == ("{}", "facial expression: {}")
+    assert build_encoder(cfg.text2au).encoder_id == HashingEncoder(
+        prompt_subject="a person", prompt_templates=("{}", "facial expression: {}")).encoder_id
+    with pytest.raises(Exception):
+        build_config("tiny", ["text2au.prompt_templates=no placeholder"])
