@@ -368,7 +368,7 @@ def build_encoder(t2a_cfg, device: str = "cpu") -> TextEncoder:
     """Encoder for a ``Text2AUConfig`` (``cfg.text2au``)."""
     kind = t2a_cfg.encoder
     subject = t2a_cfg.prompt_subject
-    templates = tuple(getattr(t2a_cfg, "prompt_templates", ()))  # configs from before the option: none
+    templates = tuple(t2a_cfg.prompt_templates)  # configs from before the option load with none
     if kind == "minilm":
         return MiniLMEncoder(max_chars=t2a_cfg.max_text_chars, device=device, prompt_subject=subject,
                              layers=t2a_cfg.minilm_layers, prompt_templates=templates)
