@@ -6,7 +6,7 @@ scheduler, a container stop) reaches only the main process; by default it dies o
 its ``multiprocessing`` children (spawned, not forked, so they do not share its fate) go on
 working for minutes. ``sigterm_as_interrupt`` turns that SIGTERM into ``Terminated``, a
 ``KeyboardInterrupt``, so every ``finally``/``except BaseException`` that stops a pool on Ctrl-C
-(``stop_process_pool``, the stage pool's ``_stop``, ``ray.shutdown``, ``atomic_dir``'s clean-up)
+(``stop_process_pool``, the stage pool's ``stop_processes``, ``ray.shutdown``, ``atomic_dir``'s clean-up)
 runs for it as well; the CLI then stops any ``multiprocessing`` child still alive
 (``stop_children``) and exits with one line and status 143 (130 for Ctrl-C).
 """
@@ -67,7 +67,8 @@ def keep_sigterm_handler():
             signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _stop(procs, timeout: float = TIMEOUT_S) -> None:
+def stop_processes(procs, timeout: float = TIMEOUT_S) -> None:
+    """SIGTERM each ``multiprocessing`` process of ``procs`` still alive, SIGKILL after ``timeout``."""
     procs = [p for p in procs if p.is_alive()]
     for p in procs:
         p.terminate()
@@ -80,7 +81,7 @@ def _stop(procs, timeout: float = TIMEOUT_S) -> None:
 
 def stop_children(timeout: float = TIMEOUT_S) -> None:
     """SIGTERM every ``multiprocessing`` child of this process still alive, SIGKILL after ``timeout``."""
-    _stop(multiprocessing.active_children(), timeout)
+    stop_processes(multiprocessing.active_children(), timeout)
 
 
 def stop_process_pool(pool, timeout: float = TIMEOUT_S) -> None:
@@ -88,4 +89,4 @@ def stop_process_pool(pool, timeout: float = TIMEOUT_S) -> None:
     block on an exception would instead wait for every submitted task to finish.)"""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # cleared by shutdown()
     pool.shutdown(wait=False, cancel_futures=True)
-    _stop(procs, timeout)
+    stop_processes(procs, timeout)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from emodifftalk.config import Config, config_from_dict
+from emodifftalk.interrupt import stop_processes
 from emodifftalk.pipeline.demo import reuse_earlier_output
 from emodifftalk.threads import apply_threads, usable_cores
 from emodifftalk.train.loop import run_training
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
 MAX_JOBS = 3  # the demo has three training stages
+STOP_TIMEOUT_S = 10.0  # a stage that ignores SIGTERM this long gets SIGKILL
 
 
 def _train_stage(name: str, cfg: Config, out: Path) -> None:
@@ -64,18 +66,6 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _stop(procs) -> None:
-    """Terminate stages still running (a sibling failed, or Ctrl-C): no orphan keeps training."""
-    procs = list(procs)
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
 
 
 def default_jobs(n_stages: int) -> int:
@@ -132,6 +122,7 @@ def run_training_stages(exports: dict[str, Path], cfg: Config, runs: Path, skip:
                 print(f"[demo] {time.perf_counter() - t_start:.0f} s: running {', '.join(running)}; "
                       f"finished {', '.join(timings) or '-'}", flush=True)
     finally:
-        _stop(proc for proc, _ in running.values())
+        # a sibling failed, or Ctrl-C / SIGTERM: no orphan keeps training
+        stop_processes((proc for proc, _ in running.values()), timeout=STOP_TIMEOUT_S)
     timings["train_wall"] = round(time.perf_counter() - t_start, 1)
     return timings
