@@ -40,12 +40,12 @@ Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0]``
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from dataclasses import dataclass
 
 from emodifftalk.au import au_vector_from_names
+from emodifftalk.text2au.evaluate import load_labelled_texts
 from emodifftalk.text2au.dataset import (
     DEFAULT_DATA,
     NEAR_DUP_JACCARD,
@@ -892,12 +892,8 @@ class Selector:
 def held_out_sentences() -> set[str]:
     """Normalised sentences of the hand-written hold-out sets: never emitted, so a plain word that
     happens to be a hold-out prompt ("scornful") stays out of the data set (the tests check this)."""
-    out = set()
-    for path in sorted(DEFAULT_DATA.parent.glob("holdout_*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                out.add(normalize_text(json.loads(line)["text"]))
-    return out
+    return {normalize_text(item.text) for path in sorted(DEFAULT_DATA.parent.glob("holdout_*.jsonl"))
+            for item in load_labelled_texts(path)}
 
 
 def au_jaccard(a: set, b: set) -> float:
