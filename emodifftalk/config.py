@@ -232,7 +232,9 @@ class AudioConfig:
     # Share of augmented Speech-to-AU training clips (train_augment_prob) that also get a random
     # channel EQ first (data/augment.py: low shelf -6..+12 dB at 300-1200 Hz, high shelf -6..+6 dB
     # at 2-6 kHz): real microphones put 90-95 % of the energy below 1 kHz, espeak-ng 72 %, so the
-    # broadband level (level channels) follows another band than in training. Motion clips never.  # choice
+    # broadband level (level channels) follows another band than in training. Motion clips never.
+    # Off: at 0.75 it won on the 20 real recordings at seed 0 and lost at seed 1 (README "Why the
+    # last files fail"); the per-bin normalised log-mel cancels most of a fixed EQ.  # choice
     train_eq_prob: float = 0.0
 
     @property

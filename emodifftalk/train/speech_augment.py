@@ -10,7 +10,7 @@ Channel EQ: with probability ``audio.train_eq_prob`` an augmented Speech-to-AU c
 random low shelf and high shelf first (``AugmentSpec.p_eq``): real microphones and rooms tilt the
 spectrum (most real recordings put 90-95 % of their energy below 1 kHz, espeak-ng 72 %), which
 moves the broadband level (the level channels) away from the 1-3 kHz band. Motion clips do not
-get it (not measured there).
+get it (not measured there). Off by default: no gain at both seeds on the real recordings.
 
 Silence: with probability ``audio.train_silence_prob`` a Speech-to-AU clip gets extra lead-in
 and/or trailing silence (before augmentation, so the noise bed covers it). Those frames are
