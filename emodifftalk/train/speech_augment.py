@@ -6,6 +6,12 @@ probability ``audio.train_augment_prob``, passed through :func:`emodifftalk.data
 the way :func:`emodifftalk.data.audio.load_audio` brings a user's file in (down-mix to mono,
 resample to 16 kHz), so the models learn on what inference will feed them.
 
+Channel EQ: with probability ``audio.train_eq_prob`` an augmented Speech-to-AU clip also gets a
+random low shelf and high shelf first (``AugmentSpec.p_eq``): real microphones and rooms tilt the
+spectrum (most real recordings put 90-95 % of their energy below 1 kHz, espeak-ng 72 %), which
+moves the broadband level (the level channels) away from the 1-3 kHz band. Motion clips do not
+get it (not measured there). Off by default: no gain at both seeds on the real recordings.
+
 Silence: with probability ``audio.train_silence_prob`` a Speech-to-AU clip gets extra lead-in
 and/or trailing silence (before augmentation, so the noise bed covers it). Those frames are
 labelled "lips closed" (AU25 = AU26 = 0) and leave the other AUs unlabelled (masked): whether
@@ -34,7 +40,7 @@ from scipy.ndimage import gaussian_filter1d
 from emodifftalk.au import AU_INDEX
 from emodifftalk.config import AudioConfig
 from emodifftalk.data.audio import SAMPLE_RATE, frame_levels_db, resample
-from emodifftalk.data.augment import augment_audio
+from emodifftalk.data.augment import AugmentSpec, augment_audio
 from emodifftalk.data.synthetic.visemes import jaw_gain
 from emodifftalk.models.audio_frontend import mel_centre_hz
 
@@ -46,9 +52,9 @@ SPEECH_DB = -40.0  # frames at least this loud (re the clip's peak) are speech f
 FREQ_MASK_MAX_SHARE = 0.1  # the widest frequency mask: this share of the mel bins (8 of 80)
 
 
-def augmented_16k(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augmented_16k(audio: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = AugmentSpec()) -> np.ndarray:
     """Mono 16 kHz ``audio`` through ``augment_audio`` and back through the loader's path."""
-    aug = augment_audio(audio, SAMPLE_RATE, rng)
+    aug = augment_audio(audio, SAMPLE_RATE, rng, spec)
     x = aug.audio.mean(axis=1) if aug.audio.ndim == 2 else aug.audio  # the loader's down-mix
     x = resample(x, aug.sample_rate, SAMPLE_RATE)
     n = len(audio)  # resampling round trips may differ by a sample or two: keep the clip's length
@@ -141,7 +147,8 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg: AudioConfig, *, 
     if silence and rng.uniform() < cfg.train_silence_prob:
         sample = with_silence(sample, rng)
     if rng.uniform() < cfg.train_augment_prob:
-        sample = dict(sample, audio=augmented_16k(sample["audio"], rng), feats=None, augmented=True)
+        spec = AugmentSpec(p_eq=cfg.train_eq_prob if silence else 0.0)  # channel EQ: Speech-to-AU only
+        sample = dict(sample, audio=augmented_16k(sample["audio"], rng, spec), feats=None, augmented=True)
     return sample
 
 

@@ -1,6 +1,7 @@
 """Train-time audio augmentation of seq samples: the loader's path back, added silence labelled lips-closed."""
 
 import numpy as np
+import pytest
 
 from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.config import AudioConfig
@@ -124,3 +125,75 @@ def test_feature_augmentation_touches_only_the_mel_columns():
     assert (np.abs(out[:, :80]).max(axis=0) == 0).sum() >= 1  # a masked band
     assert augment_features(feats, rng, AudioConfig(train_vtlp_prob=0.0)) is feats
     assert augment_features(feats, rng, AudioConfig(frontend="hubert", hubert_path="x", train_vtlp_prob=1.0)) is feats
+
+
+# ------------------------------------------------------------------------------------------
+# Channel EQ (audio.train_eq_prob, AugmentSpec.p_eq)
+# ------------------------------------------------------------------------------------------
+
+EQ_ONLY = dict(p_band=0.0, p_reverb=0.0, p_noise=0.0, p_resample=0.0, p_stereo=0.0, gain_db=(0.0, 0.0))
+
+
+def _low_share(x: np.ndarray, sr: int, below_hz: float = 1000.0) -> float:
+    power = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1.0 / sr)
+    return float(power[f < below_hz].sum() / power.sum())
+
+
+def test_shelves_reach_their_gain_far_from_the_corner():
+    from scipy.signal import sosfreqz
+
+    from emodifftalk.data.augment import channel_eq_sos
+    sr = 16000
+    _, h = sosfreqz(channel_eq_sos(sr, 500.0, 12.0, 3000.0, -6.0), worN=[20.0, 1800.0, 7900.0], fs=sr)
+    db = 20 * np.log10(np.abs(h))
+    assert db[0] == pytest.approx(12.0, abs=0.1) and abs(db[1]) < 1.0 and db[2] == pytest.approx(-6.0, abs=0.6)
+
+
+def test_channel_eq_changes_the_low_band_energy_share_by_the_drawn_amount():
+    import re
+
+    from scipy.signal import sosfreqz
+
+    from emodifftalk.data.augment import AugmentSpec, augment_audio, channel_eq_sos
+    sr = 16000
+    x = np.random.default_rng(7).standard_normal(4 * sr).astype(np.float32) * 0.05
+    power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    f = np.fft.rfftfreq(len(x), 1.0 / sr)
+    before = _low_share(x, sr)
+    moved = 0
+    for seed in range(8):
+        out = augment_audio(x, sr, np.random.default_rng(seed), AugmentSpec(p_eq=1.0, **EQ_ONLY))
+        m = re.match(r"eq low ([-+.\d]+) dB @ ([.\d]+) Hz, high ([-+.\d]+) dB @ ([.\d]+) Hz", out.effects[0])
+        assert m, out.effects
+        lo_db, lo_hz, hi_db, hi_hz = map(float, m.groups())
+        assert -6 <= lo_db <= 12 and 300 <= lo_hz <= 1200 and -6 <= hi_db <= 6 and 2000 <= hi_hz <= 6000
+        _, h = sosfreqz(channel_eq_sos(sr, lo_hz, lo_db, hi_hz, hi_db), worN=f, fs=sr)
+        shaped = power * np.abs(h) ** 2
+        predicted = float(shaped[f < 1000].sum() / shaped.sum())
+        after = _low_share(out.audio.astype(np.float64), sr)
+        assert after == pytest.approx(predicted, abs=0.005)  # the drawn filter, nothing else
+        moved += abs(after - before) > 0.02
+    assert moved >= 6  # the low-band share really moves
+    # off (the default): no EQ and the same random stream as before the effect existed
+    plain = augment_audio(x, sr, np.random.default_rng(3), AugmentSpec(**EQ_ONLY))
+    assert not any(e.startswith("eq") for e in plain.effects)
+    assert _low_share(plain.audio.astype(np.float64), sr) == pytest.approx(before, abs=1e-4)
+
+
+def test_train_eq_prob_reaches_speech_to_au_clips_only(monkeypatch):
+    import emodifftalk.train.speech_augment as sa
+    seen = []
+    real = sa.augment_audio
+
+    def spy(audio, sr, rng, spec):
+        seen.append(spec.p_eq)
+        return real(audio, sr, rng, spec)
+
+    monkeypatch.setattr(sa, "augment_audio", spy)
+    s = _sample()
+    cfg = AudioConfig(train_augment_prob=1.0, train_silence_prob=0.0, train_eq_prob=0.75)
+    augment_sample(s, np.random.default_rng(0), cfg, silence=True)
+    augment_sample(s, np.random.default_rng(0), cfg, silence=False)  # the motion model's clips
+    augment_sample(s, np.random.default_rng(0), AudioConfig(train_augment_prob=1.0), silence=True)
+    assert seen == [0.75, 0.0, 0.0]
