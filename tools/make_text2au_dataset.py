@@ -34,6 +34,16 @@ annoyed", "utterly terrified"). Every lexicon word gets at least one anchor (``C
 Words that occur in the hand-written hold-out sets (``text2au/data/holdout_*.jsonl``) were kept
 out of the v3 additions, so those sets keep measuring words the model never saw.
 
+v4 adds what the v3 tables lacked, written from general knowledge before the fifth hold-out set
+was seen: situations that elicit an emotion without naming it (``SITUATIONS``, ISEAR-style
+antecedents), more idioms per emotion (every idiom now gets an anchor), and a broad smile coded
+6+12 (``broad_smile``; a slight or closed-mouth smile stays 12). As for v3, additions whose words
+occur together in a hold-out sentence were taken out again after a scripted check (14 of them:
+"beaming", "seeing red", "taken aback", "stepped in dog mess", ...), so the hold-out sets
+keep measuring phrasings the model never saw. After the fifth set had been scored once, "just"
+was taken out of the situations (it had become a cue for an emotion: "not angry, just calm");
+the sixth set, written after that, measured the result.
+
 Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0]``
 """
 
@@ -170,7 +180,7 @@ ACTIONS = (
            (("raises {p} upper lip", "raising {p} upper lip"), ("curls {p} upper lip", "curling {p} upper lip"),
             ("lifts {p} upper lip", "lifting {p} upper lip"))),
     Action("lip_corner_pull", ("AU12",), "mouth",
-           ("a slight smile", "a broad smile", "upturned lip corners", "lip corners {i}pulled up",
+           ("a slight smile", "upturned lip corners", "lip corners {i}pulled up",
             "a closed-mouth smile", "a small grin"),
            (("smiles", "smiling"), ("pulls up the corners of {p} mouth", "pulling up the corners of {p} mouth"),
             ("grins", "grinning"))),
@@ -215,6 +225,9 @@ NAMED_COMBOS = (
     ("duchenne_smile", ("AU06", "AU12"),
      ("{np} with a genuine smile that reaches the eyes", "{np} with a warm Duchenne smile",
       "{np} smiling so that {p} cheeks lift and {p} eyes crinkle", "{np} with a heartfelt smile")),
+    ("broad_smile", ("AU06", "AU12"),  # a broad smile recruits the cheek raiser (FACS 6+12, v4)
+     ("{np} with a broad smile", "{np} with a big, wide smile", "{np} smiling broadly",
+      "{np} with a huge smile that lifts the cheeks")),
     ("laugh", ("AU06", "AU12", "AU25", "AU26"),
      ("{np} laughing out loud", "{np} roaring with laughter", "{np} with an open-mouthed laugh",
       "{np} bursting into laughter")),
@@ -280,7 +293,11 @@ BASIC = {
                   ("merriment", "base"), ("gladness", "base"), ("bliss", "strong"), ("euphoria", "strong"),
                   ("elation", "strong"), ("ecstasy", "strong")),
         "idioms": (("on cloud nine", "strong"), ("over the moon", "strong"), ("tickled pink", "base"),
-                   ("in high spirits", "base"), ("all smiles", "base")),
+                   ("in high spirits", "base"), ("all smiles", "base"),
+                   # v4 (common English idioms, from general knowledge of idiom dictionaries)
+                   ("walking on air", "strong"), ("pleased as Punch", "base"), ("in seventh heaven", "strong"),
+                   ("happy as Larry", "base"), ("full of the joys of spring", "base"),
+                   ("like a kid in a sweet shop", "strong")),
         "contrast": ("sadness", "anger", "disgust", "pout"),
     },
     "sadness": {
@@ -302,7 +319,10 @@ BASIC = {
                   ("pensiveness", "slight"), ("regret", "slight"), ("gloom", "base"),
                   ("unhappiness", "base"), ("dejection", "base"), ("anguish", "strong"), ("desolation", "strong")),
         "idioms": (("in a blue mood", "base"), ("down in the mouth", "base"), ("close to tears", "strong"),
-                   ("heavy-hearted", "base")),
+                   ("heavy-hearted", "base"),
+                   # v4
+                   ("on the verge of tears", "strong"), ("in the doldrums", "slight"),
+                   ("with a lump in the throat", "strong")),
         "contrast": ("happiness", "surprise", "laugh", "duchenne_smile"),
     },
     "anger": {
@@ -324,7 +344,11 @@ BASIC = {
                   ("exasperation", "slight"), ("vexation", "slight"), ("displeasure", "slight"), ("ire", "base"),
                   ("hostility", "base"), ("outrage", "strong")),
         "idioms": (("hot under the collar", "base"), ("up in arms", "base"), ("ready to explode", "strong"),
-                   ("fit to be tied", "strong"), ("in a foul temper", "base")),
+                   ("fit to be tied", "strong"), ("in a foul temper", "base"),
+                   # v4
+                   ("blowing a fuse", "strong"), ("like a bear with a sore head", "base"),
+                   ("foaming at the mouth", "strong"), ("bent out of shape", "slight"), ("in a black mood", "base"),
+                   ("spitting feathers", "strong")),
         "contrast": ("happiness", "fear", "sadness", "duchenne_smile"),
     },
     "surprise": {
@@ -338,7 +362,10 @@ BASIC = {
                  ("agog", "base"), ("awed", "base"), ("open-mouthed", "base"), ("wonderstruck", "base"),
                  ("staggered", "strong"), ("floored", "strong"), ("stupefied", "strong")),
         "idioms": (("caught off guard", "base"), ("taken by surprise", "base"), ("thunderstruck", "strong"),
-                   ("lost for words", "strong")),
+                   ("lost for words", "strong"),
+                   # v4
+                   ("bowled over", "base"), ("knocked for six", "strong"), ("doing a double take", "base"),
+                   ("with eyes out on stalks", "strong")),
         "nouns": (("surprise", "base"), ("astonishment", "base"), ("amazement", "base"), ("shock", "strong"),
                   ("wonder", "base"), ("awe", "base"), ("disbelief", "base"), ("stupefaction", "strong")),
         "contrast": ("anger", "sadness", "scowl", "squeeze_eyes"),
@@ -359,7 +386,10 @@ BASIC = {
                   ("panic", "strong"), ("horror", "strong"), ("apprehension", "slight"), ("unease", "slight"),
                   ("trepidation", "slight"), ("alarm", "base"), ("fearfulness", "base")),
         "idioms": (("scared stiff", "strong"), ("frozen with fear", "strong"), ("white as a sheet", "base"),
-                   ("trembling like a leaf", "base")),
+                   ("trembling like a leaf", "base"),
+                   # v4
+                   ("shaking in their boots", "base"), ("jumping out of their skin", "strong"), ("on edge", "slight"),
+                   ("with the heart in the mouth", "base")),
         "contrast": ("happiness", "anger", "contempt", "smirk"),
     },
     "disgust": {
@@ -372,7 +402,10 @@ BASIC = {
         "nouns": (("disgust", "base"), ("distaste", "slight"), ("revulsion", "strong"), ("loathing", "strong"),
                   ("repugnance", "strong"), ("aversion", "slight"),
                   ("queasiness", "base"), ("nausea", "strong"), ("abhorrence", "strong"), ("repulsion", "strong")),
-        "idioms": (("sick to the stomach", "strong"), ("utterly grossed out", "strong")),
+        "idioms": (("sick to the stomach", "strong"), ("utterly grossed out", "strong"),
+                   # v4
+                   ("green around the gills", "base"), ("put off their food", "slight"),
+                   ("ready to throw up", "strong")),
         "contrast": ("happiness", "surprise", "duchenne_smile", "brow_raise"),
     },
     "contempt": {  # unilateral AU14 (FACS R14); the 17-AU code has no side, so it is AU14
@@ -386,6 +419,7 @@ BASIC = {
                  ("sniffy", "base"), ("withering", "base")),
         "nouns": (("contempt", "base"), ("scorn", "base"), ("disdain", "base"), ("derision", "base"),
                   ("condescension", "base"), ("mockery", "base"), ("disrespect", "base")),
+        "idioms": (("turning up the nose", "base"),),  # v4
         "contrast": ("fear", "surprise", "sadness", "laugh"),
     },
 }
@@ -393,6 +427,87 @@ BASIC = {
 # Per emotion and level, how many anchor descriptions to emit.
 BASIC_COUNTS = {"slight": 7, "base": 16, "strong": 10}
 CONTEMPT_COUNT = 14
+
+# --------------------------------------------------------------------------------------------
+# Situations (v4): events that elicit a basic emotion, described without naming it ("someone
+# who found a hair in the soup"). Written from general knowledge in the spirit of the ISEAR
+# antecedent survey (Scherer & Wallbott 1994); each is coded with its emotion's base-level
+# prototype, since an event names the emotion, not its degree. "done" completes "someone who
+# ..."; "doing" completes "someone ...". No "just": in every situation it became a cue for an
+# emotion, and "not angry, just calm" then read as one.
+# --------------------------------------------------------------------------------------------
+
+SITUATIONS = {
+    "happiness": {
+        "done": ("won the lottery", "got the job of their dreams", "has passed the driving test",
+                 "heard wonderful news", "scored the winning goal", "got engaged",
+                 "has been given a puppy", "saw an old friend walk through the door"),
+        "doing": ("watching puppies play in the garden", "holding a newborn grandchild for the first time",
+                  "celebrating a win with friends", "reading a kind letter from a friend",
+                  "dancing at a wedding", "opening exam results with top marks"),
+    },
+    "sadness": {
+        "done": ("lost a beloved pet", "heard that a close friend had died", "was dumped",
+                 "failed the exam after months of work", "missed saying goodbye to a dying parent",
+                 "has been let go from work"),
+        "doing": ("standing at a graveside in the rain", "reading old letters from someone who has died",
+                  "packing up a childhood home for the last time", "waving goodbye at the station",
+                  "sitting alone in an empty flat after the divorce", "looking at photos of a lost friend"),
+    },
+    "anger": {
+        "done": ("was insulted in front of everyone", "found the car keyed in the car park",
+                 "was lied to by a best friend", "found the house trashed after a party",
+                 "was blamed for someone else's mistake", "had a bike stolen",
+                 "lost a match to a cheat"),
+        "doing": ("arguing with a rude shop assistant", "being shouted at for no reason",
+                  "watching someone kick a dog", "reading an unfair parking fine",
+                  "listening to a neighbour's drilling at midnight", "being pushed out of the queue"),
+    },
+    "surprise": {
+        "done": ("walked into a surprise party", "saw a magician make a coin vanish",
+                 "found money in an old coat", "bumped into an old friend abroad",
+                 "saw snow in July"),
+        "doing": ("watching a rabbit pulled out of a hat", "opening a door to find the whole family there",
+                  "reading a headline nobody expected", "seeing a celebrity in the supermarket",
+                  "hearing a baby say its first word"),
+    },
+    "fear": {
+        "done": ("heard a noise downstairs in the middle of the night", "saw a snake by the path",
+                 "felt the plane drop in turbulence", "realised the brakes are not working",
+                 "got lost in the woods after dark", "saw a shadow move in an empty house"),
+        "doing": ("standing at the edge of a cliff", "being chased by a large dog", "creeping through a dark cellar",
+                  "waiting for the results of a biopsy", "hiding from a burglar in a wardrobe"),
+    },
+    "disgust": {
+        "done": ("found a hair in the soup", "saw maggots in the bin", "drank from a mouldy cup",
+                 "caught a whiff of the drains"),
+        "doing": ("cleaning a blocked toilet", "smelling rotten fish", "looking at an infected wound",
+                  "picking a slug out of the salad", "emptying a bin full of rotting food"),
+    },
+    "contempt": {
+        "done": ("heard a pompous excuse", "watched a rival fumble an easy task",
+                 "was offered a bribe by a sleazy salesman"),
+        "doing": ("listening to a bragging rival", "watching an amateur show off",
+                  "hearing a feeble excuse from a lazy colleague"),
+    },
+}
+SITUATION_COUNT = 8  # anchors per emotion's situation concept
+
+
+def situation_texts(spec: dict) -> list[tuple[str, str]]:
+    out = []
+    for done in spec["done"]:
+        out += [(f"{s.np} who {done}", "S1") for s in SUBJECTS]
+        out += [(f"like someone who {done}", "S2"), (f"the face of someone who {done}", "S3"),
+                (f"the look of a person who {done}", "S4")]
+        out += [(f"{s.np} {done}", "S5") for s in PRONOUNS]
+    for doing in spec["doing"]:
+        out += [(f"{s.np} {doing}", "S6") for s in SUBJECTS if s.noun]
+        out += [(f"someone {doing}", "S7"), (f"the face of someone {doing}", "S8"),
+                (f"like a person {doing}", "S9")]
+        out += [(f"{s.np} is {doing}", "S10") for s in PRONOUNS]
+    return out
+
 
 # --------------------------------------------------------------------------------------------
 # Mixed emotions: blends of basic emotions (AU unions pruned to what co-occurs anatomically)
@@ -550,7 +665,11 @@ def emotion_texts(spec: dict, level: str, rng: random.Random) -> list[tuple[str,
         if " " not in noun:
             out.append((f"a look of {noun}", "B8"))
     for idiom, il in spec.get("idioms", ()):
-        if il == level:
+        if il != level:
+            continue
+        if idiom.startswith("with "):  # "a man with a lump in the throat", "she is with ..." reads badly
+            out += [(f"{s.np} {idiom}", "I1") for s in SUBJECTS] + [(idiom, "I3")]
+        else:
             out += [(f"{s.np} who is {idiom}", "I1") for s in SUBJECTS]
             out += [(f"{s.np} is {idiom}", "I2") for s in PRONOUNS] + [(idiom, "I3")]
     return out
@@ -719,7 +838,7 @@ class Builder:
             for level, aus in spec["levels"].items():
                 count = CONTEMPT_COUNT if name == "contempt" else BASIC_COUNTS[level]
                 key = name if level == "base" else f"{name}@{level}"
-                words = tuple(w for w, wl in spec["adjs"] + spec["nouns"] if wl == level)
+                words = tuple(w for w, wl in spec["adjs"] + spec["nouns"] + spec.get("idioms", ()) if wl == level)
                 count = max(count, len(words) + COVER_EXTRA)
                 texts = emotion_texts(spec, level, rng)
                 if level == "base":
@@ -727,6 +846,9 @@ class Builder:
                               if wl == "base"]
                     texts += negated_texts(spec, others)
                 self.add(Concept(key, "basic emotion", aus, texts, count, spec["contrast"], words))
+            if name in SITUATIONS:
+                self.add(Concept(f"{name}-situation", "basic emotion", spec["levels"]["base"],
+                                 situation_texts(SITUATIONS[name]), SITUATION_COUNT, spec["contrast"]))
         for name, spec in MIXED.items():
             self.add(Concept(name, "mixed emotion", spec["aus"], mixed_texts(spec), MIXED_COUNT, spec["contrast"],
                              tuple(spec["names"])))

@@ -33,7 +33,7 @@ from pathlib import Path
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.utils import atomic_write_text
 
-DATA_VERSION = 3
+DATA_VERSION = 4
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATA = DATA_DIR / f"text2au_v{DATA_VERSION}.jsonl"
 
