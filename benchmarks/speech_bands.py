@@ -29,15 +29,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from emodifftalk.commands.animate import resolve_export
 from emodifftalk.config import apply_overrides
 from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.data.shards import iter_dataset
-from emodifftalk.eval.metrics import lip_gap, pearson
-from emodifftalk.eval.speech import SILENCE_DB, audio_files, envelope_db, mouth_au, pick_template
-from emodifftalk.pipeline.animate import guidance_reference, load_models, motion_offsets, speech_aus
+from emodifftalk.eval.metrics import lagged_pearson, pearson
+from emodifftalk.eval.speech import SILENCE_DB, audio_files, envelope_db, mesh_opening, mouth_au, pick_template
+from emodifftalk.pipeline.animate import load_models, speech_aus
 
 BANDS = {"low": (80.0, 1000.0), "mid": (1000.0, 3000.0), "high": (3000.0, 8000.0)}
 LAGS = range(-6, 7)
@@ -59,11 +58,6 @@ def band_envelopes(audio: np.ndarray, n_frames: int, fps: float) -> tuple[dict[s
         out[name] = np.maximum(10 * np.log10(np.maximum(e, 1e-12) / max(e.max(), 1e-12)), SILENCE_DB)
     above = power[f >= BANDS["low"][0]].sum()
     return out, float(power[(f >= BANDS["low"][0]) & (f < BANDS["low"][1])].sum() / max(above, 1e-12))
-
-
-def lagged_r(env: np.ndarray, x: np.ndarray, k: int) -> float | None:
-    n = len(env)
-    return pearson(env[: n - k], x[k:]) if k >= 0 else pearson(env[-k:], x[: n + k])
 
 
 def running_mean(x: np.ndarray, width: int) -> np.ndarray:
@@ -95,7 +89,7 @@ def raw_mouth_au(models, audio: np.ndarray, fps: float) -> np.ndarray:
 
 
 def figures(env: np.ndarray, opening: np.ndarray, bands: dict, low_share: float, fps: float) -> dict:
-    rs = {k: lagged_r(env, opening, k) for k in LAGS}
+    rs = {k: lagged_pearson(env, opening, k) for k in LAGS}
     lag = max((k for k in rs if rs[k] is not None), key=lambda k: rs[k], default=0)
     w = max(3, int(round(SLOW_S * fps)))
     slow_e, slow_o = running_mean(env, w), running_mean(opening, w)
@@ -108,13 +102,11 @@ def figures(env: np.ndarray, opening: np.ndarray, bands: dict, low_share: float,
 
 def real_files(models, cfg, template, files: list[Path], seed: int) -> list[dict]:
     fps = models.frame_rate(cfg)
-    tmpl = torch.from_numpy(template.verts)
     rows = []
     for path in files:
         audio = load_audio(path, target_sr=SAMPLE_RATE)
         aus = speech_aus(models, audio, fps)
-        off = motion_offsets(models, tmpl, aus, audio, cfg, seed=seed, reference_aus=guidance_reference(cfg, aus))
-        opening = lip_gap(template.verts[None] + off.numpy(), template.verts, template.lip_idx)
+        opening = mesh_opening(models, template, aus, audio, cfg, seed)
         env, _ = envelope_db(audio, aus.shape[0], fps)
         bands, share = band_envelopes(audio, aus.shape[0], fps)
         row = {"file": path.name, "mesh": figures(env, opening, bands, share, fps),

@@ -37,46 +37,39 @@ from emodifftalk.config import apply_overrides
 from emodifftalk.data.audio import SAMPLE_RATE, load_audio
 from emodifftalk.data.shards import iter_dataset
 from emodifftalk.diffusion.windowed import sample_motion
-from emodifftalk.eval.metrics import lip_gap, pearson
-from emodifftalk.eval.speech import SILENCE_DB, audio_files, envelope_db, mouth_au, pick_template
+from emodifftalk.eval.metrics import lagged_pearson, lip_gap, pearson
+from emodifftalk.eval.speech import SILENCE_DB, audio_files, envelope_db, mesh_opening, mouth_au, pick_template
 from emodifftalk.motion.data import load_template_infos
-from emodifftalk.pipeline.animate import guidance_reference, load_models, motion_offsets, speech_aus
+from emodifftalk.pipeline.animate import load_models, speech_aus
 from emodifftalk.s2au.inference import extract_features
 
 VARIANTS = ("au", "mesh", "au_only", "audio_only", "oracle", "lead1")
 LAGS = range(-3, 5)
 
 
-def lagged_r(env: np.ndarray, x: np.ndarray, k: int) -> float | None:
-    """r(env[t], x[t + k]) over the frames both cover."""
-    n = len(env)
-    return pearson(env[: n - k], x[k:]) if k >= 0 else pearson(env[-k:], x[: n + k])
-
-
 def lag_figures(env: np.ndarray, x: np.ndarray) -> dict:
-    rs = {k: lagged_r(env, x, k) for k in LAGS}
+    rs = {k: lagged_pearson(env, x, k) for k in LAGS}
     best = max((k for k in rs if rs[k] is not None), key=lambda k: rs[k], default=0)
     return {"r": rs[0], "best_lag": best, "r_best": rs[best]}
 
 
-def mesh_opening(models, cfg, template, aus: np.ndarray, audio: np.ndarray, variant: str, seed: int) -> np.ndarray:
-    tmpl = torch.from_numpy(template.verts)
+def variant_opening(models, cfg, template, aus: np.ndarray, audio: np.ndarray, variant: str, seed: int) -> np.ndarray:
     if variant in ("mesh", "lead1"):
         codes = np.concatenate([aus[1:], aus[-1:]]) if variant == "lead1" else aus
-        off = motion_offsets(models, tmpl, codes, audio, cfg, seed=seed, reference_aus=guidance_reference(cfg, codes))
-    else:
-        mcfg = models.motion_cfg
-        feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds)
-        codes = aus.copy()
-        if variant == "audio_only":
-            codes[:] = 0.0
-        elif variant == "oracle":
-            env, _ = envelope_db(audio, len(aus), models.frame_rate(cfg))
-            codes[:, AU_INDEX["AU25"]] = codes[:, AU_INDEX["AU26"]] = (env - SILENCE_DB) / -SILENCE_DB
-        off = sample_motion(models.motion, models.schedule, tmpl, torch.from_numpy(codes),
-                            None if variant == "au_only" else feats.float(), cfg,
-                            steps=cfg.diffusion.ddim_steps, generator=torch.Generator().manual_seed(seed),
-                            window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
+        return mesh_opening(models, template, codes, audio, cfg, seed)
+    tmpl = torch.from_numpy(template.verts)
+    mcfg = models.motion_cfg
+    feats = extract_features(models.motion_frontend, audio, mcfg.s2au.window_seconds, mcfg.s2au.overlap_seconds)
+    codes = aus.copy()
+    if variant == "audio_only":
+        codes[:] = 0.0
+    elif variant == "oracle":
+        env, _ = envelope_db(audio, len(aus), models.frame_rate(cfg))
+        codes[:, AU_INDEX["AU25"]] = codes[:, AU_INDEX["AU26"]] = (env - SILENCE_DB) / -SILENCE_DB
+    off = sample_motion(models.motion, models.schedule, tmpl, torch.from_numpy(codes),
+                        None if variant == "au_only" else feats.float(), cfg,
+                        steps=cfg.diffusion.ddim_steps, generator=torch.Generator().manual_seed(seed),
+                        window_frames=cfg.diffusion.window_frames, context_frames=cfg.diffusion.context_frames)
     return lip_gap(template.verts[None] + off.numpy(), template.verts, template.lip_idx)
 
 
@@ -92,7 +85,7 @@ def real_files(models, cfg, template, files: list[Path], variants: list[str], se
             if v == "au":
                 row[v] = lag_figures(env, mouth_au(aus))
                 continue
-            opening = mesh_opening(models, cfg, template, aus, audio, v, seed)
+            opening = variant_opening(models, cfg, template, aus, audio, v, seed)
             row[v] = dict(lag_figures(env, opening), r_au_opening=pearson(mouth_au(aus), opening))
         rows.append(row)
         print(path.name, "  ".join(f"{v} {row[v]['r']:.2f} ({row[v]['best_lag']:+d}: {row[v]['r_best']:.2f})"
@@ -108,9 +101,7 @@ def synthetic_clips(models, cfg, shards: str, seed: int) -> dict:
         tm = templates[s["meta"]["identity"]]
         audio = s["audio"].astype(np.float32)
         aus = speech_aus(models, audio, fps)
-        off = motion_offsets(models, torch.from_numpy(tm.verts), aus, audio, cfg, seed=seed,
-                             reference_aus=guidance_reference(cfg, aus))
-        gap = lip_gap(tm.verts[None] + off.numpy(), tm.verts, tm.lip_idx)
+        gap = mesh_opening(models, tm, aus, audio, cfg, seed)
         true_gap = lip_gap(s["verts"], tm.verts, tm.lip_idx)
         env, _ = envelope_db(audio, aus.shape[0], fps)
         acc["au_r"].append(pearson(mouth_au(aus), mouth_au(s["aus_true"])))

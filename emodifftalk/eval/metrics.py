@@ -161,6 +161,13 @@ def pearson(a, b, min_std: float = 1e-12) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def lagged_pearson(a, b, lag: int) -> float | None:
+    """:func:`pearson` of ``a[t]`` and ``b[t + lag]`` over the frames both cover (``lag`` > 0: ``b``
+    follows ``a`` by that many frames)."""
+    n = len(a)
+    return pearson(a[: n - lag], b[lag:]) if lag >= 0 else pearson(a[-lag:], b[: n + lag])
+
+
 def mod(pred, gt, lip_idx) -> float:
     """Mouth opening difference: mean over frames of |open_pred − open_gt|, in mm."""
     per = [np.abs(mouth_opening(p, lip_idx) - mouth_opening(g, lip_idx)) for p, g in _pairs(pred, gt)]

@@ -234,20 +234,26 @@ def pick_template(data: str | Path, identity: str | None):
     return templates[identity]
 
 
+def mesh_opening(models, template, aus: np.ndarray, audio: np.ndarray, cfg, seed: int = 0) -> np.ndarray:
+    """(T,) lip gap of ``template`` animated from ``aus`` and ``audio`` as ``animate`` samples it."""
+    import torch
+
+    offsets = motion_offsets(models, torch.from_numpy(template.verts), aus, audio, cfg, seed=seed,
+                             reference_aus=guidance_reference(cfg, aus))
+    return lip_gap(template.verts[None] + offsets.numpy(), template.verts, template.lip_idx)
+
+
 def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int = 0,
              progress: bool = True) -> dict:
     """Evaluate ``files`` (see the module docstring); writes PNGs, JSON and markdown into ``out``."""
-    import torch
     from tqdm import tqdm
 
     fps = models.frame_rate(cfg)
-    tmpl = torch.from_numpy(template.verts)
     results = []
     for path in tqdm(files, desc="eval speech", unit="file", disable=not progress):
         audio = load_audio(path, target_sr=SAMPLE_RATE)
         aus = speech_aus(models, audio, fps)
-        offsets = motion_offsets(models, tmpl, aus, audio, cfg, seed=seed, reference_aus=guidance_reference(cfg, aus))
-        opening = lip_gap(template.verts[None] + offsets.numpy(), template.verts, template.lip_idx)
+        opening = mesh_opening(models, template, aus, audio, cfg, seed)
         res, curves = score_file(path.name, audio, aus, opening, fps)
         png = out / f"{path.stem}.png"
         plot_file(png, path.name, audio, curves, fps, res)

@@ -8,6 +8,7 @@ from emodifftalk.eval.metrics import (
     fdd,
     fdd_abs,
     fdd_abs_per_sequence,
+    lagged_pearson,
     lve_mm,
     lve_sq,
     mod,
@@ -125,3 +126,11 @@ def test_ssim_is_differentiable_and_checks_size():
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(ValueError, match="at least"):
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_lagged_pearson_finds_the_shift_of_a_delayed_copy():
+    a = np.random.default_rng(0).normal(size=200)
+    b = np.concatenate([np.zeros(3), a[:-3]])  # b follows a by 3 frames
+    assert lagged_pearson(a, b, 3) == pytest.approx(1.0)
+    assert lagged_pearson(a, b, 0) < 0.3
+    assert lagged_pearson(b, a, -3) == pytest.approx(1.0)
