@@ -94,7 +94,7 @@ def main() -> None:
 
     @torch.no_grad()
     def member_probs(strs):  # (K, N, 17)
-        return torch.sigmoid(t2a.model(cache.encode(strs))["member_logits"].float()).numpy()
+        return t2a.model.member_probs(cache.encode(strs)).numpy()
 
     results = {}
     for variant in args.variants.split(","):

@@ -73,7 +73,7 @@ def main() -> None:
     @torch.no_grad()
     def member_probs(strs):  # (K, N, 17)
         feats = cache.encode(strs) if cache is not None else text_features(t2a.model, t2a.encoder, strs)
-        return torch.sigmoid(t2a.model(feats)["member_logits"].float()).numpy()
+        return t2a.model.member_probs(feats).numpy()
 
     probs = np.zeros(labels.shape)
     composed = np.zeros(len(texts), dtype=bool)

@@ -85,6 +85,12 @@ class TextToAUEnsemble(nn.Module):
         """(B, in_dim) -> (B, num_aus) ensemble AU probabilities."""
         return torch.sigmoid(self.forward(feats)["logits"])
 
+    @torch.no_grad()
+    def member_probs(self, feats: Tensor) -> Tensor:
+        """(B, in_dim) -> (K, B, num_aus) every member's AU probabilities (member k's are
+        out-of-concept on concept fold k: the concept CV and the calibration read them)."""
+        return torch.sigmoid(self.forward(feats)["member_logits"].float())
+
 
 class TunedTextToAUEnsemble(TextToAUEnsemble):
     """:class:`TextToAUEnsemble` that also carries each member's tuned MiniLM top layers

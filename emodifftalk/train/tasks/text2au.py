@@ -314,8 +314,7 @@ class Text2AUTask(Task):
         if t.compose == "none":
             device = next(model.parameters()).device
             feats = torch.cat([data.anchor, data.positives.reshape(n * P, *data.positives.shape[2:])]).to(device)
-            logits = model(feats)["member_logits"].float().cpu()  # (K, rows, 17)
-            probs = torch.sigmoid(logits[folds, torch.arange(len(folds))]).numpy()
+            probs = model.member_probs(feats).cpu()[folds, torch.arange(len(folds))].numpy()
             return probs, labels, folds.numpy(), np.zeros(len(folds), dtype=bool)
         entries = self.entries()["train"]
         texts = [e.description for e in entries] + [p for e in entries for p in e.positives]
@@ -333,7 +332,7 @@ class Text2AUTask(Task):
     def _member_probs(self, model: nn.Module, texts: list[str]) -> np.ndarray:
         """(K, N, 17) every member's probabilities for texts (features through the task's cache)."""
         feats = self._cache.encode(texts).to(next(model.parameters()).device)
-        return torch.sigmoid(model(feats)["member_logits"].float()).cpu().numpy()
+        return model.member_probs(feats).cpu().numpy()
 
     def validate(self, model: nn.Module, step: int) -> Validation:
         m = self.split_metrics(model, "val")
