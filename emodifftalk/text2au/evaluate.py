@@ -3,8 +3,9 @@
 Metrics are ``text2au.metrics.multilabel_metrics`` (definitions there). Two kinds of evaluation
 data: a split of the training data set (:func:`evaluate_model`), and a file of labelled texts (:func:`evaluate_texts`, ``text2au eval --texts FILE``): JSONL lines
 ``{"text": ..., "aus": ["AU06", "AU12"], "style": "idiom"}``. The shipped
-``data/holdout_eval.jsonl`` is such a file: hand-written apart from the training data and never
-used for training, model selection or threshold calibration (see its README section).
+``data/holdout_s30.jsonl`` is such a file: written blind, apart from the training data, and never
+used for training, model selection or threshold calibration (see the README's Text-to-AU section).
+The ``data/written_*.jsonl`` files have the same format but are training data since data v5.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def evaluate_model(model_dir, data=None, split: str = "test", encoder=None) -> d
 # Labelled-text files (the hand-written hold-out set)
 # --------------------------------------------------------------------------------------------
 
-HOLDOUT_DATA = Path(__file__).resolve().parent / "data" / "holdout_eval.jsonl"
+HOLDOUT_DATA = Path(__file__).resolve().parent / "data" / "holdout_s30.jsonl"
 
 
 @dataclass(frozen=True)
