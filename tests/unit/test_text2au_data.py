@@ -189,7 +189,8 @@ def test_concept_folds_share_no_concept_or_au_vector_and_are_balanced(shipped):
 
 
 HOLDOUT_SETS = [("holdout_eval.jsonl", 80), ("holdout_fresh.jsonl", 40), ("holdout_s26.jsonl", 60),
-                 ("holdout_s27.jsonl", 70), ("holdout_s28.jsonl", 75), ("holdout_s29.jsonl", 55)]
+                 ("holdout_s27.jsonl", 70), ("holdout_s28.jsonl", 75), ("holdout_s29.jsonl", 55),
+                 ("holdout_s31.jsonl", 80)]
 
 
 @pytest.mark.parametrize("name, min_size", HOLDOUT_SETS)
