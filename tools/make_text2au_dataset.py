@@ -45,8 +45,9 @@ was taken out of the situations (it had become a cue for an emotion: "not angry,
 the sixth set, written after that, measured the result.
 
 v5 adds people's own words: every sentence of the hand-written sets ``text2au/data/written_*.jsonl``
-(six sets, 454 sentences, written blind in earlier rounds to measure the model; ``written_entries``)
-becomes an entry with its writer's FACS labels. The template entries are drawn exactly as before.
+(six sets, 456 sentences, written in earlier rounds to measure the model; ``written_entries``)
+becomes an entry with its writer's FACS labels (454: two code AU26 without AU25, which no paraphrase
+words). The template entries are drawn exactly as in v4.
 Sets that stay held out are ``holdout_*.jsonl``; ``--without TAG`` leaves a written set out, for
 leave-one-set-out measurements.
 
