@@ -40,7 +40,7 @@ from emodifftalk.text2au.predict import Text2AU
 READINGS = ("none", "mean", "max", "clauses", "negation", "punct")
 VARIANTS = ("none", "mean", "mean+by_reading", "mean+per_au", "max", "max+by_reading", "clauses+by_reading",
             "negation+by_reading", "punct")
-DEFAULT_TEXTS = [HOLDOUT_DATA, HOLDOUT_DATA.parent / "holdout_fresh.jsonl", HOLDOUT_DATA.parent / "holdout_s26.jsonl"]
+DEFAULT_TEXTS = [HOLDOUT_DATA, HOLDOUT_DATA.parent / "holdout_s31.jsonl"]  # never trained on (data v5)
 _PUNCT = re.compile(r"[,;:]")
 
 

@@ -44,7 +44,14 @@ keep measuring phrasings the model never saw. After the fifth set had been score
 was taken out of the situations (it had become a cue for an emotion: "not angry, just calm");
 the sixth set, written after that, measured the result.
 
-Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0]``
+v5 adds people's own words: every sentence of the hand-written sets ``text2au/data/written_*.jsonl``
+(six sets, 456 sentences, written in earlier rounds to measure the model; ``written_entries``)
+becomes an entry with its writer's FACS labels (454: two code AU26 without AU25, which no paraphrase
+words). The template entries are drawn exactly as in v4.
+Sets that stay held out are ``holdout_*.jsonl``; ``--without TAG`` leaves a written set out, for
+leave-one-set-out measurements.
+
+Usage: ``python tools/make_text2au_dataset.py [--out FILE] [--seed 0] [--without TAG ...]``
 """
 
 from __future__ import annotations
@@ -54,11 +61,14 @@ import random
 import re
 from dataclasses import dataclass
 
-from emodifftalk.au import au_vector_from_names
+from emodifftalk.au import AU_NAMES, au_vector_from_names
 from emodifftalk.text2au.evaluate import load_labelled_texts
 from emodifftalk.text2au.dataset import (
+    DATA_DIR,
     DEFAULT_DATA,
+    HOLDOUT_GLOB,
     NEAR_DUP_JACCARD,
+    WRITTEN_GLOB,
     Entry,
     jaccard,
     normalize_text,
@@ -1012,10 +1022,74 @@ class Selector:
 
 
 def held_out_sentences() -> set[str]:
-    """Normalised sentences of the hand-written hold-out sets: never emitted, so a plain word that
-    happens to be a hold-out prompt ("scornful") stays out of the data set (the tests check this)."""
-    return {normalize_text(item.text) for path in sorted(DEFAULT_DATA.parent.glob("holdout_*.jsonl"))
-            for item in load_labelled_texts(path)}
+    """Normalised sentences of the hand-written sets (hold-out and written): never emitted by the
+    templates, so a plain word that happens to be a hold-out prompt ("scornful") stays out of the
+    data set, and a written sentence is in it once, with its writer's labels (the tests check this)."""
+    paths = sorted(DATA_DIR.glob(HOLDOUT_GLOB)) + sorted(DATA_DIR.glob(WRITTEN_GLOB))
+    return {normalize_text(item.text) for path in paths for item in load_labelled_texts(path)}
+
+
+# --------------------------------------------------------------------------------------------
+# v5: hand-written sentences as entries
+# --------------------------------------------------------------------------------------------
+
+# a written sentence's type from its writer's style tag (types only stratify the report)
+EMOTION_STYLES = frozenset({"emotion", "intensity", "situation", "idiom", "everyday"})
+
+
+def describable(aus: tuple[str, ...]) -> bool:
+    """Whether ``anatomical_text`` can word this AU set (the single actions cover it)."""
+    try:
+        anatomical_text(aus, SUBJECTS[0], random.Random(0))
+    except AssertionError:
+        return False
+    return True
+
+
+def written_type(aus: tuple[str, ...], style: str) -> str:
+    if len(aus) <= 1:
+        return "simple expression"
+    return "basic emotion" if style in EMOTION_STYLES else "complex combination"
+
+
+def written_entries(templates: list[Entry], sel: Selector, without: frozenset[str] = frozenset()) -> list[Entry]:
+    """Every sentence of the ``written_*`` sets (but those named in ``without``) as an entry with
+    its writer's labels. Its positives are paraphrases with the same AU set: template positives
+    of an entry coded alike, else anatomical descriptions of the set (``anatomical_text``);
+    negatives come from entries whose AUs barely overlap (Jaccard <= 0.2), as for the templates.
+    Each sentence is its own concept; ``concept_folds`` still keeps an AU vector in one fold."""
+    rng = sel.rng
+    by_aus: dict[tuple[int, ...], list[str]] = {}
+    for e in templates:
+        pool = by_aus.setdefault(e.aus, [])
+        pool += [p for p in e.positives if p not in pool]
+    out = []
+    for path in sorted(DATA_DIR.glob(WRITTEN_GLOB)):
+        tag = path.stem.removeprefix("written_")
+        if tag in without:
+            continue
+        for i, item in enumerate(load_labelled_texts(path), 1):
+            names = tuple(a for a, v in zip(AU_NAMES, item.aus) if v)
+            positives = rng.sample(by_aus[item.aus], 3) if len(by_aus.get(item.aus, ())) >= 3 else []
+            if not positives and not describable(names):
+                continue  # AU26 without AU25: no template codes it that way, so no paraphrase (2 sentences)
+            for _ in range(30):
+                if len(positives) == 3:
+                    break
+                t = anatomical_text(names, rng.choice(SUBJECTS), rng)
+                if t not in positives and sel.free(t):
+                    positives.append(t)
+            if len(positives) < 3:
+                raise RuntimeError(f"{path.name} line {i}: cannot paraphrase {names}")
+            far = [e for e in templates if au_jaccard(set(names), set(e.au_names)) <= 0.2 and e.aus != item.aus]
+            negatives: list[str] = []
+            while len(negatives) < 3:
+                t = rng.choice(rng.choice(far).positives)
+                if t not in negatives:
+                    negatives.append(t)
+            out.append(Entry(id=f"written-{tag}-{i:03d}-01", description=item.text, type=written_type(names, item.style),
+                             aus=item.aus, positives=tuple(positives), negatives=tuple(negatives)))
+    return out
 
 
 def au_jaccard(a: set, b: set) -> float:
@@ -1025,7 +1099,7 @@ def au_jaccard(a: set, b: set) -> float:
 PREFIX = {"basic emotion": "emo", "mixed emotion": "mix", "simple expression": "act", "complex combination": "combo"}
 
 
-def build(seed: int = 0) -> list[Entry]:
+def build(seed: int = 0, without: frozenset[str] = frozenset()) -> list[Entry]:
     b = Builder(seed)
     b.collect()
     sel = Selector(b, seed)
@@ -1038,15 +1112,20 @@ def build(seed: int = 0) -> list[Entry]:
         eid = f"{PREFIX[c.type]}-{base}-{counters[base]:02d}"
         entries.append(Entry(id=eid, description=text, type=c.type, aus=tuple(au_vector_from_names(c.aus)),
                              positives=tuple(sel.positives(c, text, tmpl)), negatives=tuple(sel.negatives(c))))
-    return entries
+    return entries + written_entries(entries, sel, without)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_DATA))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--without", action="append", default=[], metavar="TAG",
+                    help="leave the written set written_TAG.jsonl out (leave-one-set-out evaluation); repeatable")
     args = ap.parse_args()
-    entries = build(args.seed)
+    known = {p.stem.removeprefix("written_") for p in DATA_DIR.glob(WRITTEN_GLOB)}
+    if set(args.without) - known:
+        ap.error(f"--without: no written set {sorted(set(args.without) - known)}; known: {', '.join(sorted(known))}")
+    entries = build(args.seed, frozenset(args.without))
     write_entries(entries, args.out)
     by_type: dict[str, int] = {}
     for e in entries:

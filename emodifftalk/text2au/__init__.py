@@ -1,6 +1,6 @@
 """Text-to-AU emotion controller (paper supp. §3).
 
-* ``dataset``    the versioned JSONL data set (``data/text2au_v4.jsonl``), normalisation, splits
+* ``dataset``    the versioned JSONL data set (``data/text2au_v5.jsonl``), normalisation, splits
 * ``validate``   ``emodifftalk text2au check-data``
 * ``encoders``   frozen text encoders (minilm / open_clip / hashing) and the feature cache
 * ``losses``     focal BCE (eq. 23), structured InfoNCE (eq. 24), total (eq. 25)

@@ -33,9 +33,16 @@ from pathlib import Path
 from emodifftalk.au import AU_NAMES, NUM_AUS
 from emodifftalk.utils import atomic_write_text
 
-DATA_VERSION = 4
+DATA_VERSION = 5
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATA = DATA_DIR / f"text2au_v{DATA_VERSION}.jsonl"
+# Hand-written, FACS-labelled sentences ({"text", "aus", "style"} JSONL), each set written apart
+# from the generator (from the fourth set on, blind: by a writer who saw neither the data, the
+# generator nor the other sets). ``written_*`` sets are
+# training data since v5 (the generator makes every sentence an entry); ``holdout_*`` sets are
+# never trained on and measure the model.
+WRITTEN_GLOB = "written_*.jsonl"
+HOLDOUT_GLOB = "holdout_*.jsonl"
 
 TYPES = ("simple expression", "complex combination", "basic emotion", "mixed emotion")
 SPLITS = ("train", "val", "test")

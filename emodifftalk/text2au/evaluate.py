@@ -3,8 +3,10 @@
 Metrics are ``text2au.metrics.multilabel_metrics`` (definitions there). Two kinds of evaluation
 data: a split of the training data set (:func:`evaluate_model`), and a file of labelled texts (:func:`evaluate_texts`, ``text2au eval --texts FILE``): JSONL lines
 ``{"text": ..., "aus": ["AU06", "AU12"], "style": "idiom"}``. The shipped
-``data/holdout_eval.jsonl`` is such a file: hand-written apart from the training data and never
-used for training, model selection or threshold calibration (see its README section).
+``data/holdout_s30.jsonl`` is such a file: written blind, apart from the training data, and never
+used for training or threshold calibration (it chose between two drafts of data v5: README,
+Text-to-AU round 6).
+The ``data/written_*.jsonl`` files have the same format but are training data since data v5.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from emodifftalk.au import AU_NAMES, NUM_AUS, au_vector_from_names
-from emodifftalk.text2au.dataset import SPLITS, DataError, data_fingerprint, load_entries, split_entries
+from emodifftalk.text2au.dataset import DATA_DIR, SPLITS, DataError, data_fingerprint, load_entries, split_entries
 from emodifftalk.text2au.metrics import PAPER_RESULTS, multilabel_metrics, weak_aus
 from emodifftalk.text2au.predict import Text2AU
 
@@ -51,7 +53,7 @@ def evaluate_model(model_dir, data=None, split: str = "test", encoder=None) -> d
 # Labelled-text files (the hand-written hold-out set)
 # --------------------------------------------------------------------------------------------
 
-HOLDOUT_DATA = Path(__file__).resolve().parent / "data" / "holdout_eval.jsonl"
+HOLDOUT_DATA = DATA_DIR / "holdout_s30.jsonl"
 
 
 @dataclass(frozen=True)
