@@ -60,6 +60,7 @@ import argparse
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from emodifftalk.au import AU_NAMES, au_vector_from_names
 from emodifftalk.text2au.evaluate import load_labelled_texts
@@ -1052,6 +1053,11 @@ def written_type(aus: tuple[str, ...], style: str) -> str:
     return "basic emotion" if style in EMOTION_STYLES else "complex combination"
 
 
+def written_sets() -> dict[str, Path]:
+    """The ``written_*`` files by tag (``written_s29.jsonl`` -> ``s29``), in file-name order."""
+    return {p.stem.removeprefix("written_"): p for p in sorted(DATA_DIR.glob(WRITTEN_GLOB))}
+
+
 def written_entries(templates: list[Entry], sel: Selector, without: frozenset[str] = frozenset()) -> list[Entry]:
     """Every sentence of the ``written_*`` sets (but those named in ``without``) as an entry with
     its writer's labels. Its positives are paraphrases with the same AU set: template positives
@@ -1064,8 +1070,7 @@ def written_entries(templates: list[Entry], sel: Selector, without: frozenset[st
         pool = by_aus.setdefault(e.aus, [])
         pool += [p for p in e.positives if p not in pool]
     out = []
-    for path in sorted(DATA_DIR.glob(WRITTEN_GLOB)):
-        tag = path.stem.removeprefix("written_")
+    for tag, path in written_sets().items():
         if tag in without:
             continue
         for i, item in enumerate(load_labelled_texts(path), 1):
@@ -1122,9 +1127,9 @@ def main() -> None:
     ap.add_argument("--without", action="append", default=[], metavar="TAG",
                     help="leave the written set written_TAG.jsonl out (leave-one-set-out evaluation); repeatable")
     args = ap.parse_args()
-    known = {p.stem.removeprefix("written_") for p in DATA_DIR.glob(WRITTEN_GLOB)}
-    if set(args.without) - known:
-        ap.error(f"--without: no written set {sorted(set(args.without) - known)}; known: {', '.join(sorted(known))}")
+    known = written_sets()
+    if set(args.without) - set(known):
+        ap.error(f"--without: no written set {sorted(set(args.without) - set(known))}; known: {', '.join(sorted(known))}")
     entries = build(args.seed, frozenset(args.without))
     write_entries(entries, args.out)
     by_type: dict[str, int] = {}

@@ -38,9 +38,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATA = DATA_DIR / f"text2au_v{DATA_VERSION}.jsonl"
 # Hand-written, FACS-labelled sentences ({"text", "aus", "style"} JSONL), each set written apart
 # from the generator (from the fourth set on, blind: by a writer who saw neither the data, the
-# generator nor the other sets). ``written_*`` sets are
-# training data since v5 (the generator makes every sentence an entry); ``holdout_*`` sets are
-# never trained on and measure the model.
+# generator nor the other sets). ``written_*`` sets are training data since v5 (the generator
+# makes every sentence an entry); ``holdout_*`` sets are never trained on and measure the model.
 WRITTEN_GLOB = "written_*.jsonl"
 HOLDOUT_GLOB = "holdout_*.jsonl"
 
