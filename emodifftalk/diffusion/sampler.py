@@ -19,6 +19,12 @@ returned sample equals ``known_x0`` exactly in that region.
 
 Reproducibility: pass ``init_noise`` (x_T) and/or a ``torch.Generator``. With ``eta = 0`` DDIM
 is deterministic given ``init_noise`` (inpainting noise comes from ``generator``).
+
+``temperature`` τ scales the sample's own noise: the x_T drawn here and the per-step noise of
+DDPM (and of DDIM with η > 0), as in temperature sampling of flows and diffusion models. τ = 1 is
+the model's distribution; τ → 0 moves a DDIM sample (η = 0) towards the probability-flow ODE's
+image of x_T = 0, a central, low-variance sample. Inpainting noise is never scaled: the known
+region must sit at its step's noise level. A given ``init_noise`` is used as it is.
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ class _Inpainter:
         return torch.where(self.mask, known, x)
 
 
-def _prepare(shape, schedule, init_noise, generator, device, dtype):
+def _prepare(shape, schedule, init_noise, generator, device, dtype, temperature: float):
     shape = tuple(int(s) for s in shape)
     if init_noise is not None:
         if tuple(init_noise.shape) != shape:
@@ -112,7 +118,12 @@ def _prepare(shape, schedule, init_noise, generator, device, dtype):
         device = init_noise.device if device is None else device
         return shape, init_noise.to(device=device, dtype=dtype), device
     device = torch.device("cpu") if device is None else device
-    return shape, _randn(shape, generator, device, dtype), device
+    return shape, temperature * _randn(shape, generator, device, dtype), device
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
 
 
 def _step_x0(model_fn: ModelFn, x, t, cond, guidance_scale, clip_x0, callback, i: int, tt: int) -> torch.Tensor:
@@ -130,11 +141,12 @@ def ddpm_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, cond: Any = N
                 generator: torch.Generator | None = None, *, guidance_scale: float = 1.0,
                 init_noise: torch.Tensor | None = None, known_x0: torch.Tensor | None = None,
                 known_mask: torch.Tensor | None = None, context: int = 0,
-                clip_x0: float | None = None, device=None, dtype=torch.float32,
+                clip_x0: float | None = None, device=None, dtype=torch.float32, temperature: float = 1.0,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Ancestral sampling through all N steps: x_{t-1} ~ q(x_{t-1} | x_t, x̂0) (fixed small
-    variance β̃_t, no noise at the last step). Returns x0 of ``shape``."""
-    shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype)
+    variance β̃_t, no noise at the last step; its noise × ``temperature``). Returns x0 of ``shape``."""
+    _check_temperature(temperature)
+    shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype, temperature)
     inpaint = _Inpainter(shape, schedule, known_x0, known_mask, context, generator, device, dtype)
     n = schedule.num_train_steps
     x = inpaint(x, n - 1)
@@ -145,7 +157,7 @@ def ddpm_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, cond: Any = N
             x = x0
         else:
             mean, _, logvar = schedule.posterior_mean_variance(x0, x, t)
-            x = mean + (0.5 * logvar).exp() * _randn(shape, generator, device, dtype)
+            x = mean + temperature * (0.5 * logvar).exp() * _randn(shape, generator, device, dtype)
         x = inpaint(x, tt - 1)
     return x
 
@@ -156,6 +168,7 @@ def ddim_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, steps: int, e
                 guidance_scale: float = 1.0, init_noise: torch.Tensor | None = None,
                 known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                 context: int = 0, clip_x0: float | None = None, device=None, dtype=torch.float32,
+                temperature: float = 1.0,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021) with ``steps`` network evaluations (×2 with guidance).
 
@@ -165,7 +178,8 @@ def ddim_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, steps: int, e
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype)
+    _check_temperature(temperature)
+    shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype, temperature)
     inpaint = _Inpainter(shape, schedule, known_x0, known_mask, context, generator, device, dtype)
     ts = ddim_timesteps(schedule.num_train_steps, steps).tolist()
     x = inpaint(x, ts[0])
@@ -182,6 +196,6 @@ def ddim_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, steps: int, e
             sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
             x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
             if eta > 0:
-                x = x + sigma * _randn(shape, generator, device, dtype)
+                x = x + temperature * sigma * _randn(shape, generator, device, dtype)
         x = inpaint(x, t_prev)
     return x

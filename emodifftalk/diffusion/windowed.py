@@ -144,14 +144,16 @@ def sample_windows(model, schedule: NoiseSchedule | None, template: torch.Tensor
                    feats: torch.Tensor | None, out: torch.Tensor, windows: list[tuple[int, int, int]], *,
                    sampler: str, steps: int, guidance_scale: float, eta: float = 0.0,
                    generator: torch.Generator | None = None, reference_aus: torch.Tensor | None = None,
-                   edit_path: str = "network", device=None, callback: Callable[[], None] | None = None) -> None:
+                   edit_path: str = "network", temperature: float = 1.0, device=None,
+                   callback: Callable[[], None] | None = None) -> None:
     """Sample ``windows`` (from ``window_plan``) in order into ``out`` (T, V, 3), in place, in
     diffusion units (metres / ``model.offset_scale``), on the CPU. Each window's context frames are
     read from ``out``: frames written by an earlier window, or frames the caller put there.
 
     aus (T, 17) and ``reference_aus`` (T, 17) or None on ``device``; feats (Ta, D) or None;
     ``callback()`` after every network step (for progress); ``edit_path``: how code changes
-    against ``reference_aus`` reach the motion ("network" | "fields", see "Guidance" above).
+    against ``reference_aus`` reach the motion ("network" | "fields", see "Guidance" above);
+    ``temperature``: the samplers' noise scale (``diffusion/sampler.py``).
     """
     n_verts = template.shape[0]
     code = model.encode_template(template[None].to(device=device, dtype=torch.float32))
@@ -178,7 +180,7 @@ def sample_windows(model, schedule: NoiseSchedule | None, template: torch.Tensor
             continue
         known = out[None, start:start + n_ctx].to(device) if n_ctx else None
         kwargs = {"cond": None, "generator": generator, "guidance_scale": window_guidance, "known_x0": known,
-                  "context": n_ctx, "device": device, "callback": tick}
+                  "context": n_ctx, "device": device, "callback": tick, "temperature": temperature}
         if sampler == "ddim":
             x0 = ddim_sample(model_fn, shape, schedule, steps, eta=eta, **kwargs)
         else:
@@ -228,7 +230,8 @@ def sample_motion(model, schedule: NoiseSchedule | None, template: torch.Tensor,
     out = torch.zeros(aus.shape[0], template.shape[0], 3)  # diffusion units, CPU
     sample_windows(model, schedule, template, aus, feats, out, window_starts(aus.shape[0], window, context),
                    sampler=sampler, steps=steps, guidance_scale=guidance, eta=eta, generator=generator,
-                   reference_aus=reference_aus, edit_path=cfg.diffusion.edit_path, device=device)
+                   reference_aus=reference_aus, edit_path=cfg.diffusion.edit_path,
+                   temperature=cfg.diffusion.sample_temperature, device=device)
     return out * scale
 
 
@@ -284,7 +287,8 @@ def resample_spans(model, schedule: NoiseSchedule | None, template: torch.Tensor
     for windows, a, b, end in plan:
         sample_windows(model, schedule, template, aus_t, feats, out, windows, sampler=sampler, steps=steps,
                        guidance_scale=guidance, generator=gen, reference_aus=ref_t,
-                       edit_path=cfg.diffusion.edit_path, device=device, callback=tick)
+                       edit_path=cfg.diffusion.edit_path, temperature=cfg.diffusion.sample_temperature,
+                       device=device, callback=tick)
         if end > b:  # new motion → old motion over [b, end); weight of the new 1 → 0
             w = torch.linspace(1, 0, end - b + 2)[1:-1].view(-1, 1, 1)
             out[b:end] = w * out[b:end] + (1 - w) * old[b:end]

@@ -147,3 +147,41 @@ def test_inpainting_argument_errors():
         ddim_sample(fn, (1, 3, 2, 3), s, 2, known_x0=torch.zeros(1, 3, 2, 3), context=4)
     with pytest.raises(ValueError, match="known_x0"):
         ddim_sample(fn, (1, 3, 2, 3), s, 2, context=1)
+
+
+def gaussian_denoiser(schedule, mu: float, sigma: float):
+    """The exact E[x0 | x_t] for x0 ~ N(mu, sigma²) per entry."""
+    def fn(x, t, cond, drop):
+        ab = schedule.alpha_bar(t, x)
+        gain = sigma ** 2 * ab.sqrt() / (ab * sigma ** 2 + 1 - ab)
+        return mu + gain * (x - ab.sqrt() * mu)
+    return fn
+
+
+def test_temperature_scales_the_spread_of_ddim_samples():
+    """τ = 1 samples the data (spread σ); τ = 0.5 halves the spread (DDIM with an exact Gaussian
+    denoiser maps x_T linearly); τ = 0 returns the central sample, here the mean, for any seed."""
+    s = NoiseSchedule(100, "cosine")
+    mu, sigma = 0.7, 2.0
+    fn = gaussian_denoiser(s, mu, sigma)
+    shape = (1, 20000)
+    spread = {}
+    for tau in (1.0, 0.5, 0.0):
+        outs = [ddim_sample(fn, shape, s, 50, generator=torch.Generator().manual_seed(seed), temperature=tau)
+                for seed in (0, 1)]
+        spread[tau] = float(outs[0].std())
+        assert abs(float(outs[0].mean()) - mu) < 0.05
+    assert abs(spread[1.0] - sigma) < 0.1 and abs(spread[0.5] - sigma / 2) < 0.05
+    assert torch.allclose(outs[0], torch.full(shape, mu), atol=1e-2) and torch.equal(outs[0], outs[1])
+
+
+def test_temperature_zero_makes_ddpm_deterministic_and_negative_is_refused():
+    s = NoiseSchedule(30, "linear")
+    fn = gaussian_denoiser(s, 0.0, 1.0)
+    a, b = (ddpm_sample(fn, (1, 64), s, generator=torch.Generator().manual_seed(seed), temperature=0.0)
+            for seed in (0, 1))
+    assert torch.equal(a, b)
+    c = ddpm_sample(fn, (1, 64), s, generator=torch.Generator().manual_seed(0))
+    assert float(c.std()) > 0.5  # τ = 1 keeps the data's spread
+    with pytest.raises(ValueError, match="temperature"):
+        ddim_sample(fn, (1, 4), s, 5, temperature=-0.1)
