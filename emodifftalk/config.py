@@ -323,9 +323,10 @@ class DiffusionConfig:
     fps: float = 25.0  # the model's frame rate: training clips must have it, animate writes it
     sampler: str = "ddim"
     ddim_steps: int = 25
-    # τ of `animate`, the viewer, `eval pipeline` and `eval speech`: scales the sampler's own noise
-    # (x_T, and DDPM's per-step noise); 1 = the model's distribution, 0 = DDIM's central sample
-    # (less variety, closer to the conditional mean that LVE rewards; issue 19's sampler table)  # choice
+    # τ of every motion sample (animate, the viewer, the evals, training validation): scales the
+    # sampler's own noise (x_T, and DDPM's per-step noise); 1 = the model's distribution, 0 = DDIM's
+    # central sample (less variety, closer to the conditional mean that LVE rewards; README,
+    # "Does the diffusion earn its keep?")  # choice
     sample_temperature: float = 1.0
     window_frames: int = 100  # generation window (diffusion/windowed.py)  # choice
     context_frames: int = 10  # previous frames inpainted as context of the next window  # choice
@@ -373,7 +374,8 @@ class DiffusionConfig:
         _check(self.vertex_embed_rank >= 1, "diffusion.vertex_embed_rank must be >= 1")
         _check(self.audio_window >= 0, "diffusion.audio_window must be >= 0")
         _check(self.sampler in ("ddim", "ddpm"), "diffusion.sampler must be ddim or ddpm")
-        _check(self.sample_temperature >= 0, "diffusion.sample_temperature must be >= 0 (1 = the model's distribution)")
+        _check(self.sample_temperature >= 0,
+               "diffusion.sample_temperature must be >= 0 (1 = the model's distribution)")
         _check(1 <= self.ddim_steps <= self.num_train_steps,
                "diffusion.ddim_steps must be in [1, diffusion.num_train_steps]")
         _check(self.d_model % self.n_heads == 0, "diffusion.d_model must be divisible by n_heads")
