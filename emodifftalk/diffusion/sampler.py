@@ -111,6 +111,8 @@ class _Inpainter:
 
 
 def _prepare(shape, schedule, init_noise, generator, device, dtype, temperature: float):
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     shape = tuple(int(s) for s in shape)
     if init_noise is not None:
         if tuple(init_noise.shape) != shape:
@@ -119,11 +121,6 @@ def _prepare(shape, schedule, init_noise, generator, device, dtype, temperature:
         return shape, init_noise.to(device=device, dtype=dtype), device
     device = torch.device("cpu") if device is None else device
     return shape, temperature * _randn(shape, generator, device, dtype), device
-
-
-def _check_temperature(temperature: float) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
 
 
 def _step_x0(model_fn: ModelFn, x, t, cond, guidance_scale, clip_x0, callback, i: int, tt: int) -> torch.Tensor:
@@ -145,7 +142,6 @@ def ddpm_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, cond: Any = N
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Ancestral sampling through all N steps: x_{t-1} ~ q(x_{t-1} | x_t, x̂0) (fixed small
     variance β̃_t, no noise at the last step; its noise × ``temperature``). Returns x0 of ``shape``."""
-    _check_temperature(temperature)
     shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype, temperature)
     inpaint = _Inpainter(shape, schedule, known_x0, known_mask, context, generator, device, dtype)
     n = schedule.num_train_steps
@@ -178,7 +174,6 @@ def ddim_sample(model_fn: ModelFn, shape, schedule: NoiseSchedule, steps: int, e
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    _check_temperature(temperature)
     shape, x, device = _prepare(shape, schedule, init_noise, generator, device, dtype, temperature)
     inpaint = _Inpainter(shape, schedule, known_x0, known_mask, context, generator, device, dtype)
     ts = ddim_timesteps(schedule.num_train_steps, steps).tolist()
