@@ -31,16 +31,16 @@ import torch
 from emodifftalk.config import load_config
 from emodifftalk.text2au import compose
 from emodifftalk.text2au.calibration import apply_by_reading, calibrate_by_reading
-from emodifftalk.text2au.dataset import concept_folds, load_entries, split_entries
+from emodifftalk.text2au.dataset import DATA_DIR, HOLDOUT_GLOB, concept_folds, load_entries, split_entries
 from emodifftalk.text2au.encoders import FeatureCache
-from emodifftalk.text2au.evaluate import HOLDOUT_DATA, load_labelled_texts, texts_metrics
+from emodifftalk.text2au.evaluate import load_labelled_texts, texts_metrics
 from emodifftalk.text2au.metrics import multilabel_metrics
 from emodifftalk.text2au.predict import Text2AU
 
 READINGS = ("none", "mean", "max", "clauses", "negation", "punct")
 VARIANTS = ("none", "mean", "mean+by_reading", "mean+per_au", "max", "max+by_reading", "clauses+by_reading",
             "negation+by_reading", "punct")
-DEFAULT_TEXTS = [HOLDOUT_DATA, HOLDOUT_DATA.parent / "holdout_s31.jsonl"]  # never trained on (data v5)
+DEFAULT_TEXTS = sorted(DATA_DIR.glob(HOLDOUT_GLOB))  # the sets never trained on (data v5)
 _PUNCT = re.compile(r"[,;:]")
 
 
