@@ -33,6 +33,11 @@ def shipped():
     return load_entries()
 
 
+def _written(e) -> bool:
+    """An entry made from a hand-written sentence (the generator's ``written-TAG-...`` ids)."""
+    return e.id.startswith("written-")
+
+
 def _entry(i, desc, aus=("AU12",), pos=None, neg=None, typ="simple expression"):
     vec = [1 if a in aus else 0 for a in AU_NAMES]
     return {"id": f"e{i:03d}", "version": 1, "description": desc, "type": typ, "aus": vec,
@@ -68,17 +73,17 @@ def test_shipped_descriptions_unique_and_not_near_duplicates(shipped):
     # hand-written entries with the same labels (the split keeps near-duplicates together)
     for i, j in near_duplicate_pairs([e.description for e in shipped]):
         a, b = shipped[i], shipped[j]
-        assert a.id.startswith("written-") and b.id.startswith("written-") and a.aus == b.aus, (a.id, b.id)
+        assert _written(a) and _written(b) and a.aus == b.aus, (a.id, b.id)
     for e in shipped:
         assert len(e.positives) == 3 and len(e.negatives) == 3
         assert not {normalize_text(p) for p in e.positives} & {normalize_text(n) for n in e.negatives}
         assert e.version == DATA_VERSION and len(e.aus) == NUM_AUS
         # a neutral face has no AU; so has a written "not smiling"
-        assert sum(e.aus) >= 1 or concept_key(e) == "act-neutral" or e.id.startswith("written-")
+        assert sum(e.aus) >= 1 or concept_key(e) == "act-neutral" or _written(e)
 
 
 def test_shipped_au_sets_follow_facs_prototypes(shipped):
-    shipped = [e for e in shipped if not e.id.startswith("written-")]  # the generator's conventions
+    shipped = [e for e in shipped if not _written(e)]  # the generator's conventions
     by_desc = {e.description: set(e.au_names) for e in shipped}
     emo = {e.id: set(e.au_names) for e in shipped}
     assert emo["emo-happiness-01"] == {"AU06", "AU12"}
@@ -224,14 +229,14 @@ def test_written_sentences_are_entries_with_their_writers_labels(shipped, name, 
 
     written = load_labelled_texts(HOLDOUT_DATA.parent / name)
     assert len(written) >= min_size
-    by_text = {e.description: e for e in shipped if e.id.startswith("written-")}
+    by_text = {e.description: e for e in shipped if _written(e)}
     # the generator leaves out a sentence only when no paraphrase of its AU set exists (AU26 without AU25)
     missing = [w for w in written if w.text not in by_text]
     assert all(w.aus[AU_NAMES.index("AU26")] and not w.aus[AU_NAMES.index("AU25")] for w in missing), missing
     assert len(missing) <= 2
     assert all(by_text[w.text].aus == w.aus for w in written if w.text in by_text)
     # a written sentence is never also a template text
-    others = {normalize_text(t) for e in shipped if not e.id.startswith("written-")
+    others = {normalize_text(t) for e in shipped if not _written(e)
               for t in (e.description, *e.positives, *e.negatives)}
     assert not [w.text for w in written if normalize_text(w.text) in others]
 
@@ -279,7 +284,7 @@ def test_degree_adverbs_mark_the_level_of_an_emotion_anchor(shipped, monkeypatch
     levels = {"slight": mod.SLIGHT_ADVERBS, "strong": mod.STRONG_ADVERBS}
     own_level = {"slight": 0, "strong": 0}  # "a little annoyed": an adverb on a word of its own level
     for e in shipped:
-        if e.type != "basic emotion" or " not " in f" {e.description} " or e.id.startswith("written-"):
+        if e.type != "basic emotion" or " not " in f" {e.description} " or _written(e):
             continue
         level = next((lv for lv in levels if f"-{lv}-" in e.id), "base")
         name = e.id.split("-")[1]
