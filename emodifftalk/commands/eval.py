@@ -185,14 +185,17 @@ def _run_speech(args: argparse.Namespace) -> int:
     """Animate each recording (audio → Speech-to-AU → motion → mesh) and report, per file, Pearson r
     between the speech envelope (dB, 25 fps) and the mesh's mouth opening, the mean mouth AU
     (max of AU25, AU26) in frames 40 dB below the file's peak, and a PNG; writes speech_eval.json
-    and speech_eval.md into --out. Bar: r >= 0.5 and silent mouth AU <= 0.15 on every file."""
+    and speech_eval.md into --out. Bar: r >= 0.5 and silent mouth AU <= 0.15 on every file.
+    A file NAME.wav with NAME.mouth.csv beside it (columns time_s, aperture: the speaker's tracked
+    mouth, e.g. from tools/track_mouth.py) also gets r between the predicted and the real mouth."""
     from emodifftalk.commands.animate import resolve_export
     from emodifftalk.config import apply_overrides
-    from emodifftalk.eval.speech import REPORT_JSON, audio_files, pick_template, run_eval
+    from emodifftalk.eval.speech import REPORT_JSON, audio_files, mouth_tracks, pick_template, run_eval
     from emodifftalk.pipeline.animate import load_models
     from emodifftalk.utils import ensure_writable
 
     files = audio_files(args.audio)  # inputs and output first, models after
+    tracks = mouth_tracks(files)
     out = ensure_writable(args.out)
     s2au = resolve_export(None, args.model, "s2au", True)
     motion = resolve_export(None, args.model, "motion", True)
@@ -202,7 +205,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         apply_overrides(c, list(args.overrides))
         c.validate()
     template = pick_template(args.data or cfg.data.root, args.identity)
-    report = run_eval(models, files, template, out, cfg, seed=args.seed)
+    report = run_eval(models, files, template, out, cfg, seed=args.seed, tracks=tracks)
     print(report["table"])
     print(f"wrote {out / REPORT_JSON}")
     return 0

@@ -15,6 +15,13 @@ Reported per file: Pearson r(envelope dB, opening) (and r against the linear RMS
 AU and opening in the *silent* frames (more than 40 dB below the peak), the bar (r ≥ 0.5 and
 silent mouth AU ≤ 0.15) and a PNG (waveform, envelope, opening + mouth AU). The summary groups
 files by language when the file name starts with a code like ``en_`` / ``zh-``.
+
+A recording filmed with its speaker may carry the speaker's own mouth beside it: ``NAME.mouth.csv``
+next to ``NAME.wav`` (columns ``time_s`` and ``aperture``: the lips' inner gap over a face size, from
+a landmark tracker such as ``tools/track_mouth.py``; empty or NaN where no face was found). Then the
+file also gets ``r_tracked`` (the predicted opening against the real mouth: lip sync itself, not a
+proxy) and ``r_env_tracked`` (the real mouth against the envelope: what the speaker's own face scores
+on the bar's measure).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ GOAL_R = 0.6  # per language
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv",
                   ".webm", ".wma", ".aiff", ".aif")
 REPORT_JSON, REPORT_MD = "speech_eval.json", "speech_eval.md"
+TRACK_SUFFIX = ".mouth.csv"  # the speaker's tracked mouth beside a recording (module docstring)
 
 
 class SpeechEvalError(ValueError):
@@ -61,6 +69,43 @@ def envelope_db(audio: np.ndarray, n_frames: int, fps: float,
     for ``n_frames`` video frames of 16 kHz ``audio`` (``data.audio.frame_levels_db``)."""
     db = frame_levels_db(audio, n_frames, fps, SAMPLE_RATE)
     return np.maximum(db, floor_db), 10.0 ** (db / 20.0)
+
+
+def read_mouth_track(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(times in s, aperture) of a tracked-mouth CSV; aperture NaN where the tracker found no face."""
+    import csv
+
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"time_s", "aperture"} <= set(rows[0]):
+        raise SpeechEvalError(f"{path}: a tracked mouth needs the columns time_s and aperture")
+    try:
+        times = np.array([float(r["time_s"]) for r in rows])
+        aperture = np.array([float(r["aperture"]) if r["aperture"].strip() else np.nan for r in rows])
+    except ValueError as e:
+        raise SpeechEvalError(f"{path}: {e}") from None
+    if np.any(np.diff(times) <= 0):
+        raise SpeechEvalError(f"{path}: time_s must increase row by row")
+    return times, aperture
+
+
+def track_on_frames(times: np.ndarray, aperture: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
+    """The tracked aperture at each animation frame's centre, linearly interpolated between tracked
+    frames; NaN where a neighbour has no face or the frame lies outside the track."""
+    centres = (np.arange(n_frames) + 0.5) / fps
+    out = np.full(n_frames, np.nan)
+    inside = (centres >= times[0]) & (centres <= times[-1])
+    hi = np.clip(np.searchsorted(times, centres[inside]), 1, len(times) - 1)
+    lo = hi - 1
+    w = (centres[inside] - times[lo]) / (times[hi] - times[lo])
+    out[inside] = (1 - w) * aperture[lo] + w * aperture[hi]  # NaN if either neighbour is NaN
+    return out
+
+
+def _pearson_finite(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    return pearson(a[ok], b[ok])
 
 
 def mouth_au(aus: np.ndarray) -> np.ndarray:
@@ -82,11 +127,15 @@ class FileResult:
     speech_opening_mm: float | None
     passes: bool
     plot: str | None = None
+    r_tracked: float | None = None  # predicted opening vs the speaker's tracked mouth (TRACK_SUFFIX)
+    r_env_tracked: float | None = None  # the tracked mouth vs the envelope
+    tracked_frames: int | None = None  # frames with a tracked face
 
 
 def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarray,
-               fps: float) -> tuple[FileResult, dict]:
-    """Metrics of one file; also returns the curves for plotting."""
+               fps: float, tracked: np.ndarray | None = None) -> tuple[FileResult, dict]:
+    """Metrics of one file (``tracked``: the speaker's mouth per frame, ``track_on_frames``); also
+    returns the curves for plotting."""
     n = aus.shape[0]
     env, rms = envelope_db(audio, n, fps)
     silent = env <= SILENCE_DB
@@ -100,7 +149,11 @@ def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarra
         silent_opening_mm=_round(float(opening[silent].mean() * 1e3)) if silent.any() else None,
         speech_opening_mm=_round(float(opening[~silent].mean() * 1e3)) if (~silent).any() else None,
         passes=bool(r is not None and r >= BAR_R and (silent_au is None or silent_au <= BAR_SILENT_AU)))
-    return res, {"env": env, "silent": silent, "mouth_au": m_au, "opening": opening}
+    if tracked is not None:
+        res.r_tracked = _round(_pearson_finite(opening, tracked))
+        res.r_env_tracked = _round(_pearson_finite(env, tracked))
+        res.tracked_frames = int(np.isfinite(tracked).sum())
+    return res, {"env": env, "silent": silent, "mouth_au": m_au, "opening": opening, "tracked": tracked}
 
 
 def language_of(name: str) -> str:
@@ -136,6 +189,10 @@ def plot_file(path: Path, name: str, audio: np.ndarray, curves: dict, fps: float
     axes[2].set_ylabel("opening mm")
     ax2 = axes[2].twinx()
     ax2.plot(t, curves["mouth_au"], color="tab:green", lw=0.8, alpha=0.7, label="max(AU25, AU26)")
+    tracked = curves.get("tracked")
+    if tracked is not None and np.isfinite(tracked).any():  # the speaker's own mouth, scaled to its max
+        ax2.plot(t, tracked / np.nanmax(np.abs(tracked)), color="tab:purple", lw=0.8, alpha=0.8,
+                 label="tracked real mouth (/ max)")
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_ylabel("mouth AU")
     for ax in axes:
@@ -146,7 +203,10 @@ def plot_file(path: Path, name: str, audio: np.ndarray, curves: dict, fps: float
     axes[2].set_xlabel("seconds (grey: 40 dB below peak)")
     r = "n/a" if res.r is None else f"{res.r:.2f}"
     au = "n/a" if res.silent_mouth_au is None else f"{res.silent_mouth_au:.3f}"
-    axes[0].set_title(f"{name}: r(envelope, opening) = {r}, silent mouth AU = {au}")
+    title = f"{name}: r(envelope, opening) = {r}, silent mouth AU = {au}"
+    if res.r_tracked is not None:
+        title += f", r(opening, real mouth) = {res.r_tracked:.2f}"
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -175,10 +235,19 @@ def summarize(results: list[FileResult]) -> dict:
                          "min_r": _round(min(rvals)) if rvals else None,
                          "max_silent_mouth_au": _round(max(aus)) if aus else None,
                          "goal_r_met": bool(rvals) and min(rvals) >= GOAL_R}
+    tracked = [r for r in results if r.r_tracked is not None]
     return {"files": len(results), "passing": sum(r.passes for r in results),
             "bar_met": all(r.passes for r in results), "by_language": by_lang,
+            "tracked": {"files": len(tracked),
+                        "mean_r_tracked": _mean_or_none([r.r_tracked for r in tracked]),
+                        "mean_r_env_tracked": _mean_or_none([r.r_env_tracked for r in tracked])},
             "bar": {"r_min": BAR_R, "silent_mouth_au_max": BAR_SILENT_AU, "silence_db": SILENCE_DB,
                     "goal_r_per_language": GOAL_R}}
+
+
+def _mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return _round(np.mean(values)) if values else None
 
 
 def markdown_table(results: list[FileResult], summary: dict) -> str:
@@ -198,6 +267,16 @@ def markdown_table(results: list[FileResult], summary: dict) -> str:
     for lang, s in summary["by_language"].items():
         lines.append(f"- {lang}: {s['files']} file(s), mean r {f(s['mean_r'])}, min r {f(s['min_r'])}"
                      f" (goal ≥ {GOAL_R}: {'met' if s['goal_r_met'] else 'not met'})")
+    tracked = [r for r in results if r.r_tracked is not None]
+    if tracked:
+        lines += ["", "Recordings with the speaker's tracked mouth (`NAME.mouth.csv`):", "",
+                  "| file | tracked frames | r(opening, real mouth) | r(env dB, real mouth) | r(env dB, opening) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r.file} | {r.tracked_frames} | {f(r.r_tracked)} | {f(r.r_env_tracked)} | {f(r.r)} |"
+                  for r in tracked]
+        t = summary["tracked"]
+        lines.append(f"mean over {t['files']} file(s): r(opening, real mouth) {f(t['mean_r_tracked'])}, "
+                     f"r(envelope, real mouth) {f(t['mean_r_env_tracked'])}")
     return "\n".join(lines)
 
 
@@ -217,6 +296,17 @@ def audio_files(audio: str | Path) -> list[Path]:
             raise SpeechEvalError(f"--audio {p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
         return files
     raise SpeechEvalError(f"--audio {p}: no such file or folder")
+
+
+def mouth_tracks(files: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The speakers' tracked mouths found beside ``files`` (``TRACK_SUFFIX``), by file name; read
+    and checked before any model loads."""
+    tracks = {}
+    for p in files:
+        track = p.with_name(p.stem + TRACK_SUFFIX)
+        if track.is_file():
+            tracks[p.name] = read_mouth_track(track)
+    return tracks
 
 
 def pick_template(data: str | Path, identity: str | None):
@@ -244,17 +334,20 @@ def mesh_opening(models, template, aus: np.ndarray, audio: np.ndarray, cfg, seed
 
 
 def run_eval(models, files: list[Path], template, out: Path, cfg, *, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Evaluate ``files`` (see the module docstring); writes PNGs, JSON and markdown into ``out``."""
+             tracks: dict | None = None, progress: bool = True) -> dict:
+    """Evaluate ``files`` (see the module docstring); writes PNGs, JSON and markdown into ``out``.
+    ``tracks``: ``mouth_tracks(files)``, read here when not given."""
     from tqdm import tqdm
 
+    tracks = mouth_tracks(files) if tracks is None else tracks
     fps = models.frame_rate(cfg)
     results = []
     for path in tqdm(files, desc="eval speech", unit="file", disable=not progress):
         audio = load_audio(path, target_sr=SAMPLE_RATE)
         aus = speech_aus(models, audio, fps)
         opening = mesh_opening(models, template, aus, audio, cfg, seed)
-        res, curves = score_file(path.name, audio, aus, opening, fps)
+        tracked = track_on_frames(*tracks[path.name], len(aus), fps) if path.name in tracks else None
+        res, curves = score_file(path.name, audio, aus, opening, fps, tracked)
         png = out / f"{path.stem}.png"
         plot_file(png, path.name, audio, curves, fps, res)
         res.plot = png.name

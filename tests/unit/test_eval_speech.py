@@ -17,8 +17,11 @@ from emodifftalk.eval.speech import (
     envelope_db,
     language_of,
     markdown_table,
+    mouth_tracks,
+    read_mouth_track,
     score_file,
     summarize,
+    track_on_frames,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +82,78 @@ def test_score_file_bar_and_silence():
     assert "FAIL" in markdown_table([good, random], summary)
 
 
+def _write_track(path, times, aperture):
+    rows = ["frame,time_s,aperture"] + [f"{i},{t},{'' if np.isnan(a) else a}"
+                                         for i, (t, a) in enumerate(zip(times, aperture))]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_tracked_mouth_is_read_resampled_and_scored(tmp_path):
+    """A recording's tracked mouth (NAME.mouth.csv, here at 30 fps with a dropout) lands on the
+    25 fps animation frames; r against it scores lip sync, r against the envelope the speaker."""
+    fps = 25.0
+    audio = _syllables(fps)
+    env, _ = envelope_db(audio, 100, fps)
+    t30 = np.arange(120) / 30.0
+    env30 = np.interp(t30, (np.arange(100) + 0.5) / fps, env)
+    aperture = (env30 - SILENCE_DB) / 400.0
+    aperture[60:63] = np.nan  # no face for three tracked frames
+    (tmp_path / "en_clip.wav").write_bytes(b"")
+    (tmp_path / "zh_other.wav").write_bytes(b"")
+    _write_track(tmp_path / "en_clip.mouth.csv", t30, aperture)
+    tracks = mouth_tracks(audio_files(tmp_path))
+    assert list(tracks) == ["en_clip.wav"]
+    on_frames = track_on_frames(*tracks["en_clip.wav"], 100, fps)
+    assert on_frames.shape == (100,) and 1 <= np.isnan(on_frames).sum() <= 5  # the dropout and the tail
+    aus = np.zeros((100, NUM_AUS), np.float32)
+    follows = (env - SILENCE_DB) / -SILENCE_DB * 0.01
+    res, curves = score_file("en_clip.wav", audio, aus, follows, fps, on_frames)
+    assert res.r_tracked > 0.95 and res.r_env_tracked > 0.95 and res.tracked_frames == np.isfinite(on_frames).sum()
+    shut, _ = score_file("en_clip.wav", audio, aus, np.random.default_rng(0).normal(size=100), fps, on_frames)
+    assert abs(shut.r_tracked) < 0.3 and shut.r_env_tracked == res.r_env_tracked
+    plain, _ = score_file("zh_other.wav", audio, aus, follows, fps)
+    assert plain.r_tracked is None and plain.tracked_frames is None
+    summary = summarize([res, shut, plain])
+    assert summary["tracked"]["files"] == 2
+    assert summary["tracked"]["mean_r_tracked"] == pytest.approx((res.r_tracked + shut.r_tracked) / 2, abs=1e-4)
+    assert "r(opening, real mouth)" in markdown_table([res, shut, plain], summary)
+
+
+def test_tracked_mouth_errors_name_the_file(tmp_path):
+    bad = tmp_path / "x.mouth.csv"
+    bad.write_text("frame,time,open\n0,0.0,0.1\n")
+    with pytest.raises(SpeechEvalError, match="x.mouth.csv.*time_s and aperture"):
+        read_mouth_track(bad)
+    _write_track(bad, [0.0, 0.04, 0.04], [0.1, 0.2, 0.3])
+    with pytest.raises(SpeechEvalError, match="x.mouth.csv.*increase"):
+        read_mouth_track(bad)
+    bad.write_text("time_s,aperture\n0.0,wide\n")
+    with pytest.raises(SpeechEvalError, match="x.mouth.csv"):
+        read_mouth_track(bad)
+
+
+def test_track_mouth_tool_writes_what_eval_speech_reads(tmp_path):
+    """tools/track_mouth.py (MediaPipe itself is not installed here): its aperture is the inner-lip
+    gap over the eye-corner distance, and its CSV round-trips through read_mouth_track."""
+    import importlib.util
+
+    from emodifftalk.eval import speech
+
+    spec = importlib.util.spec_from_file_location("track_mouth", REPO / "tools" / "track_mouth.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.TRACK_SUFFIX == speech.TRACK_SUFFIX
+    pts = np.zeros((468, 2))
+    pts[33], pts[263] = [100, 200], [200, 200]  # eyes 100 px apart
+    pts[13], pts[14] = [150, 300], [150, 312]  # lips 12 px apart
+    assert tool.aperture(pts) == pytest.approx(0.12)
+    assert tool.aperture(pts * 3) == pytest.approx(0.12)  # a closer camera: the same opening
+    tool.write_track(tmp_path / "x.mouth.csv", 30.0, [0.1, None, 0.3])
+    times, ap = read_mouth_track(tmp_path / "x.mouth.csv")
+    np.testing.assert_allclose(times, [0, 1 / 30, 2 / 30], atol=1e-5)
+    assert ap[0] == pytest.approx(0.1) and np.isnan(ap[1]) and ap[2] == pytest.approx(0.3)
+
+
 def test_language_from_file_names():
     assert language_of("en_radio.flac") == "en" and language_of("zh-news.ogg") == "zh"
     assert language_of("speech.wav") == "?"
@@ -124,6 +199,25 @@ def test_fleurs_recordings_all_load_and_are_listed():
         assert f"`{f.name}`" in readme and utterance(f) not in first
         y = load_audio(f, target_sr=16000)
         assert 2.0 < len(y) / 16000 < 60.0 and np.isfinite(y).all() and np.abs(y).max() > 0.002
+
+
+def test_real_video_mouth_set_loads_and_its_tracks_cover_the_audio():
+    """tests/data/real_video_mouth: each recording decodes, has its speaker's tracked mouth beside it
+    (a face on every frame, covering the audio) and a line in the README."""
+    from emodifftalk.data.audio import load_audio
+
+    folder = REPO / "tests" / "data" / "real_video_mouth"
+    files = audio_files(folder)
+    tracks = mouth_tracks(files)
+    readme = (folder / "README.md").read_text()
+    assert len(files) == 19 and set(tracks) == {f.name for f in files}
+    for f in files:
+        y = load_audio(f, target_sr=16000)
+        seconds = len(y) / 16000
+        times, aperture = tracks[f.name]
+        on_frames = track_on_frames(times, aperture, int(seconds * 25), 25.0)
+        assert f"`{f.name}`" in readme and 4.0 < seconds < 40.0
+        assert np.isfinite(on_frames[:-2]).all() and 0.0 <= np.nanmin(aperture) < np.nanmax(aperture) < 1.0
 
 
 def test_cli_checks_audio_before_loading_models(tmp_path):
