@@ -85,6 +85,8 @@ def read_mouth_track(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         aperture = np.array([float(r["aperture"]) if r["aperture"].strip() else np.nan for r in rows])
     except ValueError as e:
         raise SpeechEvalError(f"{path}: {e}") from None
+    if len(times) < 2:
+        raise SpeechEvalError(f"{path}: a tracked mouth needs at least two rows")
     if np.any(np.diff(times) <= 0):
         raise SpeechEvalError(f"{path}: time_s must increase row by row")
     return times, aperture
@@ -201,11 +203,13 @@ def plot_file(path: Path, name: str, audio: np.ndarray, curves: dict, fps: float
     axes[2].legend(loc="upper left", fontsize=7)
     ax2.legend(loc="upper right", fontsize=7)
     axes[2].set_xlabel("seconds (grey: 40 dB below peak)")
-    r = "n/a" if res.r is None else f"{res.r:.2f}"
-    au = "n/a" if res.silent_mouth_au is None else f"{res.silent_mouth_au:.3f}"
-    title = f"{name}: r(envelope, opening) = {r}, silent mouth AU = {au}"
-    if res.r_tracked is not None:
-        title += f", r(opening, real mouth) = {res.r_tracked:.2f}"
+    def f(x, nd=2):
+        return "n/a" if x is None else f"{x:.{nd}f}"
+
+    title = f"{name}: r(envelope, opening) = {f(res.r)}, silent mouth AU = {f(res.silent_mouth_au, 3)}"
+    if tracked is not None:
+        title += (f"\nr(opening, tracked real mouth) = {f(res.r_tracked)}, "
+                  f"r(envelope, real mouth) = {f(res.r_env_tracked)}")
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

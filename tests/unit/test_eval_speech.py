@@ -127,6 +127,9 @@ def test_tracked_mouth_errors_name_the_file(tmp_path):
     _write_track(bad, [0.0, 0.04, 0.04], [0.1, 0.2, 0.3])
     with pytest.raises(SpeechEvalError, match="x.mouth.csv.*increase"):
         read_mouth_track(bad)
+    bad.write_text("time_s,aperture\n0.0,0.1\n")
+    with pytest.raises(SpeechEvalError, match="x.mouth.csv.*two rows"):
+        read_mouth_track(bad)
     bad.write_text("time_s,aperture\n0.0,wide\n")
     with pytest.raises(SpeechEvalError, match="x.mouth.csv"):
         read_mouth_track(bad)
