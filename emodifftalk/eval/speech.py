@@ -20,8 +20,10 @@ A recording filmed with its speaker may carry the speaker's own mouth beside it:
 next to ``NAME.wav`` (columns ``time_s`` and ``aperture``: the lips' inner gap over a face size, from
 a landmark tracker such as ``tools/track_mouth.py``; empty or NaN where no face was found). Then the
 file also gets ``r_tracked`` (the predicted opening against the real mouth: lip sync itself, not a
-proxy) and ``r_env_tracked`` (the real mouth against the envelope: what the speaker's own face scores
-on the bar's measure).
+proxy), ``r_env_tracked`` (the real mouth against the envelope: what the speaker's own face scores
+on the bar's measure) and ``tracked_speech_opening_mm``, how far the speaker's lips part in the
+speech frames, above their own closed state (the track's 5th percentile), in mm for an outer
+eye-corner distance of ``EYE_CORNER_MM``, to set beside the mesh's ``speech_opening_mm``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
                   ".webm", ".wma", ".aiff", ".aif")
 REPORT_JSON, REPORT_MD = "speech_eval.json", "speech_eval.md"
 TRACK_SUFFIX = ".mouth.csv"  # the speaker's tracked mouth beside a recording (module docstring)
+EYE_CORNER_MM = 90.0  # adult outer eye-corner distance (about 85-95 mm): a tracked aperture's scale
+CLOSED_PERCENTILE = 5  # a speaker's closed lips: this percentile of their tracked aperture
 
 
 class SpeechEvalError(ValueError):
@@ -132,6 +136,7 @@ class FileResult:
     r_tracked: float | None = None  # predicted opening vs the speaker's tracked mouth (TRACK_SUFFIX)
     r_env_tracked: float | None = None  # the tracked mouth vs the envelope
     tracked_frames: int | None = None  # frames with a tracked face
+    tracked_speech_opening_mm: float | None = None  # the speaker's lips apart in speech frames (EYE_CORNER_MM)
 
 
 def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarray,
@@ -155,6 +160,10 @@ def score_file(name: str, audio: np.ndarray, aus: np.ndarray, opening: np.ndarra
         res.r_tracked = _round(_pearson_finite(opening, tracked))
         res.r_env_tracked = _round(_pearson_finite(env, tracked))
         res.tracked_frames = int(np.isfinite(tracked).sum())
+        speaking = ~silent & np.isfinite(tracked)
+        if speaking.any():
+            closed = np.nanpercentile(tracked, CLOSED_PERCENTILE)
+            res.tracked_speech_opening_mm = _round(float(tracked[speaking].mean() - closed) * EYE_CORNER_MM)
     return res, {"env": env, "silent": silent, "mouth_au": m_au, "opening": opening, "tracked": tracked}
 
 
@@ -244,7 +253,10 @@ def summarize(results: list[FileResult]) -> dict:
             "bar_met": all(r.passes for r in results), "by_language": by_lang,
             "tracked": {"files": len(tracked),
                         "mean_r_tracked": _mean_or_none([r.r_tracked for r in tracked]),
-                        "mean_r_env_tracked": _mean_or_none([r.r_env_tracked for r in tracked])},
+                        "mean_r_env_tracked": _mean_or_none([r.r_env_tracked for r in tracked]),
+                        "mean_speech_opening_mm": _mean_or_none([r.speech_opening_mm for r in tracked]),
+                        "mean_tracked_speech_opening_mm": _mean_or_none([r.tracked_speech_opening_mm
+                                                                         for r in tracked])},
             "bar": {"r_min": BAR_R, "silent_mouth_au_max": BAR_SILENT_AU, "silence_db": SILENCE_DB,
                     "goal_r_per_language": GOAL_R}}
 
@@ -274,13 +286,16 @@ def markdown_table(results: list[FileResult], summary: dict) -> str:
     tracked = [r for r in results if r.r_tracked is not None]
     if tracked:
         lines += ["", "Recordings with the speaker's tracked mouth (`NAME.mouth.csv`):", "",
-                  "| file | tracked frames | r(opening, real mouth) | r(env dB, real mouth) | r(env dB, opening) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r.file} | {r.tracked_frames} | {f(r.r_tracked)} | {f(r.r_env_tracked)} | {f(r.r)} |"
-                  for r in tracked]
+                  "| file | tracked frames | r(opening, real mouth) | r(env dB, real mouth) | r(env dB, opening) | "
+                  "speech opening mm: mesh / real |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r.file} | {r.tracked_frames} | {f(r.r_tracked)} | {f(r.r_env_tracked)} | {f(r.r)} | "
+                  f"{f(r.speech_opening_mm, 1)} / {f(r.tracked_speech_opening_mm, 1)} |" for r in tracked]
         t = summary["tracked"]
         lines.append(f"mean over {t['files']} file(s): r(opening, real mouth) {f(t['mean_r_tracked'])}, "
-                     f"r(envelope, real mouth) {f(t['mean_r_env_tracked'])}")
+                     f"r(envelope, real mouth) {f(t['mean_r_env_tracked'])}; speech opening "
+                     f"{f(t['mean_speech_opening_mm'], 1)} mm (mesh) / {f(t['mean_tracked_speech_opening_mm'], 1)} mm "
+                     f"(real, at {EYE_CORNER_MM:g} mm between the outer eye corners)")
     return "\n".join(lines)
 
 

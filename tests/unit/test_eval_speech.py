@@ -11,6 +11,7 @@ import pytest
 from emodifftalk.au import AU_INDEX, NUM_AUS
 from emodifftalk.eval.metrics import lip_gap
 from emodifftalk.eval.speech import (
+    EYE_CORNER_MM,
     SILENCE_DB,
     SpeechEvalError,
     audio_files,
@@ -109,12 +110,17 @@ def test_tracked_mouth_is_read_resampled_and_scored(tmp_path):
     follows = (env - SILENCE_DB) / -SILENCE_DB * 0.01
     res, curves = score_file("en_clip.wav", audio, aus, follows, fps, on_frames)
     assert res.r_tracked > 0.95 and res.r_env_tracked > 0.95 and res.tracked_frames == np.isfinite(on_frames).sum()
+    speaking = (env > SILENCE_DB) & np.isfinite(on_frames)  # closed lips (the 5th percentile) are 0 here
+    expected_mm = ((env[speaking] - SILENCE_DB) / 400.0).mean() * EYE_CORNER_MM
+    assert res.tracked_speech_opening_mm == pytest.approx(expected_mm, rel=0.05)
     shut, _ = score_file("en_clip.wav", audio, aus, np.random.default_rng(0).normal(size=100), fps, on_frames)
     assert abs(shut.r_tracked) < 0.3 and shut.r_env_tracked == res.r_env_tracked
     plain, _ = score_file("zh_other.wav", audio, aus, follows, fps)
     assert plain.r_tracked is None and plain.tracked_frames is None
     summary = summarize([res, shut, plain])
     assert summary["tracked"]["files"] == 2
+    assert summary["tracked"]["mean_tracked_speech_opening_mm"] == pytest.approx(res.tracked_speech_opening_mm,
+                                                                              abs=1e-3)
     assert summary["tracked"]["mean_r_tracked"] == pytest.approx((res.r_tracked + shut.r_tracked) / 2, abs=1e-4)
     assert "r(opening, real mouth)" in markdown_table([res, shut, plain], summary)
 
