@@ -60,6 +60,9 @@ class SynthConfig:
     augment_prob: float = 0.5  # v2: share of clips whose audio.wav is written augmented (data/augment.py)
     n_eval_cameras: int = 8  # v2: held-out ring of cameras (eval_images/), never packed for training
     eval_image_stride: int = 25  # v2: render the held-out ring every k-th frame (frame 0 always)
+    # v2: jaw rotation (rad) at AU26 = 1, before each face's ±10 %; the tracker's reference faces
+    # share it, so the labels keep their scale and only how far mouths open changes  # choice
+    jaw_angle: float = 0.13
 
     def validate(self) -> None:
         _check(self.n_identities >= 3, "synth.n_identities must be >= 3 (train/val/test by identity)")
@@ -78,6 +81,7 @@ class SynthConfig:
         _check(0 <= self.augment_prob <= 1, "synth.augment_prob must be in [0, 1]")
         _check(self.n_eval_cameras >= 0, "synth.n_eval_cameras must be >= 0")
         _check(self.eval_image_stride >= 1, "synth.eval_image_stride must be >= 1")
+        _check(0.03 <= self.jaw_angle <= 0.4, "synth.jaw_angle must be in [0.03, 0.4] rad")
 
 
 @dataclass

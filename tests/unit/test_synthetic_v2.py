@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emodifftalk.au import AU_INDEX, NUM_AUS
-from emodifftalk.config import Config, SynthConfig
+from emodifftalk.config import Config, ConfigError, SynthConfig
 from emodifftalk.data.augment import SAMPLE_RATES, augment_audio
 from emodifftalk.data.synthetic import make_identity
 from emodifftalk.data.synthetic.face import deform, head_pose_track
@@ -134,6 +134,29 @@ def test_face_jaw_is_a_rotation_and_closure_holds_the_lips():
     drop_closed = (tmpl.verts[lower, 1] - v[2, lower, 1]).mean()
     assert drop_open > 3e-3 and drop_closed < 0.3 * drop_open  # p/b/m: the lower lip stays up
     assert (tmpl.verts[chin, 1] - v[2, chin, 1]).mean() > 3e-3  # ... while the chin still drops
+
+
+@needs_espeak
+def test_jaw_angle_opens_the_mouths_wider_and_keeps_the_labels_scale():
+    """synth.jaw_angle scales how far every face's jaw turns at a given AU26, the tracker's
+    reference faces with it: the same clip's lips part further, its labels keep their scale."""
+    from emodifftalk.data.synthetic import make_clip
+    from emodifftalk.eval.metrics import lip_gap
+
+    def clip_at(jaw_angle):
+        cfg = SynthConfig(mesh_resolution=40, clip_seconds=3.0, jaw_angle=jaw_angle)
+        ident = make_identity(cfg, 0)
+        clip = make_clip(cfg, ident, 0, 0)
+        return clip, lip_gap(clip.verts, ident.template.verts, ident.template.vertex_sets["lips"])
+
+    (base, gap), (wide, gap_wide) = clip_at(0.13), clip_at(0.2)
+    np.testing.assert_array_equal(base.aus_true, wide.aus_true)  # the same speech and activations
+    assert 1.25 < np.percentile(gap_wide, 90) / np.percentile(gap, 90) < 1.7  # the open frames (0.2 / 0.13 = 1.54)
+    mouth = [AU_INDEX["AU25"], AU_INDEX["AU26"]]
+    # (without the reference faces' share the labels would rise with the gap, ~1.35x)
+    np.testing.assert_allclose(wide.aus_observed[:, mouth].mean(0), base.aus_observed[:, mouth].mean(0), rtol=0.08)
+    with pytest.raises(ConfigError, match="synth.jaw_angle"):
+        SynthConfig(jaw_angle=1.0).validate()
 
 
 def test_identities_have_their_own_au_shapes_not_scaled_copies():

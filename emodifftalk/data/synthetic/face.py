@@ -59,7 +59,8 @@ def _warped_layout(template: Template, rng: np.random.Generator) -> Template:
     return dataclasses.replace(template, dirs=w.astype(np.float32))
 
 
-def make_face(template: Template, rng: np.random.Generator, warp: bool = True) -> Face:
+def make_face(template: Template, rng: np.random.Generator, warp: bool = True,
+              jaw_angle: float = JAW_ANGLE) -> Face:
     v = template.verts.astype(np.float64)
     layout = _warped_layout(template, rng) if warp else template
     fields = make_au_rig(layout, rng).astype(np.float64)
@@ -87,7 +88,7 @@ def make_face(template: Template, rng: np.random.Generator, warp: bool = True) -
     front = smoothstep(0.3, 0.6, d[:, 2])
     return Face(template=template, au_fields=fields.astype(np.float32), art_fields=art.astype(np.float32),
                 smile_open=smile_open.astype(np.float32), jaw=jaw_weights(d), lower_lip=lower * front,
-                upper_lip=upper * front, hinge=jaw_hinge(v), jaw_angle=JAW_ANGLE * float(rng.uniform(0.9, 1.1)))
+                upper_lip=upper * front, hinge=jaw_hinge(v), jaw_angle=jaw_angle * float(rng.uniform(0.9, 1.1)))
 
 
 def deform(face: Face, aus: np.ndarray, art: np.ndarray) -> np.ndarray:

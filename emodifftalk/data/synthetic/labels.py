@@ -23,6 +23,7 @@ from emodifftalk.eval.metrics import lip_gap
 
 from .face import deform, linear_au_fields, make_face
 from .head import make_template, sample_identity
+from .rig import JAW_ANGLE
 from .visemes import A_LABIO, A_ROUND, A_SPREAD
 
 REFERENCE_SEED = 20240917  # the generic tracker's reference faces (not the data set's people)
@@ -48,11 +49,12 @@ class Labels:
 
 
 @lru_cache(maxsize=16)
-def _reference_face(resolution: int, k: int = 0):
-    """Reference face ``k`` of the tracker's "training population" (0: unwarped layout)."""
+def _reference_face(resolution: int, k: int = 0, jaw_angle: float = JAW_ANGLE):
+    """Reference face ``k`` of the tracker's "training population" (0: unwarped layout); its jaw
+    opens as far as the world's faces do (``synth.jaw_angle``), so the labels keep their scale."""
     rng = np.random.default_rng([REFERENCE_SEED, k])
     params = sample_identity(rng, index=-1, n_free_points=0)
-    return make_face(make_template(resolution, params=params), rng, warp=k > 0)
+    return make_face(make_template(resolution, params=params), rng, warp=k > 0, jaw_angle=jaw_angle)
 
 
 def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndarray | None:
@@ -64,9 +66,9 @@ def lip_aperture(verts: np.ndarray, template_verts: np.ndarray, lips) -> np.ndar
 
 
 @lru_cache(maxsize=4)
-def _full_aperture(resolution: int) -> float | None:
+def _full_aperture(resolution: int, jaw_angle: float = JAW_ANGLE) -> float | None:
     """The reference face's lip aperture when its lips are fully apart (AU25 = 1: jaw at 1/1.6)."""
-    face = _reference_face(resolution)
+    face = _reference_face(resolution, 0, jaw_angle)
     aus = np.zeros((1, NUM_AUS), np.float32)
     aus[0, AU_INDEX["AU26"]] = 1 / 1.6
     verts = deform(face, aus, np.zeros((1, 5), np.float32))
@@ -75,14 +77,14 @@ def _full_aperture(resolution: int) -> float | None:
 
 
 @lru_cache(maxsize=4)
-def reference_basis(resolution: int) -> np.ndarray:
+def reference_basis(resolution: int, jaw_angle: float = JAW_ANGLE) -> np.ndarray:
     """(REFERENCE_FACES, 17 + 5, V, 3) shape basis at mesh ``resolution``: for each reference face
     its linear AU fields, then non-AU lip modes (rounding, labiodental, spreading, closure against
     an open jaw, smile on an open jaw). Like OpenFace's PDM (learnt from many faces, 34 modes), it
     spans more than the AUs of one face, but never the identity's own fields."""
     out = []
     for k in range(REFERENCE_FACES):
-        face = _reference_face(resolution, k)
+        face = _reference_face(resolution, k, jaw_angle)
         aus = linear_au_fields(face)
         closure = -aus[AU_INDEX["AU26"]] * face.lower_lip[:, None]
         lip_modes = [face.art_fields[a] for a in (A_ROUND, A_LABIO, A_SPREAD)] + [closure, face.smile_open]
@@ -117,15 +119,15 @@ def tracker_traits(rng: np.random.Generator) -> TrackerTraits:
 
 
 def estimate_labels(verts: np.ndarray, template_verts: np.ndarray, vertex_sets: dict, traits: TrackerTraits,
-                    rng: np.random.Generator, failure_rate: float) -> Labels:
+                    rng: np.random.Generator, failure_rate: float, jaw_angle: float = JAW_ANGLE) -> Labels:
     """OpenFace-like labels (see the module docstring) of registered meshes ``verts`` (T, V, 3).
     AU25 (lips part) is read from the lip aperture, as landmark-based detectors do."""
     idx = np.asarray(vertex_sets["face"])
     resolution = int(round(np.sqrt(template_verts.shape[0])))
-    proj = _projector(reference_basis(resolution), idx)
+    proj = _projector(reference_basis(resolution, jaw_angle), idx)
     disp = (verts[:, idx] - template_verts[idx][None]).reshape(len(verts), -1).astype(np.float64)
     est = disp @ proj.T  # (T, 17)
-    aperture, full = lip_aperture(verts, template_verts, vertex_sets["lips"]), _full_aperture(resolution)
+    aperture, full = lip_aperture(verts, template_verts, vertex_sets["lips"]), _full_aperture(resolution, jaw_angle)
     if aperture is not None and full is not None:
         est[:, AU_INDEX["AU25"]] = aperture / full
     est = est * traits.gain + traits.bias + rng.normal(0.0, 0.02, NUM_AUS)  # clip-level offset

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from emodifftalk.au import AU_INDEX, NUM_AUS
+from emodifftalk.config import SynthConfig
 
 from .head import (
     BROW_Y,
@@ -29,7 +30,7 @@ from .head import (
 )
 
 MM = 1e-3
-JAW_ANGLE = 0.13  # rad of jaw rotation at AU26 = 1 (before the identity's ±10 %)
+JAW_ANGLE = SynthConfig.jaw_angle  # rad of jaw rotation at AU26 = 1 (before the identity's ±10 %)
 
 
 def _rotation_x(angle: float) -> np.ndarray:

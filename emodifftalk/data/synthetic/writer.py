@@ -110,7 +110,7 @@ def make_identity(cfg: SynthConfig, i: int) -> SynthIdentity:
     if cfg.version == 1:
         rig = make_au_rig(template, _rng(cfg.seed, _S_RIG, i))
         return SynthIdentity(params=params, template=template, rig=rig, free=free)
-    face = make_face(template, _rng(cfg.seed, _S_RIG, i))
+    face = make_face(template, _rng(cfg.seed, _S_RIG, i), jaw_angle=cfg.jaw_angle)
     return SynthIdentity(params=params, template=template, rig=linear_au_fields(face), free=free, face=face,
                          voice=identity_voice(params.voice, i, _rng(cfg.seed, _S_VOICE, i)),
                          traits=tracker_traits(_rng(cfg.seed, _S_TRACKER, i)),
@@ -176,7 +176,7 @@ def _make_clip_v2(cfg: SynthConfig, ident: SynthIdentity, i: int, c: int) -> Syn
     times = np.arange(len(verts)) / cfg.fps
     pose = head_pose_track(times, talk.lead, talk.accents, _rng(cfg.seed, _S_POSE, i, c))
     labels = estimate_labels(verts, ident.template.verts, ident.template.vertex_sets, ident.traits,
-                             _rng(cfg.seed, _S_OBS, i, c), cfg.openface_failure_rate)
+                             _rng(cfg.seed, _S_OBS, i, c), cfg.openface_failure_rate, cfg.jaw_angle)
     return SynthClip(speech=talk, verts=verts, aus_observed=labels.aus, success=labels.success,
                      confidence=labels.confidence, aus_true=talk.aus, head_pose=pose, label_lag=labels.lag)
 
