@@ -212,13 +212,11 @@ def plot_file(path: Path, name: str, audio: np.ndarray, curves: dict, fps: float
     axes[2].legend(loc="upper left", fontsize=7)
     ax2.legend(loc="upper right", fontsize=7)
     axes[2].set_xlabel("seconds (grey: 40 dB below peak)")
-    def f(x, nd=2):
-        return "n/a" if x is None else f"{x:.{nd}f}"
-
-    title = f"{name}: r(envelope, opening) = {f(res.r)}, silent mouth AU = {f(res.silent_mouth_au, 3)}"
+    title = (f"{name}: r(envelope, opening) = {_fmt(res.r, missing='n/a')}, "
+             f"silent mouth AU = {_fmt(res.silent_mouth_au, 3, 'n/a')}")
     if tracked is not None:
-        title += (f"\nr(opening, tracked real mouth) = {f(res.r_tracked)}, "
-                  f"r(envelope, real mouth) = {f(res.r_env_tracked)}")
+        title += (f"\nr(opening, tracked real mouth) = {_fmt(res.r_tracked, missing='n/a')}, "
+                  f"r(envelope, real mouth) = {_fmt(res.r_env_tracked, missing='n/a')}")
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -244,11 +242,11 @@ def summarize(results: list[FileResult]) -> dict:
     for lang, rs in sorted(langs.items()):
         rvals = [r.r for r in rs if r.r is not None]
         aus = [r.silent_mouth_au for r in rs if r.silent_mouth_au is not None]
-        by_lang[lang] = {"files": len(rs), "mean_r": _round(np.mean(rvals)) if rvals else None,
+        by_lang[lang] = {"files": len(rs), "mean_r": _mean_or_none(rvals),
                          "min_r": _round(min(rvals)) if rvals else None,
                          "max_silent_mouth_au": _round(max(aus)) if aus else None,
                          "goal_r_met": bool(rvals) and min(rvals) >= GOAL_R}
-    tracked = [r for r in results if r.r_tracked is not None]
+    tracked = _with_track(results)
     return {"files": len(results), "passing": sum(r.passes for r in results),
             "bar_met": all(r.passes for r in results), "by_language": by_lang,
             "tracked": {"files": len(tracked),
@@ -261,15 +259,22 @@ def summarize(results: list[FileResult]) -> dict:
                     "goal_r_per_language": GOAL_R}}
 
 
+def _with_track(results: list[FileResult]) -> list[FileResult]:
+    """The files that came with their speaker's tracked mouth."""
+    return [r for r in results if r.tracked_frames is not None]
+
+
 def _mean_or_none(values) -> float | None:
     values = [v for v in values if v is not None]
     return _round(np.mean(values)) if values else None
 
 
-def markdown_table(results: list[FileResult], summary: dict) -> str:
-    def f(x, nd=2):
-        return "–" if x is None else f"{x:.{nd}f}"
+def _fmt(x: float | None, nd: int = 2, missing: str = "–") -> str:
+    return missing if x is None else f"{x:.{nd}f}"
 
+
+def markdown_table(results: list[FileResult], summary: dict) -> str:
+    f = _fmt
     lines = ["| file | lang | s | r(env dB, opening) | r(RMS, opening) | r(env, mouth AU) | silent frames | "
              "silent mouth AU | silent / speech opening mm | bar |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -283,7 +288,7 @@ def markdown_table(results: list[FileResult], summary: dict) -> str:
     for lang, s in summary["by_language"].items():
         lines.append(f"- {lang}: {s['files']} file(s), mean r {f(s['mean_r'])}, min r {f(s['min_r'])}"
                      f" (goal ≥ {GOAL_R}: {'met' if s['goal_r_met'] else 'not met'})")
-    tracked = [r for r in results if r.r_tracked is not None]
+    tracked = _with_track(results)
     if tracked:
         lines += ["", "Recordings with the speaker's tracked mouth (`NAME.mouth.csv`):", "",
                   "| file | tracked frames | r(opening, real mouth) | r(env dB, real mouth) | r(env dB, opening) | "
